@@ -1,0 +1,1 @@
+"""The central gateway: accounts, projects, query fan-out, combination. Never sees a row."""

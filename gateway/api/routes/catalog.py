@@ -1,0 +1,105 @@
+"""What researchers can ask about: schema, sites, budgets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from gateway.admin import enrolled_sites
+from gateway.api.deps import CurrentResearcher, State
+from varde.schema import FIELDS
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+
+class FieldInfo(BaseModel):
+    """A queryable field, its public categories or domain, and which sites expose it."""
+
+    name: str
+    kind: str
+    description: str
+    categories: list[str] | None = None
+    lower: int | None = None
+    upper: int | None = None
+    sites: list[str]
+
+
+class SiteInfo(BaseModel):
+    """An enrolled site: connected now? what does it allow?"""
+
+    site: str
+    connected: bool
+    statistics: list[str]
+    aggregate_mode: bool
+    policy_version: str
+
+
+@router.get("/schema", response_model=list[FieldInfo])
+def get_schema(state: State, _researcher: CurrentResearcher) -> list[FieldInfo]:
+    """Fields of the common schema with their public categories and the sites exposing each."""
+    with state.sessions() as s:
+        sites = enrolled_sites(s)
+    manifests = {site: state.dispatcher.manifest(site) for site in sites}
+    out = []
+    for f in FIELDS:
+        if not f.queryable:
+            continue
+        exposing = [site for site, m in manifests.items() if m is not None and f.name in m.fields]
+        out.append(
+            FieldInfo(
+                name=f.name,
+                kind=f.kind.value,
+                description=f.description,
+                categories=list(f.categories) or None,
+                lower=f.lower,
+                upper=f.upper,
+                sites=exposing,
+            )
+        )
+    return out
+
+
+@router.get("/sites", response_model=list[SiteInfo])
+def get_sites(state: State, _researcher: CurrentResearcher) -> list[SiteInfo]:
+    """Enrolled sites, whether they are connected, and what their policies allow."""
+    with state.sessions() as s:
+        sites = enrolled_sites(s)
+    out = []
+    for site in sites:
+        m = state.dispatcher.manifest(site)
+        out.append(
+            SiteInfo(
+                site=site,
+                connected=state.dispatcher.connected(site),
+                statistics=m.statistics if m else [],
+                aggregate_mode=m.aggregate_mode if m else False,
+                policy_version=m.policy_version if m else "",
+            )
+        )
+    return out
+
+
+@router.get("/budgets")
+def get_budgets(state: State, researcher: CurrentResearcher) -> dict[str, Any]:
+    """Per project of yours and per site: budget, cap and epsilon left (as last reported)."""
+    with state.sessions() as s:
+        sites = enrolled_sites(s)
+    out: dict[str, Any] = {}
+    for project in researcher.projects:
+        per_site: dict[str, Any] = {}
+        for site in sites:
+            m = state.dispatcher.manifest(site)
+            terms = m.projects.get(project) if m else None
+            per_site[site] = (
+                None
+                if terms is None
+                else {
+                    "epsilon_budget": terms.epsilon_budget,
+                    "max_epsilon_per_query": terms.max_epsilon_per_query,
+                    "epsilon_remaining": terms.epsilon_remaining,
+                }
+            )
+        out[project] = per_site
+    return {"projects": out}

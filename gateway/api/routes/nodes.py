@@ -1,0 +1,179 @@
+"""The node-facing side: enrollment, long-poll for work, signed releases.
+
+Every call after enrollment is a signed envelope verified against the key the
+site pinned at enrollment; anything forged, replayed, expired or misaddressed
+is refused with 400 and written to the gateway's audit table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from gateway.api.deps import State
+from gateway.core.db import EnrollmentToken, GatewayAudit, Node, ReleaseRecord
+from gateway.core.security import token_hash
+from gateway.state import GATEWAY_ID, GatewayState
+from varde.crypto import load_public_key
+from varde.envelope import Payload, SignedEnvelope, open_envelope, peek, utcnow
+from varde.errors import AuthenticationFailed, EnvelopeRejected, InvalidQuery
+from varde.release import Manifest, SiteRelease
+
+router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
+
+
+class EnrollRequest(BaseModel):
+    """A new site presenting its one-time token and its public key."""
+
+    token: str = Field(min_length=8, max_length=200)
+    site: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{1,40}$")]
+    public_key: str
+
+
+class EnrollResponse(BaseModel):
+    """The gateway key the site must pin."""
+
+    site: str
+    gateway_public_key: str
+
+
+class PollBody(BaseModel):
+    """What a node says when it asks for work."""
+
+    wait: float = Field(default=20.0, ge=0, le=60)
+    manifest: Manifest
+
+
+class _NonceCache:
+    """Nonces of node envelopes seen by this gateway process, kept until they expire."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, dt.datetime] = {}
+        self._last_sweep = time.monotonic()
+
+    def __call__(self, nonce: str, expires_at: dt.datetime) -> bool:
+        if time.monotonic() - self._last_sweep > 30:
+            now = utcnow()
+            self._seen = {n: e for n, e in self._seen.items() if e > now}
+            self._last_sweep = time.monotonic()
+        if nonce in self._seen:
+            return True
+        self._seen[nonce] = expires_at
+        return False
+
+
+_nonces = _NonceCache()
+
+
+def _audit(state: GatewayState, kind: str, site: str, detail: str) -> None:
+    with state.sessions() as s:
+        s.add(GatewayAudit(kind=kind, site=site, detail=detail))
+        s.commit()
+
+
+def _enroll(state: GatewayState, req: EnrollRequest) -> EnrollResponse:
+    try:
+        load_public_key(req.public_key)
+    except ValueError as err:
+        raise InvalidQuery(f"public_key: {err}") from err
+    with state.sessions() as s:
+        tok = s.get(EnrollmentToken, token_hash(req.token))
+        if tok is None or tok.used_at is not None:
+            _audit(state, "enroll_refused", req.site, "unknown or used token")
+            raise AuthenticationFailed("unknown or already used enrollment token")
+        expires = tok.expires_at if tok.expires_at.tzinfo else tok.expires_at.replace(tzinfo=dt.UTC)
+        if expires <= utcnow():
+            raise AuthenticationFailed("enrollment token expired")
+        if tok.site != req.site:
+            raise AuthenticationFailed(f"this token enrolls site {tok.site!r}, not {req.site!r}")
+        tok.used_at = utcnow()
+        node = s.get(Node, req.site)
+        if node is None:
+            s.add(Node(site=req.site, public_key=req.public_key))
+        else:
+            node.public_key = req.public_key
+        s.commit()
+    _audit(state, "enrolled", req.site, req.public_key)
+    return EnrollResponse(site=req.site, gateway_public_key=state.public_key)
+
+
+@router.post("/enroll", response_model=EnrollResponse)
+async def enroll(req: EnrollRequest, state: State) -> EnrollResponse:
+    """Pin a site's key with a one-time token; return the gateway key for the site to pin."""
+    return await run_in_threadpool(_enroll, state, req)
+
+
+def _open(state: GatewayState, envelope: SignedEnvelope, kind: str) -> Payload:
+    claimed = peek(envelope).header.sender
+    with state.sessions() as s:
+        node = s.get(Node, claimed)
+        key = node.public_key if node else None
+    if key is None:
+        _audit(state, "envelope_rejected", claimed, "unknown sender")
+        raise EnvelopeRejected("unknown_sender", f"no enrolled site {claimed!r}")
+    try:
+        return open_envelope(
+            envelope,
+            sender_key=key,
+            recipient=GATEWAY_ID,
+            kinds=(kind,),  # type: ignore[arg-type]
+            seen_nonce=_nonces,
+        )
+    except EnvelopeRejected as err:
+        _audit(state, "envelope_rejected", claimed, err.message)
+        raise
+
+
+@router.post("/poll")
+async def poll(envelope: SignedEnvelope, state: State) -> dict[str, Any]:
+    """Long-poll: return signed work for the calling site as soon as there is any."""
+    payload = await run_in_threadpool(_open, state, envelope, "poll")
+    try:
+        body = PollBody.model_validate(payload.body)
+    except ValidationError as err:
+        raise InvalidQuery(f"poll body: {err.errors()[0]['msg']}") from err
+    site = payload.header.sender
+    if body.manifest.site != site:
+        raise EnvelopeRejected("misaddressed", "manifest names another site")
+    wait = min(body.wait, state.settings.poll_wait_max_s)
+    batch = await state.dispatcher.next_batch(site, wait, body.manifest)
+    return {"work": [e.model_dump() for e in batch]}
+
+
+def _store_release(state: GatewayState, envelope: SignedEnvelope, release: SiteRelease) -> None:
+    with state.sessions() as s:
+        s.add(
+            ReleaseRecord(
+                query_id=release.query_id,
+                site=release.site,
+                status=release.status,
+                payload=envelope.payload,
+                signature=envelope.signature,
+            )
+        )
+        s.commit()
+
+
+@router.post("/releases")
+async def post_release(envelope: SignedEnvelope, state: State) -> dict[str, Any]:
+    """Accept a site's signed release for a query that is waiting for it."""
+    payload = await run_in_threadpool(_open, state, envelope, "release")
+    try:
+        release = SiteRelease.model_validate(payload.body)
+    except ValidationError as err:
+        raise InvalidQuery(f"release body: {err.errors()[0]['msg']}") from err
+    if release.site != payload.header.sender:
+        await run_in_threadpool(
+            _audit, state, "envelope_rejected", payload.header.sender, "site mismatch"
+        )
+        raise EnvelopeRejected("misaddressed", "release names another site than its signer")
+    await run_in_threadpool(_store_release, state, envelope, release)
+    delivered = state.dispatcher.deliver(release)
+    if release.project:
+        state.dispatcher.note_budget(release.site, release.project, release.budget_remaining)
+    return {"accepted": True, "delivered": delivered}

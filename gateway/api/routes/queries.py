@@ -1,0 +1,26 @@
+"""Researcher queries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from gateway.api.deps import CurrentResearcher, State
+from gateway.queries import QueryResult, run_query, stored_result
+from varde.query import Query
+
+router = APIRouter(prefix="/v1/queries", tags=["queries"])
+
+
+@router.post("", response_model=QueryResult)
+async def post_query(query: Query, state: State, researcher: CurrentResearcher) -> QueryResult:
+    """Ask every site (or ``sites``) one question; per-site rows, network row, budgets left."""
+    return await run_query(state, query, researcher=researcher.name, projects=researcher.projects)
+
+
+@router.get("/{query_id}")
+async def get_query(query_id: str, state: State, researcher: CurrentResearcher) -> dict[str, Any]:
+    """A past query of yours and its stored result."""
+    return await run_in_threadpool(stored_result, state, query_id, researcher.name)

@@ -1,0 +1,139 @@
+"""The gateway's own records (SQLAlchemy): accounts, projects, nodes, queries, audit.
+
+SQLite is the embedded default; PostgreSQL (``VARDE_DATABASE_URL``) for
+replicas. Nothing here is a patient row: only tokens' hashes, public keys,
+query specs and the numbers sites released.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from varde.envelope import utcnow
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the gateway schema."""
+
+
+class Project(Base):
+    """A research project; sites decide in their own policy whether they serve it."""
+
+    __tablename__ = "projects"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Researcher(Base):
+    """A person with a bearer token (stored as its SHA-256; the token has 256 random bits)."""
+
+    __tablename__ = "researchers"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Membership(Base):
+    """Researcher x project."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("researcher", "project"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    researcher: Mapped[str] = mapped_column(ForeignKey("researchers.name"))
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"))
+
+
+class EnrollmentToken(Base):
+    """A one-time token a new site uses to register its key."""
+
+    __tablename__ = "enrollment_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Node(Base):
+    """An enrolled site and its pinned public key."""
+
+    __tablename__ = "nodes"
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    enrolled_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class QueryRecord(Base):
+    """A query as asked, and the combined result returned."""
+
+    __tablename__ = "queries"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    researcher: Mapped[str] = mapped_column(String(100), index=True)
+    project: Mapped[str] = mapped_column(String(100), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class ReleaseRecord(Base):
+    """A signed release as received from a site (kept with its signature, as evidence)."""
+
+    __tablename__ = "releases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    query_id: Mapped[str] = mapped_column(String(64), index=True)
+    site: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(String(200))
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class GatewayAudit(Base):
+    """Security-relevant events at the gateway (bad signatures, enrollments, ...)."""
+
+    __tablename__ = "gateway_audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(40), index=True)
+    site: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+def make_engine(url: str) -> Engine:
+    """Engine with SQLite tuned for many threads (WAL, busy timeout)."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:
+    """Session factory bound to ``engine``."""
+    return sessionmaker(engine, expire_on_commit=False)

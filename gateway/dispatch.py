@@ -1,0 +1,133 @@
+"""Hand work to nodes that long-poll for it, and wait for their signed answers.
+
+Nodes sit behind hospital firewalls and open no port, so the gateway cannot
+call them: each node keeps one long-poll request open (``POST /v1/nodes/poll``)
+and the gateway answers it the moment work for that node arrives. On loopback
+this adds a few milliseconds to a query, not a polling interval.
+
+State lives in this process (asyncio, one event loop): the per-site queue of
+signed work items, the futures of queries waiting for releases, and when each
+node was last heard from. Work that a node has not picked up when the query
+times out is withdrawn, so a node that comes back later never sees it; work
+picked up but answered late is refused by the node itself (the item's expiry
+is checked before charging).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from varde.envelope import SignedEnvelope
+from varde.release import Manifest, SiteRelease
+
+
+@dataclass
+class _SiteState:
+    queue: deque[tuple[str, SignedEnvelope]] = field(default_factory=deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    polling: int = 0
+    last_seen: float = 0.0
+    manifest: Manifest | None = None
+
+
+class Dispatcher:
+    """Per-site work queues with long-poll delivery and per-query futures."""
+
+    def __init__(self, offline_after_s: float = 15.0) -> None:
+        self.offline_after_s = offline_after_s
+        self._sites: dict[str, _SiteState] = {}
+        self._waiting: dict[tuple[str, str], asyncio.Future[SiteRelease]] = {}
+
+    def _site(self, site: str) -> _SiteState:
+        return self._sites.setdefault(site, _SiteState())
+
+    def connected(self, site: str) -> bool:
+        """A node is connected while it polls, or polled within ``offline_after_s``."""
+        st = self._sites.get(site)
+        if st is None:
+            return False
+        return st.polling > 0 or time.monotonic() - st.last_seen < self.offline_after_s
+
+    def manifest(self, site: str) -> Manifest | None:
+        """The last manifest the node sent (its public policy facts and budgets)."""
+        st = self._sites.get(site)
+        return st.manifest if st else None
+
+    def note_budget(self, site: str, project: str, remaining: float | None) -> None:
+        """Update the gateway's view of a site's remaining budget from a release."""
+        st = self._sites.get(site)
+        if st is None or st.manifest is None or remaining is None:
+            return
+        terms = st.manifest.projects.get(project)
+        if terms is None:
+            return
+        projects = dict(st.manifest.projects)
+        projects[project] = terms.model_copy(update={"epsilon_remaining": remaining})
+        st.manifest = st.manifest.model_copy(update={"projects": projects})
+
+    async def submit(
+        self, site: str, query_id: str, envelope: SignedEnvelope, timeout: float
+    ) -> SiteRelease | None:
+        """Queue ``envelope`` for ``site``; its release, or None if none came in time."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[SiteRelease] = loop.create_future()
+        key = (query_id, site)
+        self._waiting[key] = fut
+        st = self._site(site)
+        st.queue.append((query_id, envelope))
+        st.wakeup.set()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self._withdraw(st, query_id)
+            return None
+        finally:
+            self._waiting.pop(key, None)
+
+    @staticmethod
+    def _withdraw(st: _SiteState, query_id: str) -> None:
+        kept = [(q, e) for q, e in st.queue if q != query_id]
+        st.queue.clear()
+        st.queue.extend(kept)
+
+    async def next_batch(
+        self, site: str, wait: float, manifest: Manifest | None = None
+    ) -> list[SignedEnvelope]:
+        """Everything queued for ``site``, waiting up to ``wait`` s for the first item."""
+        st = self._site(site)
+        if manifest is not None:
+            st.manifest = manifest
+        st.polling += 1
+        st.last_seen = time.monotonic()
+        try:
+            deadline = time.monotonic() + wait
+            while not st.queue:
+                st.wakeup.clear()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                try:
+                    await asyncio.wait_for(st.wakeup.wait(), left)
+                except TimeoutError:
+                    return []
+            batch = [env for _, env in st.queue]
+            st.queue.clear()
+            return batch
+        finally:
+            st.polling -= 1
+            st.last_seen = time.monotonic()
+
+    def deliver(self, release: SiteRelease) -> bool:
+        """Hand a verified release to the query waiting for it; False if none waits."""
+        fut = self._waiting.get((release.query_id, release.site))
+        if fut is None or fut.done():
+            return False
+        fut.set_result(release)
+        return True
+
+    def sites(self) -> list[str]:
+        """Sites this process has heard from."""
+        return sorted(self._sites)

@@ -1,0 +1,242 @@
+"""Run one researcher query across the network: check, sign, fan out, wait, combine.
+
+The gateway refuses early what it can already see is hopeless (a friendly
+refusal from the sites' own published manifests: project not served, field not
+exposed, epsilon above the site's cap, budget the site reported as gone), so a
+researcher gets a precise 4xx and no site is bothered. Everything else is the
+site's decision: each node re-checks and charges its own ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from gateway.admin import enrolled_sites
+from gateway.combine import NetworkRow, combine
+from gateway.core.db import Project, QueryRecord
+from gateway.state import GATEWAY_ID, GatewayState
+from varde.envelope import seal
+from varde.errors import (
+    BudgetExhausted,
+    Conflict,
+    Forbidden,
+    InvalidQuery,
+    NodeUnavailable,
+    NotFound,
+    PolicyViolation,
+    VardeError,
+)
+from varde.query import AggregatePrivacy, DPPrivacy, Query
+from varde.release import Manifest, SiteRelease, WorkItem
+
+
+class QueryResult(BaseModel):
+    """What a researcher gets back: one row per site, the network row, budgets left."""
+
+    model_config = ConfigDict(frozen=True)
+
+    query_id: str
+    project: str
+    statistic: str
+    mode: str
+    epsilon_requested: float
+    axes: list[tuple[str, list[str]]]
+    sites: list[SiteRelease]
+    network: NetworkRow | None
+    budget_remaining: dict[str, float | None]
+
+
+def precheck(manifest: Manifest | None, query: Query, site: str) -> tuple[str, str] | None:
+    """A refusal ``(status, message)`` the site's published manifest already implies."""
+    if manifest is None:
+        return None
+    terms = manifest.projects.get(query.project)
+    if terms is None:
+        return "policy_violation", f"site {site!r} does not serve project {query.project!r}"
+    if query.statistic.kind not in manifest.statistics:
+        return (
+            "policy_violation",
+            f"site {site!r} does not allow statistic {query.statistic.kind!r}",
+        )
+    hidden = sorted(query.fields_read() - set(manifest.fields))
+    if hidden:
+        return "policy_violation", f"site {site!r} does not expose field(s) {', '.join(hidden)}"
+    if isinstance(query.privacy, DPPrivacy):
+        eps = query.privacy.epsilon
+        if eps > terms.max_epsilon_per_query:
+            return (
+                "policy_violation",
+                f"epsilon {eps} is above the per-query cap {terms.max_epsilon_per_query} "
+                f"of project {query.project!r} at {site!r}",
+            )
+        if eps > terms.epsilon_remaining + 1e-9:
+            return (
+                "budget_exhausted",
+                f"project {query.project!r} has {terms.epsilon_remaining:.6g} epsilon left at "
+                f"{site!r}; the query needs {eps}",
+            )
+    elif isinstance(query.privacy, AggregatePrivacy) and not manifest.aggregate_mode:
+        return "policy_violation", f"site {site!r} does not allow non-DP aggregate mode"
+    return None
+
+
+_ERRORS: dict[str, type[VardeError]] = {
+    "policy_violation": PolicyViolation,
+    "budget_exhausted": BudgetExhausted,
+    "invalid_query": InvalidQuery,
+    "unavailable": NodeUnavailable,
+}
+
+
+class NoSiteAnswered(VardeError):
+    """Raised when every site refused or was unavailable; carries the per-site rows."""
+
+    def __init__(self, base: type[VardeError], message: str, rows: list[SiteRelease]) -> None:
+        super().__init__(message)
+        self.status = base.status  # type: ignore[misc]
+        self.code = base.code  # type: ignore[misc]
+        self.rows = rows
+
+    def as_dict(self) -> dict[str, Any]:
+        """Error body plus each site's reason."""
+        return {**super().as_dict(), "sites": [r.model_dump(mode="json") for r in self.rows]}
+
+
+def _targets(state: GatewayState, query: Query, researcher: str, projects: list[str]) -> list[str]:
+    with state.sessions() as s:
+        if s.get(Project, query.project) is None:
+            raise NotFound(f"unknown project {query.project!r}")
+        if query.project not in projects:
+            raise Forbidden(
+                f"researcher {researcher!r} is not a member of project {query.project!r}"
+            )
+        sites = enrolled_sites(s)
+    if query.sites is None:
+        if not sites:
+            raise NodeUnavailable("no site has enrolled with this gateway yet")
+        return sites
+    unknown = sorted(set(query.sites) - set(sites))
+    if unknown:
+        raise NotFound(
+            f"unknown site(s) {', '.join(unknown)}; enrolled: {', '.join(sites) or 'none'}"
+        )
+    return list(dict.fromkeys(query.sites))
+
+
+async def run_query(
+    state: GatewayState, query: Query, *, researcher: str, projects: list[str]
+) -> QueryResult:
+    """Fan ``query`` out to its sites and combine what they release."""
+    targets = await run_in_threadpool(_targets, state, query, researcher, projects)
+    query_id = uuid.uuid4().hex
+    disp = state.dispatcher
+    rows: dict[str, SiteRelease] = {}
+    asked: list[str] = []
+    for site in targets:
+        refusal = precheck(disp.manifest(site), query, site)
+        if refusal is not None:
+            rows[site] = SiteRelease(
+                query_id=query_id,
+                site=site,
+                status=refusal[0],
+                message=refusal[1],
+            )
+        elif not disp.connected(site):
+            rows[site] = SiteRelease(
+                query_id=query_id,
+                site=site,
+                status="unavailable",
+                message=f"site {site!r} is not connected",
+            )
+        else:
+            asked.append(site)
+    if not asked:
+        _raise_if_nobody(targets, rows)
+    spec = query.model_dump(mode="json", exclude_none=True)
+    await run_in_threadpool(_record_query, state, query_id, researcher, query.project, spec)
+    work = WorkItem(query_id=query_id, project=query.project, researcher=researcher, query=spec)
+    ttl = dt.timedelta(seconds=query.timeout_s)
+    envelopes = {
+        site: seal(
+            state.key,
+            kind="work",
+            sender=GATEWAY_ID,
+            recipient=site,
+            body=work.model_dump(mode="json"),
+            ttl=ttl,
+        )
+        for site in asked
+    }
+    answers = await asyncio.gather(
+        *(disp.submit(site, query_id, envelopes[site], query.timeout_s) for site in asked)
+    )
+    for site, answer in zip(asked, answers, strict=True):
+        rows[site] = answer or SiteRelease(
+            query_id=query_id,
+            site=site,
+            status="unavailable",
+            message=f"site {site!r} did not answer within {query.timeout_s} s",
+        )
+    ordered = [rows[s] for s in targets]
+    if all(r.status != "ok" for r in ordered):
+        _raise_if_nobody(targets, rows)
+    result = QueryResult(
+        query_id=query_id,
+        project=query.project,
+        statistic=query.statistic.kind,
+        mode=query.privacy.mode,
+        epsilon_requested=query.epsilon,
+        axes=query.axes(),
+        sites=ordered,
+        network=combine(query, ordered),
+        budget_remaining={r.site: r.budget_remaining for r in ordered},
+    )
+    await run_in_threadpool(_record_result, state, query_id, result.model_dump(mode="json"))
+    return result
+
+
+def _raise_if_nobody(targets: list[str], rows: dict[str, SiteRelease]) -> None:
+    ordered = [rows[s] for s in targets]
+    statuses = {r.status for r in ordered}
+    base: type[VardeError] = (
+        _ERRORS.get(next(iter(statuses)), Conflict) if len(statuses) == 1 else Conflict
+    )
+    reasons = "; ".join(f"{r.site}: {r.message or r.status}" for r in ordered)
+    raise NoSiteAnswered(base, f"no site released an answer ({reasons})", ordered)
+
+
+def _record_query(
+    state: GatewayState, query_id: str, researcher: str, project: str, spec: dict[str, Any]
+) -> None:
+    with state.sessions() as s:
+        s.add(QueryRecord(id=query_id, researcher=researcher, project=project, spec=spec))
+        s.commit()
+
+
+def _record_result(state: GatewayState, query_id: str, result: dict[str, Any]) -> None:
+    with state.sessions() as s:
+        rec = s.get(QueryRecord, query_id)
+        if rec is not None:
+            rec.result = result
+            s.commit()
+
+
+def stored_result(state: GatewayState, query_id: str, researcher: str) -> dict[str, Any]:
+    """A past query's result, for the researcher who asked it."""
+    with state.sessions() as s:
+        rec = s.scalars(select(QueryRecord).where(QueryRecord.id == query_id)).first()
+        if rec is None or rec.researcher != researcher:
+            raise NotFound(f"no query {query_id!r} of yours")
+        return {
+            "query_id": rec.id,
+            "spec": rec.spec,
+            "created_at": rec.created_at,
+            "result": rec.result,
+        }

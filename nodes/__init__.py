@@ -1,0 +1,1 @@
+"""Code that runs inside a hospital and is the only code that sees rows."""

@@ -1,0 +1,98 @@
+"""A site's registry, loaded once and prepared for fast, vectorised queries.
+
+Why prepare: OpenDP's Polars query path costs seconds per query on 1M rows
+(../shared/DESIGN.md); a vectorised numpy filter over prepared columns costs
+milliseconds. At load time each column becomes one numpy array:
+
+* categorical -> ``int16`` codes into the *schema's* category list (-1 missing),
+  so predicates become lookups in a small boolean table;
+* integer and date -> ``float64`` (dates as days since 1970-01-01; missing is NaN,
+  which no comparison matches).
+
+Contributions are bounded here, once: each patient keeps at most ``k`` tumours
+(the earliest diagnoses), which is what every sensitivity in
+:mod:`nodes.sensitivity` assumes. Dropped rows are counted, never released.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from varde.schema import FIELDS, FieldKind
+
+EPOCH = np.datetime64("1970-01-01", "D")
+
+
+@dataclass(frozen=True)
+class RegistryData:
+    """Prepared columns of a site's bounded registry."""
+
+    site: str
+    n_rows: int
+    n_dropped: int
+    max_rows_per_patient: int
+    columns: dict[str, np.ndarray] = field(repr=False)
+
+    def column(self, name: str) -> np.ndarray:
+        """The prepared array for ``name`` (``KeyError`` if the data lacks it)."""
+        return self.columns[name]
+
+
+def bound_contributions(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    """Keep each patient's ``max_rows`` earliest tumours; the privacy unit's bound."""
+    if max_rows < 1:
+        raise ValueError("max_rows must be >= 1")
+    order = frame.sort_values(["patient_id", "diagnosis_date", "tumour_id"], kind="stable")
+    rank = order.groupby("patient_id", sort=False, observed=True).cumcount().to_numpy()
+    kept = order.loc[rank < max_rows]
+    return kept.sort_index()
+
+
+def days_since_epoch(values: pd.Series) -> np.ndarray:
+    """Dates as float days since 1970-01-01 (NaN for missing)."""
+    as_dt = pd.to_datetime(values, errors="raise").to_numpy(dtype="datetime64[D]")
+    days = (as_dt - EPOCH).astype("timedelta64[D]").astype(np.float64)
+    days[np.isnat(as_dt)] = np.nan
+    return days
+
+
+def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> RegistryData:
+    """Bound contributions and convert every schema column to its query-ready array."""
+    missing = [f.name for f in FIELDS if f.name not in frame.columns]
+    if missing:
+        raise ValueError(f"registry for {site!r} lacks schema column(s): {', '.join(missing)}")
+    bounded = bound_contributions(frame, max_rows_per_patient)
+    cols: dict[str, np.ndarray] = {}
+    for spec in FIELDS:
+        series = bounded[spec.name]
+        if spec.kind is FieldKind.CATEGORICAL:
+            cat = pd.Categorical(series, categories=list(spec.categories))
+            unknown = series.notna().to_numpy() & (cat.codes < 0)
+            if unknown.any():
+                bad = sorted(set(series[unknown].astype(str)))[:5]
+                raise ValueError(f"column {spec.name!r} has values outside the schema: {bad}")
+            cols[spec.name] = cat.codes.astype(np.int16)
+        elif spec.kind is FieldKind.INTEGER:
+            cols[spec.name] = (
+                pd.to_numeric(series).astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+            )
+        elif spec.kind is FieldKind.DATE:
+            cols[spec.name] = days_since_epoch(series)
+    return RegistryData(
+        site=site,
+        n_rows=len(bounded),
+        n_dropped=len(frame) - len(bounded),
+        max_rows_per_patient=max_rows_per_patient,
+        columns=cols,
+    )
+
+
+def load_registry(path: Path, *, site: str, max_rows_per_patient: int) -> RegistryData:
+    """Read a Parquet or CSV registry file (schema-checked) and prepare it."""
+    from nodes.synth import read_registry
+
+    return prepare(read_registry(path), site=site, max_rows_per_patient=max_rows_per_patient)

@@ -1,0 +1,121 @@
+"""Noise, always from OpenDP: measurement constructors, their privacy maps, their samplers.
+
+A release happens in two steps so the ledger can be charged *between* them:
+
+1. :func:`plan_laplace` builds the OpenDP measurement for a vector of exact
+   aggregates with a given L1 sensitivity and target epsilon, and asks OpenDP's
+   own privacy map how much it costs (``measurement.map(d_in)``). Nothing random
+   has happened yet.
+2. The caller charges the ledger for ``plan.epsilon``; only then does
+   :meth:`LaplacePlan.release` invoke the measurement, which draws the noise with
+   OpenDP's CSPRNG. No value released by this project is ever noised by numpy.
+
+Integer counts use OpenDP's discrete Laplace (``atom_domain(T=int)``), so a
+released count is an integer and there is no floating-point attack surface;
+real-valued sums use the continuous Laplace on ``atom_domain(T=float, nan=False)``.
+
+The scale starts at ``sensitivity / epsilon``; if floating-point rounding makes
+OpenDP's map report a loss a hair above the target, the scale is nudged up one
+ulp at a time (bounded) so the charge never exceeds what the researcher asked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import opendp.prelude as dp
+
+dp.enable_features("contrib")
+
+ALPHA = 0.05
+"""Intervals are 95%: the noise exceeds the half-width with probability ALPHA."""
+
+
+@dataclass(frozen=True)
+class LaplacePlan:
+    """A built, costed, not-yet-invoked OpenDP Laplace measurement over a vector."""
+
+    measurement: Any
+    integer: bool
+    sensitivity: float
+    scale: float
+    epsilon: float
+
+    @property
+    def mechanism(self) -> str:
+        """Human-readable mechanism name for the release."""
+        return "opendp.discrete_laplace" if self.integer else "opendp.laplace"
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of one noise draw."""
+        if self.integer:
+            return discrete_laplace_std(self.scale)
+        return math.sqrt(2.0) * self.scale
+
+    @property
+    def half_width(self) -> float:
+        """95% accuracy: ``P(|noise| > half_width) = ALPHA`` (OpenDP's accuracy helpers)."""
+        if self.integer:
+            return float(dp.discrete_laplacian_scale_to_accuracy(self.scale, ALPHA))
+        return float(dp.laplacian_scale_to_accuracy(self.scale, ALPHA))
+
+    def release(self, exact: np.ndarray) -> np.ndarray:
+        """Invoke the measurement: noisy values, drawn by OpenDP. Charge before calling."""
+        if self.integer:
+            values = [int(v) for v in np.asarray(exact, dtype=np.int64)]
+            return np.asarray(self.measurement(values), dtype=np.int64)
+        fvalues = [float(v) for v in np.asarray(exact, dtype=np.float64)]
+        return np.asarray(self.measurement(fvalues), dtype=np.float64)
+
+
+def _build(integer: bool, scale: float) -> Any:
+    if integer:
+        return dp.m.make_laplace(
+            dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int), scale=scale
+        )
+    return dp.m.make_laplace(
+        dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l1_distance(T=float), scale=scale
+    )
+
+
+def plan_laplace(*, sensitivity: float, epsilon: float, integer: bool) -> LaplacePlan:
+    """Build the measurement whose privacy loss at ``d_in = sensitivity`` is at most ``epsilon``.
+
+    >>> plan = plan_laplace(sensitivity=3, epsilon=0.5, integer=True)
+    >>> plan.scale, plan.epsilon <= 0.5
+    (6.0, True)
+    """
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
+    if not (math.isfinite(sensitivity) and sensitivity > 0):
+        raise ValueError(f"sensitivity must be a positive finite number, got {sensitivity!r}")
+    d_in: int | float = int(sensitivity) if integer else float(sensitivity)
+    if integer and d_in != sensitivity:
+        raise ValueError("integer counts need an integer sensitivity")
+    scale = float(sensitivity) / epsilon
+    for _ in range(64):
+        meas = _build(integer, scale)
+        loss = float(meas.map(d_in))
+        if loss <= epsilon:
+            return LaplacePlan(meas, integer, float(sensitivity), scale, loss)
+        scale = math.nextafter(scale, math.inf)
+    raise ArithmeticError(
+        f"could not calibrate a Laplace scale for epsilon={epsilon}"
+    )  # pragma: no cover
+
+
+def discrete_laplace_std(scale: float) -> float:
+    """Standard deviation of OpenDP's discrete Laplace with ``scale`` t.
+
+    Its pmf is proportional to ``exp(-|x|/t)``; with ``a = exp(-1/t)`` the
+    variance is ``2a / (1 - a)^2``, which tends to ``2 t^2`` for large t.
+
+    >>> round(discrete_laplace_std(10.0) / (math.sqrt(2) * 10.0), 3)
+    1.0
+    """
+    a = math.exp(-1.0 / scale)
+    return math.sqrt(2.0 * a) / (1.0 - a)

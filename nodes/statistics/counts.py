@@ -1,0 +1,39 @@
+"""Counts over public cells: count, histogram and crosstab (each with group_by).
+
+All three are the same release — a vector of tumour counts over a public grid —
+so they share one exact computation and one OpenDP measurement (discrete
+Laplace, L1 sensitivity ``k``; see :mod:`nodes.sensitivity`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nodes.data import RegistryData
+from nodes.mechanisms import plan_laplace
+from nodes.sensitivity import count_sensitivity
+from nodes.statistics.base import Exact, Plan, cell_index, cell_labels
+from varde.query import Query
+from varde.release import Cell
+
+
+def exact_counts(data: RegistryData, rows: np.ndarray, query: Query) -> Exact:
+    """Exact tumour count per cell."""
+    idx, n_cells = cell_index(data, rows, query)
+    counts = np.bincount(idx[idx >= 0], minlength=n_cells).astype(np.int64)
+    return Exact(labels=cell_labels(query), counts=counts)
+
+
+def plan_counts(ex: Exact, *, epsilon: float, max_rows: int) -> Plan:
+    """Discrete-Laplace release of the count vector."""
+    plan = plan_laplace(sensitivity=count_sensitivity(max_rows), epsilon=epsilon, integer=True)
+
+    def release() -> list[Cell]:
+        noisy = plan.release(ex.counts)
+        hw, std = plan.half_width, plan.std
+        return [
+            Cell(labels=lab, value=float(v), ci_low=float(v) - hw, ci_high=float(v) + hw, std=std)
+            for lab, v in zip(ex.labels, noisy, strict=True)
+        ]
+
+    return Plan(plan.epsilon, plan.mechanism, {"count": plan.scale}, release)

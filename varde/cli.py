@@ -1,0 +1,242 @@
+"""``varde``: one console command for the whole project.
+
+Subcommands import their side lazily, so ``varde node run`` on a hospital
+machine never loads gateway code and vice versa.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from varde.errors import VardeError
+
+app = typer.Typer(
+    help="Varde: federated, differentially private cancer-registry queries.", no_args_is_help=True
+)
+gateway_app = typer.Typer(help="Run the central gateway.", no_args_is_help=True)
+node_app = typer.Typer(help="Run a hospital node.", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Researchers, projects and enrollment tokens (gateway side).", no_args_is_help=True
+)
+project_app = typer.Typer(help="Projects.", no_args_is_help=True)
+researcher_app = typer.Typer(help="Researchers.", no_args_is_help=True)
+app.add_typer(gateway_app, name="gateway")
+app.add_typer(node_app, name="node")
+app.add_typer(admin_app, name="admin")
+admin_app.add_typer(project_app, name="project")
+admin_app.add_typer(researcher_app, name="researcher")
+
+StateDir = Annotated[Path, typer.Option("--state-dir", help="Gateway state directory (DB, key).")]
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def synth(
+    site: Annotated[list[str], typer.Option("--site", help="Site name (repeat for several).")],
+    rows: Annotated[int, typer.Option(min=1, help="Tumours per site.")] = 50_000,
+    seed: Annotated[int, typer.Option(help="Random seed (reproducible output).")] = 0,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("data"),
+    fmt: Annotated[str, typer.Option("--format", help="parquet, csv or both.")] = "parquet",
+) -> None:
+    """Write seeded synthetic registries in the common schema."""
+    from nodes.synth import generate_registry, write_registry
+
+    if fmt not in {"parquet", "csv", "both"}:
+        _fail(ValueError("--format must be parquet, csv or both"))
+    out.mkdir(parents=True, exist_ok=True)
+    for name in site:
+        frame = generate_registry(name, rows, seed=seed)
+        for f in ("parquet", "csv") if fmt == "both" else (fmt,):
+            path = write_registry(frame, out / f"{name}.{f}", f)
+            typer.echo(f"{name}: {len(frame):,} tumours -> {path}")
+
+
+@app.command()
+def schema(
+    markdown: Annotated[bool, typer.Option(help="Print as a Markdown table.")] = True,
+) -> None:
+    """Print the common registry schema."""
+    from varde.schema import render_markdown
+
+    typer.echo(render_markdown())
+
+
+@gateway_app.command("serve")
+def gateway_serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8700,
+    state_dir: StateDir = Path(".varde/gateway"),
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default SQLite).")
+    ] = None,
+    log_level: Annotated[str, typer.Option()] = "warning",
+) -> None:
+    """Serve the gateway API (one process: the long-poll queues live in it)."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.core.config import Settings
+
+    settings = Settings(state_dir=state_dir, database_url=database_url)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, workers=1)
+
+
+@node_app.command("run")
+def node_run(
+    policy: Annotated[Path, typer.Option(help="policies/<site>.yaml; missing file = deny all.")],
+    gateway: Annotated[str, typer.Option(help="Gateway URL (the node only connects out).")],
+    data: Annotated[Path, typer.Option(help="Registry file (.parquet or .csv).")],
+    state_dir: Annotated[Path, typer.Option(help="Node state: key, ledger, audit.")],
+    enroll_token: Annotated[str | None, typer.Option(help="One-time token (first start).")] = None,
+    site: Annotated[
+        str | None, typer.Option(help="Site name (needed only without a policy).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, max=32)] = 4,
+) -> None:
+    """Run a node: enroll if needed, then long-poll the gateway and answer work."""
+    from nodes.policy import PolicyError
+    from nodes.runner import run_node
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        run_node(
+            policy_path=policy,
+            gateway_url=gateway,
+            data_path=data,
+            state_dir=state_dir,
+            enroll_token=enroll_token,
+            site=site,
+            workers=workers,
+        )
+    except (PolicyError, VardeError, FileNotFoundError, RuntimeError, ValueError) as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        pass
+
+
+def _sessions(state_dir: Path, database_url: str | None = None):  # type: ignore[no-untyped-def]
+    from gateway.core.config import Settings
+    from gateway.core.db import make_engine, make_sessionmaker
+
+    settings = Settings(state_dir=state_dir, database_url=database_url)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return make_sessionmaker(make_engine(settings.db_url))
+
+
+@project_app.command("add")
+def project_add(
+    name: str,
+    description: Annotated[str, typer.Option()] = "",
+    state_dir: StateDir = Path(".varde/gateway"),
+) -> None:
+    """Create a project."""
+    from gateway.admin import add_project
+
+    try:
+        add_project(_sessions(state_dir), name, description)
+    except VardeError as err:
+        _fail(err)
+    typer.echo(f"project {name} created")
+
+
+@researcher_app.command("add")
+def researcher_add(
+    name: str,
+    project: Annotated[list[str], typer.Option("--project", help="Project (repeatable).")],
+    state_dir: StateDir = Path(".varde/gateway"),
+) -> None:
+    """Create a researcher and print their bearer token (shown once)."""
+    from gateway.admin import add_researcher
+
+    try:
+        token = add_researcher(_sessions(state_dir), name, project)
+    except VardeError as err:
+        _fail(err)
+    typer.echo(token)
+
+
+@admin_app.command("grant")
+def admin_grant(
+    researcher: str, project: str, state_dir: StateDir = Path(".varde/gateway")
+) -> None:
+    """Add a researcher to a project."""
+    from gateway.admin import grant
+
+    try:
+        grant(_sessions(state_dir), researcher, project)
+    except VardeError as err:
+        _fail(err)
+    typer.echo(f"{researcher} may now query {project}")
+
+
+@admin_app.command("enroll-token")
+def admin_enroll_token(
+    site: str,
+    valid_hours: Annotated[float, typer.Option(min=0.01)] = 24.0,
+    state_dir: StateDir = Path(".varde/gateway"),
+) -> None:
+    """Print a one-time enrollment token for a new site."""
+    from gateway.admin import enrollment_token
+
+    try:
+        token = enrollment_token(_sessions(state_dir), site, dt.timedelta(hours=valid_hours))
+    except VardeError as err:
+        _fail(err)
+    typer.echo(token)
+
+
+@app.command()
+def query(
+    spec: Annotated[Path, typer.Argument(help="Query JSON file ('-' for stdin).")],
+    gateway: Annotated[str, typer.Option(envvar="VARDE_GATEWAY")],
+    token: Annotated[str, typer.Option(envvar="VARDE_TOKEN")],
+) -> None:
+    """Run one query and print per-site and network tables."""
+    from varde.client import VardeClient, VardeHTTPError
+    from varde.report import render
+
+    text = sys.stdin.read() if str(spec) == "-" else spec.read_text()
+    with VardeClient(gateway, token) as client:
+        try:
+            res = client.query(json.loads(text))
+        except VardeHTTPError as err:
+            _fail(err)
+        typer.echo(render(res))
+
+
+@app.command()
+def demo(
+    once: Annotated[bool, typer.Option(help="Print the example results and exit.")] = False,
+    rows: Annotated[int, typer.Option(min=1000, help="Tumours per site.")] = 50_000,
+    seed: Annotated[int, typer.Option()] = 0,
+    workdir: Annotated[Path, typer.Option("--dir", help="Where data and state go.")] = Path(
+        ".demo"
+    ),
+) -> None:
+    """Start a gateway and three nodes on 127.0.0.1 and run example queries."""
+    from varde.demo import run_demo
+
+    try:
+        run_demo(workdir=workdir, rows=rows, seed=seed, once=once)
+    except (RuntimeError, VardeError) as err:
+        _fail(err)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""``varde demo``: a gateway and three Norwegian registry nodes on 127.0.0.1, asked real questions.
+
+Each node has its own synthetic registry (different case mix), its own policy
+from ``policies/`` and its own SQLite ledger; the queries go through the same
+signed long-poll path as in production.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from varde.client import VardeClient, VardeHTTPError
+from varde.launch import LocalNetwork
+from varde.report import render
+
+SITES = ["oslo", "bergen", "trondheim"]
+
+FEASIBILITY: dict[str, Any] = {
+    "project": "nsclc-feasibility",
+    "cohort": {
+        "op": "and",
+        "args": [
+            {"op": "startswith", "field": "topography", "prefix": "C34"},
+            {"op": "eq", "field": "stage", "value": "IV"},
+            {"op": "eq", "field": "egfr", "value": "positive"},
+            {"op": "between", "field": "age_at_diagnosis", "low": 18, "high": 75},
+            {"op": ">=", "field": "diagnosis_year", "value": 2020},
+        ],
+    },
+    "statistic": {"kind": "count"},
+    "privacy": {"mode": "dp", "epsilon": 0.5},
+}
+
+EXAMPLES: list[tuple[str, dict[str, Any]]] = [
+    (
+        "Trial feasibility: stage IV NSCLC (C34), EGFR+, age 18-75, diagnosed 2020 or later",
+        FEASIBILITY,
+    ),
+    (
+        "Lung cancer (C34) by stage",
+        {
+            "project": "nsclc-feasibility",
+            "cohort": {"op": "startswith", "field": "topography", "prefix": "C34"},
+            "statistic": {"kind": "histogram", "field": "stage"},
+            "privacy": {"mode": "dp", "epsilon": 0.5},
+        },
+    ),
+    (
+        "Mean age at diagnosis of lung cancer, by sex (declared bounds 18-100)",
+        {
+            "project": "nsclc-feasibility",
+            "cohort": {"op": "eq", "field": "cancer_type", "value": "lung"},
+            "statistic": {"kind": "mean", "field": "age_at_diagnosis", "lower": 18, "upper": 100},
+            "group_by": ["sex"],
+            "privacy": {"mode": "dp", "epsilon": 0.5},
+        },
+    ),
+    (
+        "PD-L1 bands in stage IV NSCLC (Trondheim's policy does not expose PD-L1)",
+        {
+            "project": "nsclc-feasibility",
+            "cohort": {
+                "op": "and",
+                "args": [
+                    {"op": "startswith", "field": "topography", "prefix": "C34"},
+                    {"op": "eq", "field": "stage", "value": "IV"},
+                ],
+            },
+            "statistic": {"kind": "histogram", "field": "pdl1_tps"},
+            "privacy": {"mode": "dp", "epsilon": 0.25},
+        },
+    ),
+]
+
+
+def run_demo(*, workdir: Path, rows: int, seed: int, once: bool) -> None:
+    """Start the network, print the example queries' results, then exit or keep serving."""
+    typer.echo(
+        f"Generating {len(SITES)} synthetic registries of {rows:,} tumours (cached in {workdir})..."
+    )
+    net = LocalNetwork(workdir=workdir.resolve(), sites=SITES, rows=rows, seed=seed)
+    started = time.perf_counter()
+    try:
+        net.start()
+        typer.echo(
+            f"Gateway on {net.url} with nodes {', '.join(SITES)} connected "
+            f"({time.perf_counter() - started:.1f} s).\n"
+        )
+        with VardeClient(net.url, net.token) as client:
+            for title, spec in EXAMPLES:
+                typer.echo("=" * 100)
+                typer.echo(title)
+                typer.echo("-" * 100)
+                t0 = time.perf_counter()
+                try:
+                    res = client.query(spec)
+                except VardeHTTPError as err:
+                    typer.echo(f"refused: {err}")
+                    continue
+                typer.echo(render(res))
+                typer.echo(f"({(time.perf_counter() - t0) * 1000:.0f} ms end to end)\n")
+            typer.echo("=" * 100)
+            typer.echo("Budgets left (epsilon) per project and site:")
+            typer.echo(client.budgets().to_string(index=False))
+        if once:
+            return
+        typer.echo(
+            f"\nThe network keeps running. API docs: {net.url}/docs\n"
+            f"Researcher token: {net.token}\n"
+            f"Try: curl -H 'Authorization: Bearer {net.token}' {net.url}/v1/budgets\n"
+            "Press Ctrl-C to stop."
+        )
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        net.stop()

@@ -1,0 +1,267 @@
+"""Start a whole network on this machine: a gateway and N nodes as real processes on 127.0.0.1.
+
+Used by ``varde demo``, the integration tests and the benchmark, so all three
+exercise exactly what a deployment runs (``varde gateway serve``, ``varde node
+run``), with enrollment tokens, signed long-polls and SQLite ledgers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_POLICIES = REPO / "policies"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _varde(*args: str) -> list[str]:
+    return [sys.executable, "-m", "varde.cli", *args]
+
+
+@dataclass
+class LocalNetwork:
+    """Gateway + nodes as subprocesses; ``start()`` returns when every node is connected."""
+
+    workdir: Path
+    sites: list[str]
+    rows: int = 50_000
+    seed: int = 0
+    policies: dict[str, Path] = field(default_factory=dict)
+    researcher: str = "demo"
+    port: int = 0
+    data_files: dict[str, Path] = field(default_factory=dict)
+    token: str = ""
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the gateway."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def gateway_state(self) -> Path:
+        """The gateway's state directory."""
+        return self.workdir / "state" / "gateway"
+
+    def node_state(self, site: str) -> Path:
+        """A node's state directory (key, ledger, audit)."""
+        return self.workdir / "state" / site
+
+    def policy_path(self, site: str) -> Path:
+        """The policy file a site runs with."""
+        return self.policies.get(site, DEFAULT_POLICIES / f"{site}.yaml")
+
+    def log_path(self, name: str) -> Path:
+        """Where a process's output goes."""
+        return self.workdir / "logs" / f"{name}.log"
+
+    def ensure_data(self) -> None:
+        """Generate each site's registry once per (rows, seed); reuse it afterwards."""
+        from nodes.synth import generate_registry, write_registry
+
+        data_dir = self.workdir / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for site in self.sites:
+            path = data_dir / f"{site}-{self.rows}-{self.seed}.parquet"
+            if not path.exists():
+                tmp = path.with_suffix(".tmp.parquet")
+                write_registry(generate_registry(site, self.rows, seed=self.seed), tmp, "parquet")
+                tmp.replace(path)
+            self.data_files[site] = path
+
+    def _projects(self) -> list[str]:
+        names: set[str] = set()
+        for site in self.sites:
+            path = self.policy_path(site)
+            if path.exists():
+                names |= set((yaml.safe_load(path.read_text()) or {}).get("projects", {}) or {})
+        return sorted(names)
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = self.log_path(name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with log.open("ab") as fh:
+            proc = subprocess.Popen(
+                args, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True
+            )
+        self._procs[name] = proc
+        return proc
+
+    def _tail(self, name: str, lines: int = 20) -> str:
+        path = self.log_path(name)
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
+
+    def start_gateway(self, timeout: float = 60.0) -> None:
+        """Start ``varde gateway serve`` on a free port and wait for /healthz."""
+        from gateway.admin import add_project, add_researcher
+        from gateway.core.config import Settings
+        from gateway.core.db import make_engine, make_sessionmaker
+
+        if self.gateway_state.exists():
+            shutil.rmtree(self.gateway_state)
+        self.gateway_state.mkdir(parents=True)
+        engine = make_engine(Settings(state_dir=self.gateway_state).db_url)
+        sessions = make_sessionmaker(engine)
+        projects = self._projects()
+        for p in projects:
+            add_project(sessions, p)
+        self.token = add_researcher(sessions, self.researcher, projects)
+        engine.dispose()
+        self.port = self.port or free_port()
+        self._spawn(
+            "gateway",
+            _varde(
+                "gateway",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--state-dir",
+                str(self.gateway_state),
+            ),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._procs["gateway"].poll() is not None:
+                raise RuntimeError(f"gateway exited:\n{self._tail('gateway')}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gateway not healthy after {timeout} s:\n{self._tail('gateway')}")
+
+    def enrollment_token(self, site: str) -> str:
+        """A fresh one-time token for ``site`` (written straight into the gateway DB)."""
+        import datetime as dt
+
+        from gateway.admin import enrollment_token
+        from gateway.core.config import Settings
+        from gateway.core.db import make_engine, make_sessionmaker
+
+        engine = make_engine(Settings(state_dir=self.gateway_state).db_url)
+        try:
+            return enrollment_token(make_sessionmaker(engine), site, dt.timedelta(hours=1))
+        finally:
+            engine.dispose()
+
+    def start_node(self, site: str) -> None:
+        """Enroll (fresh state) and start one node process."""
+        state = self.node_state(site)
+        if state.exists():
+            shutil.rmtree(state)
+        self._spawn(
+            site,
+            _varde(
+                "node",
+                "run",
+                "--policy",
+                str(self.policy_path(site)),
+                "--gateway",
+                self.url,
+                "--data",
+                str(self.data_files[site]),
+                "--state-dir",
+                str(state),
+                "--enroll-token",
+                self.enrollment_token(site),
+                "--site",
+                site,
+            ),
+        )
+
+    def restart_node(self, site: str) -> None:
+        """Start a stopped node again with its existing state (ledger, keys)."""
+        self._spawn(
+            site,
+            _varde(
+                "node",
+                "run",
+                "--policy",
+                str(self.policy_path(site)),
+                "--gateway",
+                self.url,
+                "--data",
+                str(self.data_files[site]),
+                "--state-dir",
+                str(self.node_state(site)),
+                "--site",
+                site,
+            ),
+        )
+
+    def wait_connected(self, sites: list[str] | None = None, timeout: float = 120.0) -> None:
+        """Block until the gateway sees every site in ``sites`` connected."""
+        wanted = set(sites or self.sites)
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Bearer {self.token}"}
+        while time.monotonic() < deadline:
+            for site in wanted:
+                proc = self._procs.get(site)
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"node {site} exited:\n{self._tail(site)}")
+            try:
+                resp = httpx.get(f"{self.url}/v1/sites", headers=headers, timeout=2.0)
+                connected = {s["site"] for s in resp.json() if s["connected"]}
+                if wanted <= connected:
+                    return
+            except (httpx.HTTPError, ValueError, TypeError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"nodes {sorted(wanted)} not all connected after {timeout} s")
+
+    def start(self) -> LocalNetwork:
+        """Data, gateway, enrollment, nodes; returns when all are connected."""
+        self.ensure_data()
+        self.start_gateway()
+        for site in self.sites:
+            self.start_node(site)
+        self.wait_connected()
+        return self
+
+    def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop one process (node or gateway) and wait for it."""
+        proc = self._procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop nodes first, then the gateway."""
+        for name in [n for n in self._procs if n != "gateway"] + ["gateway"]:
+            self.stop_process(name)
+
+    def __enter__(self) -> LocalNetwork:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,416 @@
+"""The query language: one validated JSON document, never free-form SQL.
+
+A query names a project, a cohort (a tree of predicates over the common schema),
+one statistic, optional ``group_by`` over public categorical fields, and a privacy
+mode. Everything here is checked against :mod:`varde.schema` when the model is
+built, so an object of type :class:`Query` is always meaningful: unknown fields,
+unknown categories, inverted bounds, non-increasing bins, epsilon <= 0 or NaN
+all fail *before* any site is contacted, and nothing is charged.
+
+What a particular site allows (which fields it exposes, which statistics, how
+much epsilon) is a different question, answered by that site's policy.
+
+The models are frozen and use ``extra="forbid"`` so that a typo in a key is an
+error rather than a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from varde.schema import FIELDS_BY_NAME, FieldKind, FieldSpec
+
+Scalar = str | int | float
+
+MAX_CELLS = 20_000
+"""Upper bound on the number of released cells (group_by x bins) in one query."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _queryable(name: str) -> FieldSpec:
+    spec = FIELDS_BY_NAME.get(name)
+    if spec is None:
+        raise ValueError(f"unknown field {name!r}")
+    if not spec.queryable:
+        raise ValueError(f"field {name!r} is an identifier and can never be queried")
+    return spec
+
+
+def _check_value(spec: FieldSpec, value: Scalar) -> Scalar:
+    """Coerce ``value`` to the field's kind, or explain why it cannot be."""
+    if spec.kind is FieldKind.CATEGORICAL:
+        if not isinstance(value, str):
+            raise ValueError(f"field {spec.name!r} is categorical; {value!r} is not a string")
+        if value not in spec.categories:
+            shown = ", ".join(spec.categories[:12]) + (", ..." if len(spec.categories) > 12 else "")
+            raise ValueError(f"unknown category {value!r} for field {spec.name!r} (known: {shown})")
+        return value
+    if spec.kind is FieldKind.INTEGER:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"field {spec.name!r} is numeric; {value!r} is not a number")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"field {spec.name!r}: {value!r} is not a finite number")
+        return value
+    if spec.kind is FieldKind.DATE:
+        if not isinstance(value, str):
+            raise ValueError(f"field {spec.name!r} is a date; give it as 'YYYY-MM-DD'")
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError as err:
+            raise ValueError(f"field {spec.name!r}: {value!r} is not an ISO date") from err
+        return value
+    raise ValueError(f"field {spec.name!r} cannot be compared")  # pragma: no cover
+
+
+def _order_key(spec: FieldSpec, value: Scalar) -> float:
+    if spec.kind is FieldKind.DATE:
+        return float(dt.date.fromisoformat(str(value)).toordinal())
+    return float(value)
+
+
+class Eq(_Frozen):
+    """``field == value``."""
+
+    op: Literal["eq"]
+    field: str
+    value: Scalar
+
+    @model_validator(mode="after")
+    def _valid(self) -> Eq:
+        _check_value(_queryable(self.field), self.value)
+        return self
+
+
+class In(_Frozen):
+    """``field`` is one of ``values``."""
+
+    op: Literal["in"]
+    field: str
+    values: Annotated[list[Scalar], Field(min_length=1, max_length=2000)]
+
+    @model_validator(mode="after")
+    def _valid(self) -> In:
+        spec = _queryable(self.field)
+        for v in self.values:
+            _check_value(spec, v)
+        return self
+
+
+class Between(_Frozen):
+    """``low <= field <= high`` (inclusive both ends, like SQL)."""
+
+    op: Literal["between"]
+    field: str
+    low: Scalar
+    high: Scalar
+
+    @model_validator(mode="after")
+    def _valid(self) -> Between:
+        spec = _queryable(self.field)
+        if spec.kind is FieldKind.CATEGORICAL:
+            raise ValueError(
+                f"'between' needs a numeric or date field; {self.field!r} is categorical"
+            )
+        _check_value(spec, self.low)
+        _check_value(spec, self.high)
+        if _order_key(spec, self.low) > _order_key(spec, self.high):
+            raise ValueError(f"'between' on {self.field!r}: low {self.low!r} > high {self.high!r}")
+        return self
+
+
+class _Compare(_Frozen):
+    op: str
+    field: str
+    value: Scalar
+
+    @model_validator(mode="after")
+    def _valid(self) -> _Compare:
+        spec = _queryable(self.field)
+        if spec.kind is FieldKind.CATEGORICAL:
+            raise ValueError(
+                f"'{self.op}' needs a numeric or date field; {self.field!r} is categorical"
+            )
+        _check_value(spec, self.value)
+        return self
+
+
+class Ge(_Compare):
+    """``field >= value``."""
+
+    op: Literal[">="]
+
+
+class Le(_Compare):
+    """``field <= value``."""
+
+    op: Literal["<="]
+
+
+class StartsWith(_Frozen):
+    """Categorical code starts with ``prefix``: ``C34`` matches every lung subsite."""
+
+    op: Literal["startswith"]
+    field: str
+    prefix: Annotated[str, Field(min_length=1, max_length=32)]
+
+    @model_validator(mode="after")
+    def _valid(self) -> StartsWith:
+        spec = _queryable(self.field)
+        if spec.kind is not FieldKind.CATEGORICAL:
+            raise ValueError(f"'startswith' needs a categorical code field; {self.field!r} is not")
+        if not any(c.startswith(self.prefix) for c in spec.categories):
+            raise ValueError(f"no category of {self.field!r} starts with {self.prefix!r}")
+        return self
+
+
+class And(_Frozen):
+    """All of ``args``."""
+
+    op: Literal["and"]
+    args: Annotated[list[Predicate], Field(min_length=1, max_length=100)]
+
+
+class Or(_Frozen):
+    """Any of ``args``."""
+
+    op: Literal["or"]
+    args: Annotated[list[Predicate], Field(min_length=1, max_length=100)]
+
+
+class Not(_Frozen):
+    """Negation of ``arg``."""
+
+    op: Literal["not"]
+    arg: Predicate
+
+
+Predicate = Annotated[
+    Eq | In | Between | Ge | Le | StartsWith | And | Or | Not, Field(discriminator="op")
+]
+
+for _model in (And, Or, Not):
+    _model.model_rebuild()
+
+
+def predicate_fields(pred: Predicate | None) -> set[str]:
+    """Every field a predicate tree reads (a policy must expose all of them)."""
+    if pred is None:
+        return set()
+    if isinstance(pred, And | Or):
+        out: set[str] = set()
+        for a in pred.args:
+            out |= predicate_fields(a)
+        return out
+    if isinstance(pred, Not):
+        return predicate_fields(pred.arg)
+    return {pred.field}
+
+
+def _numeric_field(name: str) -> FieldSpec:
+    spec = _queryable(name)
+    if spec.kind is not FieldKind.INTEGER:
+        raise ValueError(f"field {name!r} is {spec.kind.value}, a numeric field is needed")
+    return spec
+
+
+class Count(_Frozen):
+    """Number of tumours in the cohort (per group)."""
+
+    kind: Literal["count"]
+
+
+class _Bounded(_Frozen):
+    field: str
+    lower: float = Field(allow_inf_nan=False)
+    upper: float = Field(allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _valid(self) -> _Bounded:
+        spec = _numeric_field(self.field)
+        if not self.lower < self.upper:
+            raise ValueError(
+                f"bounds inverted or empty: lower {self.lower} must be < upper {self.upper}"
+            )
+        if (
+            spec.lower is not None
+            and spec.upper is not None
+            and (self.upper < spec.lower or self.lower > spec.upper)
+        ):
+            raise ValueError(
+                f"bounds [{self.lower}, {self.upper}] lie outside the domain of {self.field!r} "
+                f"[{spec.lower}, {spec.upper}]"
+            )
+        return self
+
+
+class Sum(_Bounded):
+    """Sum of ``field`` with each value clamped to the declared ``[lower, upper]``."""
+
+    kind: Literal["sum"]
+
+
+class Mean(_Bounded):
+    """Mean of ``field`` clamped to ``[lower, upper]``; released as noisy sum / noisy count."""
+
+    kind: Literal["mean"]
+
+
+class Histogram(_Frozen):
+    """Counts per public category, or per declared numeric bin ``[edge_i, edge_i+1)``.
+
+    For a categorical field the categories default to the schema's public list
+    (never the data's). For a numeric field ``bins`` are required, strictly
+    increasing; values outside ``[bins[0], bins[-1])`` are not counted.
+    """
+
+    kind: Literal["histogram"]
+    field: str
+    bins: Annotated[list[float], Field(min_length=2, max_length=1001)] | None = None
+    categories: Annotated[list[str], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> Histogram:
+        spec = _queryable(self.field)
+        if spec.kind is FieldKind.CATEGORICAL:
+            if self.bins is not None:
+                raise ValueError(f"{self.field!r} is categorical: give 'categories', not 'bins'")
+            for c in self.categories or ():
+                _check_value(spec, c)
+            if self.categories is not None and len(set(self.categories)) != len(self.categories):
+                raise ValueError("categories must not repeat")
+        elif spec.kind is FieldKind.INTEGER:
+            if self.categories is not None:
+                raise ValueError(f"{self.field!r} is numeric: give 'bins', not 'categories'")
+            if self.bins is None:
+                raise ValueError(f"a histogram of numeric {self.field!r} needs declared 'bins'")
+            if any(not math.isfinite(b) for b in self.bins):
+                raise ValueError("bins must be finite numbers")
+            if any(b >= c for b, c in zip(self.bins, self.bins[1:], strict=False)):
+                raise ValueError(f"bins must be strictly increasing: {self.bins}")
+        else:
+            raise ValueError(f"no histogram over {spec.kind.value} field {self.field!r}")
+        return self
+
+    def labels(self) -> list[str]:
+        """The public cell labels of this histogram, in order."""
+        spec = FIELDS_BY_NAME[self.field]
+        if spec.kind is FieldKind.CATEGORICAL:
+            return list(self.categories or spec.categories)
+        assert self.bins is not None
+        return [f"[{_fmt(a)}, {_fmt(b)})" for a, b in zip(self.bins, self.bins[1:], strict=False)]
+
+
+class Crosstab(_Frozen):
+    """Counts over the cartesian product of public categorical ``fields``."""
+
+    kind: Literal["crosstab"]
+    fields: Annotated[list[str], Field(min_length=2, max_length=6)]
+
+    @model_validator(mode="after")
+    def _valid(self) -> Crosstab:
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError("crosstab fields must not repeat")
+        for name in self.fields:
+            if _queryable(name).kind is not FieldKind.CATEGORICAL:
+                raise ValueError(f"crosstab needs categorical fields; {name!r} is not")
+        return self
+
+
+Statistic = Annotated[Count | Sum | Mean | Histogram | Crosstab, Field(discriminator="kind")]
+
+
+class DPPrivacy(_Frozen):
+    """Differential privacy: each site spends ``epsilon`` from the project's budget."""
+
+    mode: Literal["dp"]
+    epsilon: float = Field(gt=0, allow_inf_nan=False)
+
+
+class AggregatePrivacy(_Frozen):
+    """Exact aggregates with small-cell suppression, where a site's policy allows it."""
+
+    mode: Literal["aggregate"]
+
+
+Privacy = Annotated[DPPrivacy | AggregatePrivacy, Field(discriminator="mode")]
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+class Query(_Frozen):
+    """A complete question to the network."""
+
+    project: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+    cohort: Predicate | None = None
+    statistic: Statistic
+    group_by: Annotated[list[str], Field(max_length=4)] = []
+    privacy: Privacy
+    sites: Annotated[list[str], Field(min_length=1)] | None = None
+    timeout_s: float = Field(default=10.0, gt=0, le=120, allow_inf_nan=False)
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_keys(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("group_by keys must not repeat")
+        for name in value:
+            if _queryable(name).kind is not FieldKind.CATEGORICAL:
+                raise ValueError(f"group_by needs public categorical fields; {name!r} is not")
+        return value
+
+    @model_validator(mode="after")
+    def _cells(self) -> Query:
+        if isinstance(self.statistic, Crosstab) and set(self.statistic.fields) & set(self.group_by):
+            raise ValueError("a field cannot be both a crosstab axis and a group_by key")
+        if isinstance(self.statistic, Histogram) and self.statistic.field in self.group_by:
+            raise ValueError("a field cannot be both the histogram field and a group_by key")
+        n = self.cell_count()
+        if n > MAX_CELLS:
+            raise ValueError(f"the query would release {n} cells; at most {MAX_CELLS} are allowed")
+        return self
+
+    def axes(self) -> list[tuple[str, list[str]]]:
+        """The public axes of the released table: group_by keys, then the statistic's own."""
+        out = [(g, list(FIELDS_BY_NAME[g].categories)) for g in self.group_by]
+        stat = self.statistic
+        if isinstance(stat, Histogram):
+            out.append((stat.field, stat.labels()))
+        elif isinstance(stat, Crosstab):
+            out.extend((f, list(FIELDS_BY_NAME[f].categories)) for f in stat.fields)
+        return out
+
+    def cell_count(self) -> int:
+        """How many numbers the query releases per site."""
+        n = 1
+        for _, labels in self.axes():
+            n *= len(labels)
+        return n
+
+    def fields_read(self) -> set[str]:
+        """Every field the query reads; a site's policy must expose all of them."""
+        out = predicate_fields(self.cohort) | set(self.group_by)
+        stat = self.statistic
+        if isinstance(stat, Sum | Mean | Histogram):
+            out.add(stat.field)
+        elif isinstance(stat, Crosstab):
+            out |= set(stat.fields)
+        return out
+
+    @property
+    def epsilon(self) -> float:
+        """Epsilon each site is asked to spend (0 in aggregate mode)."""
+        return self.privacy.epsilon if isinstance(self.privacy, DPPrivacy) else 0.0
+
+
+def parse_query(data: dict[str, Any]) -> Query:
+    """Validate a JSON-like dict into a :class:`Query` (raises ``pydantic.ValidationError``)."""
+    return Query.model_validate(data)

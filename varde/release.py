@@ -1,0 +1,102 @@
+"""What a site releases, and what a site tells the gateway about itself.
+
+A :class:`SiteRelease` is the only thing that leaves a hospital for a query. It
+carries the released cells with their noise description (mechanism, scale,
+epsilon charged, 95% interval) so the gateway can combine sites and report
+accuracy without ever seeing a row. A refusal is also a release: a site says
+*why* it did not answer (policy, budget, envelope), so a researcher can tell
+suppression from refusal from failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+SiteStatus = Literal[
+    "ok",
+    "policy_violation",
+    "budget_exhausted",
+    "invalid_query",
+    "envelope_rejected",
+    "unavailable",
+    "error",
+]
+CellStatus = Literal["ok", "suppressed"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Cell(_Wire):
+    """One released number, with its labels along the query's axes.
+
+    ``parts`` holds the released components a combiner needs (a mean is
+    released as a noisy ``sum`` and a noisy ``count``; pooling divides the sums
+    of both, never averages site means). ``std`` is the noise's standard
+    deviation for ``value`` (0 in aggregate mode).
+    """
+
+    labels: list[str] = []
+    status: CellStatus = "ok"
+    value: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    std: float | None = None
+    parts: dict[str, float] = {}
+    part_std: dict[str, float] = {}
+
+
+class SiteRelease(_Wire):
+    """A site's answer to one work item (a release or a reasoned refusal)."""
+
+    query_id: str
+    site: str
+    status: SiteStatus
+    project: str = ""
+    message: str = ""
+    statistic: str = ""
+    mode: Literal["dp", "aggregate", ""] = ""
+    epsilon_charged: float = 0.0
+    mechanism: str = ""
+    noise_scales: dict[str, float] = {}
+    axes: list[tuple[str, list[str]]] = []
+    cells: list[Cell] = []
+    budget_total: float | None = None
+    budget_remaining: float | None = None
+    elapsed_ms: float = 0.0
+
+
+class WorkItem(_Wire):
+    """The body of a gateway-signed ``work`` envelope."""
+
+    query_id: str
+    project: str
+    researcher: str
+    query: dict[str, Any]
+
+
+class ProjectTerms(_Wire):
+    """The public part of a site's policy for one project."""
+
+    epsilon_budget: float
+    max_epsilon_per_query: float
+    epsilon_remaining: float
+
+
+class Manifest(_Wire):
+    """What a site tells the gateway about itself (public policy facts only).
+
+    The gateway uses it for friendly refusals before fan-out and for
+    ``GET /v1/schema``; the node still enforces its own policy on every item.
+    """
+
+    site: str
+    fields: list[str]
+    statistics: list[str]
+    projects: dict[str, ProjectTerms] = {}
+    aggregate_mode: bool = False
+    min_cell: int | None = None
+    policy_version: str = ""
