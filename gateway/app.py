@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from gateway.api.routes import catalog, nodes, queries
@@ -14,7 +19,16 @@ from varde.errors import VardeError
 
 def create_app(settings: Settings | None = None, state: GatewayState | None = None) -> FastAPI:
     """Build the app; ``state`` lets tests reach the dispatcher of an in-process gateway."""
+    varde_state = state or GatewayState.open(settings or get_settings())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        varde_state.loop = asyncio.get_running_loop()
+        yield
+        varde_state.engine.dispose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Varde gateway",
         version=__version__,
         description=(
@@ -23,11 +37,15 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
             "what sites release."
         ),
     )
-    app.state.varde = state or GatewayState.open(settings or get_settings())
+    app.state.varde = varde_state
 
     @app.exception_handler(VardeError)
     async def _varde_error(_request: Request, err: VardeError) -> JSONResponse:
         return JSONResponse(status_code=err.status, content=err.as_dict())
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content=validation_body(err))
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:
@@ -38,3 +56,17 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
     app.include_router(catalog.router)
     app.include_router(nodes.router)
     return app
+
+
+def validation_body(err: RequestValidationError) -> dict[str, object]:
+    """A 422 body that names each problem by its path, without echoing the input back.
+
+    FastAPI's default echoes the offending input, which fails to serialise for
+    NaN/Infinity (a 500 for a bad request) and could reflect large payloads.
+    """
+    problems = []
+    for e in err.errors():
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        problems.append({"loc": loc, "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))})
+    detail = "; ".join(f"{'.'.join(p['loc']) or 'body'}: {p['msg']}" for p in problems)  # type: ignore[arg-type]
+    return {"error": "invalid_query", "detail": detail, "errors": problems}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ class GatewayState:
     sessions: sessionmaker[Any]
     key: Ed25519PrivateKey
     dispatcher: Dispatcher
+    loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def public_key(self) -> str:

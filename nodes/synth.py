@@ -314,7 +314,7 @@ _AGE_MEAN: Final = np.array([p.age[0] for p in _TYPES.values()], dtype=np.float6
 _AGE_SD: Final = np.array([p.age[1] for p in _TYPES.values()], dtype=np.float64)
 _CHILD: Final = np.array([p.child for p in _TYPES.values()])
 _STAGE_MIX: Final = np.array([(0.0, *p.stage) for p in _TYPES.values()])  # columns = STAGES
-_S5: Final = np.array([(0.999, *p.s5) for p in _TYPES.values()])  # columns = STAGES
+_H5: Final = -np.log([(0.999, *p.s5) for p in _TYPES.values()])  # 5-y cum. hazard by STAGES
 _ADULT_AGE: Final = (15.0, 100.0)  # support of the adult age distribution
 _STAGED: Final = np.array([p.stage != _NOT_STAGED for p in _TYPES.values()])
 
@@ -957,33 +957,48 @@ def _diagnosis_days(rng: np.random.Generator, size: int) -> Ints:
     return _START_DAY + np.minimum((t * span).astype(np.int64), span - 1)
 
 
+def _hazard_ratio(age: Floats, year: Ints, morph: Ints, profile: SiteProfile) -> Floats:
+    """Cancer-death hazard relative to the five-year table (age 65, diagnosed 2010)."""
+    log_hr = _AGE_HR_PER_YEAR * (age - 65.0) - _CALENDAR_HR_PER_YEAR * (year - 2010)
+    return np.asarray(np.exp(log_hr) * _MORPH_HR_ARRAY[morph] * profile.survival_hr)
+
+
+def _stage_given_survival(
+    u: Floats, prior: Floats, h5: Floats, hr: Floats, alive_for: Floats
+) -> Ints:
+    """Draw stages from P(stage | type) reweighted by P(surviving ``alive_for`` days | stage).
+
+    Why: a tumour followed by a later diagnosis belongs to someone who survived until then,
+    so it is rarely stage IV lung; conditioning the stage (Bayes) rather than only the death
+    time avoids immortal stage IV patients.
+
+    Args:
+        u: Uniform draws, one per row.
+        prior: P(stage) per row, shape ``(rows, stages)``.
+        h5: Five-year cumulative hazard per row and stage, same shape.
+        hr: Hazard ratio per row.
+        alive_for: Days the patient is known to survive, per row.
+    """
+    exposure = (alive_for / (5.0 * _DAYS_PER_YEAR)) ** _WEIBULL_SHAPE
+    posterior = prior * np.exp(-(hr * exposure)[:, None] * h5)
+    total = posterior.sum(axis=1, keepdims=True)
+    posterior = np.where(total > 0, posterior / np.where(total > 0, total, 1.0), prior)
+    return (u[:, None] >= np.cumsum(posterior, axis=1)[:, :-1]).sum(axis=1).astype(np.int64)
+
+
 def _cancer_death_days(
-    rng: np.random.Generator,
-    type_code: Ints,
-    stage: Ints,
-    morph: Ints,
-    age: Floats,
-    year: Ints,
-    alive_for: Floats,
-    profile: SiteProfile,
+    rng: np.random.Generator, h5: Floats, hr: Floats, alive_for: Floats
 ) -> Floats:
     """Days from diagnosis to cancer death (Weibull; may lie far beyond follow-up).
 
-    The five-year survival table fixes the scale; age, calendar year, histology and the
-    site move the hazard proportionally. The draw is conditional on surviving
-    ``alive_for`` days (a patient known to be alive at a later diagnosis), which keeps
-    multi-tumour patients consistent without moving any diagnosis date.
+    The five-year cumulative hazard ``h5`` (from the survival table) fixes the scale and
+    ``hr`` moves it. The draw is conditional on surviving ``alive_for`` days (the patient
+    is known to be alive at a later diagnosis).
     """
-    s5 = _S5[type_code, stage]
-    hr = (
-        np.exp(_AGE_HR_PER_YEAR * (age - 65.0) - _CALENDAR_HR_PER_YEAR * (year - 2010))
-        * _MORPH_HR_ARRAY[morph]
-        * profile.survival_hr
-    )
     already = (alive_for / (5.0 * _DAYS_PER_YEAR)) ** _WEIBULL_SHAPE
-    exposure = already + rng.standard_exponential(type_code.size) / (hr * -np.log(s5))
-    years = 5.0 * exposure ** (1.0 / _WEIBULL_SHAPE)
-    return np.maximum(np.minimum(years * _DAYS_PER_YEAR, 60.0 * _DAYS_PER_YEAR), alive_for)
+    exposure = already + rng.standard_exponential(h5.size) / (hr * h5)
+    days = 5.0 * _DAYS_PER_YEAR * exposure ** (1.0 / _WEIBULL_SHAPE)
+    return np.maximum(np.minimum(days, 60.0 * _DAYS_PER_YEAR), alive_for)
 
 
 def _background_death_days(
@@ -1143,6 +1158,10 @@ def generate_registry(
     planned = planned[np.argsort(patient * (1 << 16) + (planned - _START_DAY))]
     index_day = planned[starts]
     birth_p = index_day - np.round(index_age * _DAYS_PER_YEAR).astype(np.int64)
+    birth = birth_p[patient]
+    diag_day = np.minimum(planned, birth + 110 * 365)  # keep age <= 110
+    year = _ymd(diag_day)[0]
+    alive_for = (np.maximum.reduceat(diag_day, starts)[patient] - diag_day).astype(np.float64)
 
     # 2. Types of further tumours, given the patient's sex.
     male = male_p[patient]
@@ -1159,7 +1178,17 @@ def generate_registry(
     hist_group[child_rows] = _CHILD_GROUP_OF_TYPE[type_code[child_rows]]
     combo = _draw(rng.random(n_tumours), hist_group, _HIST_PROBS)
     topo, morph = _HIST_TOPO[hist_group, combo], _HIST_MORPH[hist_group, combo]
-    stage = _draw(rng.random(n_tumours), type_code, profile.stage_mix())
+    hr = _hazard_ratio((diag_day - birth) / _DAYS_PER_YEAR, year, morph, profile)
+    stage_mix = profile.stage_mix()
+    stage = _draw(rng.random(n_tumours), type_code, stage_mix)
+    known = np.flatnonzero(alive_for > 0)  # tumours followed by a later diagnosis
+    stage[known] = _stage_given_survival(
+        rng.random(known.size),
+        stage_mix[type_code[known]],
+        _H5[type_code[known]],
+        hr[known],
+        alive_for[known],
+    )
     stage = np.where(_IN_SITU_MORPH[morph], _STAGE["0"], stage)
     tnm_group = np.where(_STAGED[type_code], stage, _N_STAGES)
     n_stage = _draw(rng.random(n_tumours), tnm_group, _N_PROBS)
@@ -1172,20 +1201,7 @@ def generate_registry(
 
     # 4. Survival. A patient dies once, at the earliest cancer or background death; every
     # death is drawn conditional on being alive at the patient's last diagnosis.
-    birth = birth_p[patient]
-    diag_day = np.minimum(planned, birth + 110 * 365)  # keep age <= 110
-    last_diag = np.maximum.reduceat(diag_day, starts)
-    alive_for = (last_diag[patient] - diag_day).astype(np.float64)
-    cancer_death = _cancer_death_days(
-        rng,
-        type_code,
-        stage,
-        morph,
-        (diag_day - birth) / _DAYS_PER_YEAR,
-        _ymd(diag_day)[0],
-        alive_for,
-        profile,
-    )
+    cancer_death = _cancer_death_days(rng, _H5[type_code, stage], hr, alive_for)
     background = _background_death_days(rng, index_age, male_p, alive_for[starts])
     death_row = diag_day + cancer_death
     death_row[starts] = np.minimum(death_row[starts], index_day + background)
@@ -1198,7 +1214,6 @@ def generate_registry(
 
     # 5. Derived fields, biomarkers, treatment, trials.
     age = _completed_years(birth, diag_day)
-    year = _ymd(diag_day)[0]
     markers = _biomarkers(rng, type_code, morph, stage, year, profile)
     treat = _first_treatment(rng, type_code, stage, morph, year, markers)
     wait_mean = _WAIT_MEAN[treat] * profile.treatment_delay

@@ -89,7 +89,15 @@ def gateway_serve(
     from gateway.core.config import Settings
 
     settings = Settings(state_dir=state_dir, database_url=database_url)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, workers=1)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        workers=1,
+        ws="none",
+        timeout_graceful_shutdown=3,
+    )
 
 
 @node_app.command("run")

@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -48,7 +50,11 @@ class LocalNetwork:
     port: int = 0
     data_files: dict[str, Path] = field(default_factory=dict)
     token: str = ""
+    inprocess_gateway: bool = False
+    app_state: Any = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _server: Any = None
+    _thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -130,6 +136,9 @@ class LocalNetwork:
         self.token = add_researcher(sessions, self.researcher, projects)
         engine.dispose()
         self.port = self.port or free_port()
+        if self.inprocess_gateway:
+            self._serve_inprocess(timeout)
+            return
         self._spawn(
             "gateway",
             _varde(
@@ -154,6 +163,32 @@ class LocalNetwork:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"gateway not healthy after {timeout} s:\n{self._tail('gateway')}")
+
+    def _serve_inprocess(self, timeout: float) -> None:
+        """Run the gateway in a thread of this process (tests reach its dispatcher)."""
+        import uvicorn
+
+        from gateway.app import create_app
+        from gateway.core.config import Settings
+
+        app = create_app(Settings(state_dir=self.gateway_state))
+        self.app_state = app.state.varde
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            ws="none",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="gateway", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("in-process gateway did not start")
+            time.sleep(0.05)
 
     def enrollment_token(self, site: str) -> str:
         """A fresh one-time token for ``site`` (written straight into the gateway DB)."""
@@ -259,6 +294,10 @@ class LocalNetwork:
         """Stop nodes first, then the gateway."""
         for name in [n for n in self._procs if n != "gateway"] + ["gateway"]:
             self.stop_process(name)
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=15)
+            self._server = None
 
     def __enter__(self) -> LocalNetwork:
         return self.start()

@@ -39,9 +39,14 @@ def site_summary(res: QueryResponse) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("site")
 
 
-def render(res: QueryResponse, *, digits: int = 1) -> str:
-    """Values per site and for the network, then the per-site privacy summary."""
+def render(res: QueryResponse, *, digits: int | None = None) -> str:
+    """Values per site and for the network, then the per-site privacy summary.
+
+    Counts print as whole numbers, sums and means with one decimal.
+    """
     raw = res.raw
+    if digits is None:
+        digits = 1 if raw["statistic"] in ("mean", "sum") else 0
     axes = res.axes
     ok = [s for s in raw["sites"] if s["status"] == "ok"]
     net = raw.get("network")
@@ -52,7 +57,7 @@ def render(res: QueryResponse, *, digits: int = 1) -> str:
             c = s["cells"][0]
             rows.append(
                 {
-                    "": s["site"],
+                    "site": s["site"],
                     "value": _num(c.get("value"), digits),
                     "95% CI": _ci(c.get("ci_low"), c.get("ci_high"), digits),
                 }
@@ -61,13 +66,13 @@ def render(res: QueryResponse, *, digits: int = 1) -> str:
             c = net["cells"][0]
             rows.append(
                 {
-                    "": "NETWORK",
+                    "site": "NETWORK",
                     "value": _num(c.get("value"), digits),
                     "95% CI": _ci(c.get("ci_low"), c.get("ci_high"), digits),
                 }
             )
         if rows:
-            lines.append(pd.DataFrame(rows).set_index("").to_string())
+            lines.append(pd.DataFrame(rows).to_string(index=False))
     else:
         table: dict[str, list[str]] = {}
         labels: list[str] = []

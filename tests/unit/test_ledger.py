@@ -61,7 +61,8 @@ def pg_schema() -> Iterator[str]:
             conn.exec_driver_sql(f'CREATE SCHEMA "{name}"')
     except OperationalError as err:
         engine.dispose()
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {err}")
+        reason = (str(err.orig) or str(err)).strip().splitlines()[0]
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {reason}")
     try:
         yield name
     finally:

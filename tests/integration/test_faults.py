@@ -1,0 +1,186 @@
+"""Faults and adversaries: concurrency against a budget, nodes down or frozen, a forging gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from varde.envelope import seal
+from varde.launch import LocalNetwork
+from varde.release import WorkItem
+
+from .conftest import ledger_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("network")]
+
+BREAST: dict[str, Any] = {
+    "project": "breast-outcomes",
+    "cohort": {"op": "eq", "field": "cancer_type", "value": "breast"},
+    "statistic": {"kind": "count"},
+    "sites": ["bergen"],
+    "privacy": {"mode": "dp", "epsilon": 0.5},
+}
+
+
+def test_fifty_concurrent_queries_against_a_budget_for_ten(network: LocalNetwork) -> None:
+    """bergen gives breast-outcomes 5.0 epsilon; 50 queries of 0.5 at once -> exactly 10 answered."""
+    led = ledger_of(network, "bergen")
+    assert led.spent("breast-outcomes") == 0.0
+
+    async def fire() -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {network.token}"}
+        async with httpx.AsyncClient(base_url=network.url, headers=headers, timeout=60) as c:
+            return await asyncio.gather(*(c.post("/v1/queries", json=BREAST) for _ in range(50)))
+
+    responses = asyncio.run(fire())
+    codes = Counter(r.status_code for r in responses)
+    assert codes == {200: 10, 409: 40}, codes
+    assert all(r.json()["error"] == "budget_exhausted" for r in responses if r.status_code == 409)
+    charges = [c for c in led.charges("breast-outcomes")]
+    assert len(charges) == 10
+    assert led.spent("breast-outcomes") == pytest.approx(5.0)
+    assert sum(c.amount for c in charges) == pytest.approx(5.0)
+    answered = {r.json()["query_id"] for r in responses if r.status_code == 200}
+    assert answered == {c.query_id for c in charges}
+    led.close()
+
+
+def _query(network: LocalNetwork, body: dict[str, Any]) -> dict[str, Any]:
+    resp = httpx.post(
+        f"{network.url}/v1/queries", json=body, headers={"Authorization": f"Bearer {network.token}"}, timeout=60
+    )
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+COUNT: dict[str, Any] = {
+    "project": "nsclc-feasibility",
+    "cohort": {"op": "eq", "field": "cancer_type", "value": "lung"},
+    "statistic": {"kind": "count"},
+    "privacy": {"mode": "dp", "epsilon": 0.1},
+    "timeout_s": 2.0,
+}
+
+
+def test_frozen_node_is_unavailable_and_never_charged(network: LocalNetwork) -> None:
+    led = ledger_of(network, "trondheim")
+    before = len(led.charges())
+    proc = network._procs["trondheim"]
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        res = _query(network, COUNT)
+        elapsed = time.monotonic() - started
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    rows = {r["site"]: r for r in res["sites"]}
+    assert rows["trondheim"]["status"] == "unavailable"
+    assert "did not answer within 2.0 s" in rows["trondheim"]["message"]
+    assert rows["oslo"]["status"] == rows["bergen"]["status"] == "ok"
+    assert res["network"]["sites"] == ["bergen", "oslo"]
+    assert elapsed < 10
+    # once thawed, the node sees the item has expired and refuses it: nothing charged
+    deadline = time.monotonic() + 15
+    from nodes.store import NodeStore
+
+    store = NodeStore.in_directory(network.node_state("trondheim"))
+    while time.monotonic() < deadline:
+        rejected = [e for e in store.events("envelope_rejected") if e.query_id == res["query_id"]]
+        if rejected:
+            break
+        time.sleep(0.2)
+    store.close()
+    assert rejected and "expired" in rejected[0].detail
+    assert len(led.charges()) == before
+    led.close()
+    network.wait_connected(["trondheim"], timeout=30)
+
+
+def test_killed_node_then_restart_keeps_its_ledger(network: LocalNetwork) -> None:
+    led = ledger_of(network, "trondheim")
+    _query(network, {**COUNT, "timeout_s": 10})
+    spent_before = led.spent("nsclc-feasibility")
+    n_before = len(led.charges())
+    network.stop_process("trondheim", sig=signal.SIGKILL)
+    res = _query(network, COUNT)
+    rows = {r["site"]: r for r in res["sites"]}
+    assert rows["trondheim"]["status"] == "unavailable"
+    assert rows["oslo"]["status"] == "ok"
+    assert len(led.charges()) == n_before
+    network.restart_node("trondheim")
+    network.wait_connected(["trondheim"], timeout=60)
+    res = _query(network, {**COUNT, "timeout_s": 10})
+    rows = {r["site"]: r for r in res["sites"]}
+    assert rows["trondheim"]["status"] == "ok"
+    assert led.spent("nsclc-feasibility") == pytest.approx(spent_before + 0.1)
+    assert rows["trondheim"]["budget_remaining"] == pytest.approx(6.0 - spent_before - 0.1)
+    led.close()
+
+
+@pytest.fixture(scope="module")
+def rogue_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    """One real node under a gateway running in this process, so the test can act as a bad gateway."""
+    net = LocalNetwork(
+        workdir=tmp_path_factory.mktemp("rogue"), sites=["bergen"], rows=5_000, seed=5, inprocess_gateway=True
+    )
+    net.start()
+    yield net
+    net.stop()
+
+
+def _submit_signed(net: LocalNetwork, project: str, query_id: str) -> Any:
+    state = net.app_state
+    body = {
+        "project": project,
+        "statistic": {"kind": "count"},
+        "privacy": {"mode": "dp", "epsilon": 0.5},
+    }
+    work = WorkItem(query_id=query_id, project=project, researcher="mallory", query=body)
+    env = seal(state.key, kind="work", sender="gateway", recipient="bergen",
+               body=work.model_dump(mode="json"), ttl=dt.timedelta(seconds=10))
+    fut = asyncio.run_coroutine_threadsafe(state.dispatcher.submit("bergen", query_id, env, 10.0), state.loop)
+    return fut.result(timeout=20)
+
+
+def test_node_refuses_gateway_signed_work_for_a_project_it_does_not_serve(rogue_network: LocalNetwork) -> None:
+    release = _submit_signed(rogue_network, "rogue-project", "rogue-1")
+    assert release is not None
+    assert release.status == "policy_violation"
+    assert "does not serve project 'rogue-project'" in release.message
+    assert release.cells == []
+    led = ledger_of(rogue_network, "bergen")
+    assert led.charges() == []
+    # the same signed path for a project bergen serves does release (so the refusal above is the policy's)
+    ok = _submit_signed(rogue_network, "nsclc-feasibility", "fine-1")
+    assert ok.status == "ok" and len(led.charges()) == 1
+    led.close()
+
+
+def test_missing_policy_denies_everything(rogue_network: LocalNetwork, tmp_path: Path) -> None:
+    """A node started without a policy file answers every query with a refusal."""
+    net = rogue_network
+    net.policies["ghost"] = tmp_path / "no-such-policy.yaml"
+    net.sites.append("ghost")
+    net.data_files["ghost"] = net.data_files["bergen"]
+    net.start_node("ghost")
+    net.wait_connected(["ghost"], timeout=60)
+    release = None
+    state = net.app_state
+    body = {"project": "nsclc-feasibility", "statistic": {"kind": "count"}, "privacy": {"mode": "dp", "epsilon": 0.1}}
+    work = WorkItem(query_id="ghost-1", project="nsclc-feasibility", researcher="demo", query=body)
+    env = seal(state.key, kind="work", sender="gateway", recipient="ghost",
+               body=work.model_dump(mode="json"), ttl=dt.timedelta(seconds=10))
+    fut = asyncio.run_coroutine_threadsafe(state.dispatcher.submit("ghost", "ghost-1", env, 10.0), state.loop)
+    release = fut.result(timeout=20)
+    assert release.status == "policy_violation"
+    assert "does not serve project" in release.message
+    net.stop_process("ghost")
