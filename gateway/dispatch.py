@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from varde.envelope import SignedEnvelope
 from varde.release import Manifest, SiteRelease
 
+Answer = tuple[SiteRelease, SignedEnvelope]
+"""A verified release and the signed envelope it came in (kept as evidence)."""
+
 
 @dataclass
 class _SiteState:
@@ -39,7 +42,7 @@ class Dispatcher:
     def __init__(self, offline_after_s: float = 15.0) -> None:
         self.offline_after_s = offline_after_s
         self._sites: dict[str, _SiteState] = {}
-        self._waiting: dict[tuple[str, str], asyncio.Future[SiteRelease]] = {}
+        self._waiting: dict[tuple[str, str], asyncio.Future[Answer]] = {}
 
     def _site(self, site: str) -> _SiteState:
         return self._sites.setdefault(site, _SiteState())
@@ -70,10 +73,10 @@ class Dispatcher:
 
     async def submit(
         self, site: str, query_id: str, envelope: SignedEnvelope, timeout: float
-    ) -> SiteRelease | None:
-        """Queue ``envelope`` for ``site``; its release, or None if none came in time."""
+    ) -> Answer | None:
+        """Queue ``envelope`` for ``site``; its signed release, or None if none came in time."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[SiteRelease] = loop.create_future()
+        fut: asyncio.Future[Answer] = loop.create_future()
         key = (query_id, site)
         self._waiting[key] = fut
         st = self._site(site)
@@ -120,12 +123,12 @@ class Dispatcher:
             st.polling -= 1
             st.last_seen = time.monotonic()
 
-    def deliver(self, release: SiteRelease) -> bool:
+    def deliver(self, release: SiteRelease, evidence: SignedEnvelope) -> bool:
         """Hand a verified release to the query waiting for it; False if none waits."""
         fut = self._waiting.get((release.query_id, release.site))
         if fut is None or fut.done():
             return False
-        fut.set_result(release)
+        fut.set_result((release, evidence))
         return True
 
     def sites(self) -> list[str]:

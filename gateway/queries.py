@@ -20,7 +20,8 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.admin import enrolled_sites
 from gateway.combine import NetworkRow, combine
-from gateway.core.db import Project, QueryRecord
+from gateway.core.db import Project, QueryRecord, release_record
+from gateway.dispatch import Answer
 from gateway.state import GATEWAY_ID, GatewayState
 from varde.envelope import seal
 from varde.errors import (
@@ -160,7 +161,6 @@ async def run_query(
     if not asked:
         _raise_if_nobody(targets, rows)
     spec = query.model_dump(mode="json", exclude_none=True)
-    await run_in_threadpool(_record_query, state, query_id, researcher, query.project, spec)
     work = WorkItem(query_id=query_id, project=query.project, researcher=researcher, query=spec)
     ttl = dt.timedelta(seconds=query.timeout_s)
     envelopes = {
@@ -177,15 +177,23 @@ async def run_query(
     answers = await asyncio.gather(
         *(disp.submit(site, query_id, envelopes[site], query.timeout_s) for site in asked)
     )
+    evidence = [a for a in answers if a is not None]
     for site, answer in zip(asked, answers, strict=True):
-        rows[site] = answer or SiteRelease(
-            query_id=query_id,
-            site=site,
-            status="unavailable",
-            message=f"site {site!r} did not answer within {query.timeout_s} s",
+        rows[site] = (
+            answer[0]
+            if answer
+            else SiteRelease(
+                query_id=query_id,
+                site=site,
+                status="unavailable",
+                message=f"site {site!r} did not answer within {query.timeout_s} s",
+            )
         )
     ordered = [rows[s] for s in targets]
     if all(r.status != "ok" for r in ordered):
+        await run_in_threadpool(
+            _record, state, query_id, researcher, query.project, spec, None, evidence
+        )
         _raise_if_nobody(targets, rows)
     result = QueryResult(
         query_id=query_id,
@@ -198,7 +206,16 @@ async def run_query(
         network=combine(query, ordered),
         budget_remaining={r.site: r.budget_remaining for r in ordered},
     )
-    await run_in_threadpool(_record_result, state, query_id, result.model_dump(mode="json"))
+    await run_in_threadpool(
+        _record,
+        state,
+        query_id,
+        researcher,
+        query.project,
+        spec,
+        result.model_dump(mode="json"),
+        evidence,
+    )
     return result
 
 
@@ -212,20 +229,24 @@ def _raise_if_nobody(targets: list[str], rows: dict[str, SiteRelease]) -> None:
     raise NoSiteAnswered(base, f"no site released an answer ({reasons})", ordered)
 
 
-def _record_query(
-    state: GatewayState, query_id: str, researcher: str, project: str, spec: dict[str, Any]
+def _record(
+    state: GatewayState,
+    query_id: str,
+    researcher: str,
+    project: str,
+    spec: dict[str, Any],
+    result: dict[str, Any] | None,
+    evidence: list[Answer],
 ) -> None:
+    """The query, its result and every signed release it got, in one transaction."""
     with state.sessions() as s:
-        s.add(QueryRecord(id=query_id, researcher=researcher, project=project, spec=spec))
+        s.add(
+            QueryRecord(
+                id=query_id, researcher=researcher, project=project, spec=spec, result=result
+            )
+        )
+        s.add_all(release_record(rel, env) for rel, env in evidence)
         s.commit()
-
-
-def _record_result(state: GatewayState, query_id: str, result: dict[str, Any]) -> None:
-    with state.sessions() as s:
-        rec = s.get(QueryRecord, query_id)
-        if rec is not None:
-            rec.result = result
-            s.commit()
 
 
 def stored_result(state: GatewayState, query_id: str, researcher: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,6 +29,24 @@ class GatewayState:
     key: Ed25519PrivateKey
     dispatcher: Dispatcher
     loop: asyncio.AbstractEventLoop | None = None
+    _node_keys: dict[str, str] = field(default_factory=dict)
+
+    def node_key(self, site: str) -> str | None:
+        """The pinned public key of an enrolled site (cached; enrollment refreshes it)."""
+        key = self._node_keys.get(site)
+        if key is None:
+            from gateway.core.db import Node
+
+            with self.sessions() as s:
+                node = s.get(Node, site)
+                key = node.public_key if node else None
+            if key is not None:
+                self._node_keys[site] = key
+        return key
+
+    def pin_node_key(self, site: str, key: str) -> None:
+        """Remember a site's key after (re-)enrollment."""
+        self._node_keys[site] = key
 
     @property
     def public_key(self) -> str:

@@ -69,13 +69,22 @@ class NodeContext:
 
 
 def verify_step(ctx: NodeContext, envelope: SignedEnvelope) -> Payload:
-    """Signature under the pinned gateway key, addressed to us, fresh, not replayed."""
+    """Signature under the pinned gateway key, addressed to us, fresh, not replayed.
+
+    The nonce is recorded together with the ``work_received`` audit entry.
+    """
+    claimed = peek(envelope).body
+    received = {
+        "query_id": claimed.get("query_id", ""),
+        "project": claimed.get("project", ""),
+        "researcher": claimed.get("researcher", ""),
+    }
     return open_envelope(
         envelope,
         sender_key=ctx.gateway_key,
         recipient=ctx.site,
         kinds=("work",),
-        seen_nonce=ctx.store.seen_nonce,
+        seen_nonce=lambda nonce, exp: ctx.store.seen_nonce(nonce, exp, received=received),
     )
 
 
@@ -133,12 +142,6 @@ def handle(
         return _refusal(claimed_id, ctx.site, err, started)
     try:
         work, query = parse_step(payload)
-        ctx.store.audit(
-            "work_received",
-            query_id=work.query_id,
-            project=work.project,
-            researcher=work.researcher,
-        )
         return _answer(ctx, payload, work, query, started, now)
     except VardeError as err:
         ctx.store.audit(err.code, query_id=claimed_id, message=err.message)

@@ -73,11 +73,28 @@ class NodeStore:
         state_dir.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{state_dir / 'node.sqlite'}")
 
-    def seen_nonce(self, nonce: str, expires_at: dt.datetime) -> bool:
-        """Record ``nonce``; True if it was already there (a replay)."""
+    def seen_nonce(
+        self, nonce: str, expires_at: dt.datetime, *, received: dict[str, Any] | None = None
+    ) -> bool:
+        """Record ``nonce``; True if it was already there (a replay).
+
+        ``received`` (query_id, project, ...) is audited as ``work_received`` in the
+        same transaction, so accepting an item costs one commit, not two.
+        """
         with Session(self.engine) as session:
             session.execute(delete(SeenNonce).where(SeenNonce.expires_at < utcnow()))
             session.add(SeenNonce(nonce=nonce, expires_at=expires_at))
+            if received is not None:
+                detail = dict(received)
+                session.add(
+                    AuditEvent(
+                        at=utcnow(),
+                        kind="work_received",
+                        query_id=str(detail.pop("query_id", "")),
+                        project=str(detail.pop("project", "")),
+                        detail=json.dumps(detail, default=str, sort_keys=True),
+                    )
+                )
             try:
                 session.commit()
             except IntegrityError:

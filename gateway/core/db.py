@@ -25,7 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from varde.envelope import utcnow
+from varde.envelope import SignedEnvelope, utcnow
+from varde.release import SiteRelease
 
 
 class Base(DeclarativeBase):
@@ -126,6 +127,9 @@ def make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=30000")
+            # The gateway holds no privacy-critical state (each node's ledger is the authority),
+            # so WAL with NORMAL sync: durable across process crashes, one fsync per checkpoint.
+            cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
     else:
@@ -137,3 +141,14 @@ def make_engine(url: str) -> Engine:
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:
     """Session factory bound to ``engine``."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def release_record(release: SiteRelease, envelope: SignedEnvelope) -> ReleaseRecord:
+    """The evidence row for a signed release."""
+    return ReleaseRecord(
+        query_id=release.query_id,
+        site=release.site,
+        status=release.status,
+        payload=envelope.payload,
+        signature=envelope.signature,
+    )

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import State
-from gateway.core.db import EnrollmentToken, GatewayAudit, Node, ReleaseRecord
+from gateway.core.db import EnrollmentToken, GatewayAudit, Node, release_record
 from gateway.core.security import token_hash
 from gateway.state import GATEWAY_ID, GatewayState
 from varde.crypto import load_public_key
@@ -98,6 +98,7 @@ def _enroll(state: GatewayState, req: EnrollRequest) -> EnrollResponse:
         else:
             node.public_key = req.public_key
         s.commit()
+    state.pin_node_key(req.site, req.public_key)
     _audit(state, "enrolled", req.site, req.public_key)
     return EnrollResponse(site=req.site, gateway_public_key=state.public_key)
 
@@ -110,9 +111,7 @@ async def enroll(req: EnrollRequest, state: State) -> EnrollResponse:
 
 def _open(state: GatewayState, envelope: SignedEnvelope, kind: str) -> Payload:
     claimed = peek(envelope).header.sender
-    with state.sessions() as s:
-        node = s.get(Node, claimed)
-        key = node.public_key if node else None
+    key = state.node_key(claimed)
     if key is None:
         _audit(state, "envelope_rejected", claimed, "unknown sender")
         raise EnvelopeRejected("unknown_sender", f"no enrolled site {claimed!r}")
@@ -147,15 +146,7 @@ async def poll(envelope: SignedEnvelope, state: State) -> dict[str, Any]:
 
 def _store_release(state: GatewayState, envelope: SignedEnvelope, release: SiteRelease) -> None:
     with state.sessions() as s:
-        s.add(
-            ReleaseRecord(
-                query_id=release.query_id,
-                site=release.site,
-                status=release.status,
-                payload=envelope.payload,
-                signature=envelope.signature,
-            )
-        )
+        s.add(release_record(release, envelope))
         s.commit()
 
 
@@ -172,8 +163,9 @@ async def post_release(envelope: SignedEnvelope, state: State) -> dict[str, Any]
             _audit, state, "envelope_rejected", payload.header.sender, "site mismatch"
         )
         raise EnvelopeRejected("misaddressed", "release names another site than its signer")
-    await run_in_threadpool(_store_release, state, envelope, release)
-    delivered = state.dispatcher.deliver(release)
+    delivered = state.dispatcher.deliver(release, envelope)
+    if not delivered:  # late or unsolicited: keep it as evidence on its own
+        await run_in_threadpool(_store_release, state, envelope, release)
     if release.project:
         state.dispatcher.note_budget(release.site, release.project, release.budget_remaining)
     return {"accepted": True, "delivered": delivered}
