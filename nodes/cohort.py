@@ -25,29 +25,67 @@ def _num(spec: FieldSpec, value: Scalar) -> float:
     return float(value)
 
 
-def _category_mask(data: RegistryData, spec: FieldSpec, wanted: np.ndarray) -> np.ndarray:
-    """``wanted`` is a boolean per schema category; code -1 (missing) maps to False."""
+def _column(data: RegistryData, name: str, rows: np.ndarray | None) -> np.ndarray:
+    col = data.column(name)
+    return col if rows is None else col[rows]
+
+
+def _category_mask(col: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Rows whose category is ``wanted`` (a boolean per schema category); missing never matches.
+
+    One wanted code or a contiguous run of them (``startswith`` on ordered ICD
+    codes) is one or two integer compares; anything else a table lookup.
+    """
+    codes = np.flatnonzero(wanted)
+    if codes.size == 0:
+        return np.zeros(col.shape[0], dtype=bool)
+    if codes.size == 1:
+        return np.asarray(col == codes[0])
+    lo, hi = int(codes[0]), int(codes[-1])
+    if hi - lo + 1 == codes.size:
+        out = col >= lo
+        out &= col <= hi
+        return np.asarray(out)
     table = np.append(wanted, False)
-    return table[data.column(spec.name)]
+    return np.asarray(table[col])
 
 
-def evaluate(data: RegistryData, pred: Predicate | None) -> np.ndarray:
-    """Boolean mask of rows in the cohort (all rows when ``pred`` is None)."""
+SPARSE = 0.25
+"""Below this surviving fraction, ``and`` evaluates its remaining terms on survivors only."""
+
+
+def evaluate(
+    data: RegistryData, pred: Predicate | None, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Boolean mask of rows in the cohort (all rows when ``pred`` is None).
+
+    With ``rows`` (indices), the mask covers just those rows. ``and`` narrows as
+    it goes: once few rows survive its first terms, later terms are evaluated on
+    the survivors only, so a selective cohort (one cancer site, one stage) costs
+    little more than its first filter.
+    """
+    n = data.n_rows if rows is None else rows.shape[0]
     if pred is None:
-        return np.ones(data.n_rows, dtype=bool)
+        return np.ones(n, dtype=bool)
     if isinstance(pred, And):
-        out = evaluate(data, pred.args[0])
+        out = evaluate(data, pred.args[0], rows)
         for a in pred.args[1:]:
-            out &= evaluate(data, a)
+            alive = np.flatnonzero(out)
+            if alive.size < SPARSE * n:
+                sub = evaluate(data, a, alive if rows is None else rows[alive])
+                out[alive[~sub]] = False
+            else:
+                out &= evaluate(data, a, rows)
         return out
     if isinstance(pred, Or):
-        out = evaluate(data, pred.args[0])
+        out = evaluate(data, pred.args[0], rows)
         for a in pred.args[1:]:
-            out |= evaluate(data, a)
+            out |= evaluate(data, a, rows)
         return out
     if isinstance(pred, Not):
-        return ~evaluate(data, pred.arg)
+        return ~evaluate(data, pred.arg, rows)
     spec = FIELDS_BY_NAME[pred.field]
+    col = _column(data, spec.name, rows)
     if spec.kind is FieldKind.CATEGORICAL:
         cats = np.asarray(spec.categories, dtype=object)
         if isinstance(pred, Eq):
@@ -58,16 +96,17 @@ def evaluate(data: RegistryData, pred: Predicate | None) -> np.ndarray:
             wanted = np.array([c.startswith(pred.prefix) for c in spec.categories], dtype=bool)
         else:  # pragma: no cover - the query model forbids it
             raise TypeError(f"{pred.op} on categorical {spec.name}")
-        return _category_mask(data, spec, wanted)
-    col = data.column(spec.name)
+        return _category_mask(col, wanted)
     if isinstance(pred, Eq):
-        return col == _num(spec, pred.value)
+        return np.asarray(col == _num(spec, pred.value))
     if isinstance(pred, In):
         return np.isin(col, [_num(spec, v) for v in pred.values])
     if isinstance(pred, Between):
-        return (col >= _num(spec, pred.low)) & (col <= _num(spec, pred.high))
+        out = col >= _num(spec, pred.low)
+        out &= col <= _num(spec, pred.high)
+        return np.asarray(out)
     if isinstance(pred, Ge):
-        return col >= _num(spec, pred.value)
+        return np.asarray(col >= _num(spec, pred.value))
     if isinstance(pred, Le):
-        return col <= _num(spec, pred.value)
+        return np.asarray(col <= _num(spec, pred.value))
     raise TypeError(f"{pred.op} on {spec.kind.value} field {spec.name}")  # pragma: no cover

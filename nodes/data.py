@@ -4,10 +4,13 @@ Why prepare: OpenDP's Polars query path costs seconds per query on 1M rows
 (../shared/DESIGN.md); a vectorised numpy filter over prepared columns costs
 milliseconds. At load time each column becomes one numpy array:
 
-* categorical -> ``int16`` codes into the *schema's* category list (-1 missing),
-  so predicates become lookups in a small boolean table;
-* integer and date -> ``float64`` (dates as days since 1970-01-01; missing is NaN,
-  which no comparison matches).
+* categorical -> ``int8``/``int16`` codes into the *schema's* category list
+  (-1 missing), so predicates become integer compares or a small table lookup;
+* integer and date without missing values -> the narrowest integer type that
+  holds the schema's domain (dates as days since 1970-01-01), which halves or
+  quarters the memory each comparison streams through;
+* integer or date with missing values -> ``float64`` with NaN, which no
+  comparison matches.
 
 Contributions are bounded here, once: each patient keeps at most ``k`` tumours
 (the earliest diagnoses), which is what every sensitivity in
@@ -52,6 +55,14 @@ def bound_contributions(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
     return kept.sort_index()
 
 
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """Whole numbers in int16 or int32 when none is missing; otherwise float64 with NaN."""
+    if values.size == 0 or np.isnan(values).any():
+        return values
+    lo, hi = float(values.min()), float(values.max())
+    return values.astype(np.int16 if -(2**15) <= lo and hi < 2**15 else np.int32)
+
+
 def days_since_epoch(values: pd.Series) -> np.ndarray:
     """Dates as float days since 1970-01-01 (NaN for missing)."""
     as_dt = pd.to_datetime(values, errors="raise").to_numpy(dtype="datetime64[D]")
@@ -75,13 +86,13 @@ def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> Reg
             if unknown.any():
                 bad = sorted(set(series[unknown].astype(str)))[:5]
                 raise ValueError(f"column {spec.name!r} has values outside the schema: {bad}")
-            cols[spec.name] = cat.codes.astype(np.int16)
+            small = len(spec.categories) < 127
+            cols[spec.name] = cat.codes.astype(np.int8 if small else np.int16)
         elif spec.kind is FieldKind.INTEGER:
-            cols[spec.name] = (
-                pd.to_numeric(series).astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
-            )
+            as_float = pd.to_numeric(series).astype("Float64")
+            cols[spec.name] = _narrow(as_float.to_numpy(dtype=np.float64, na_value=np.nan))
         elif spec.kind is FieldKind.DATE:
-            cols[spec.name] = days_since_epoch(series)
+            cols[spec.name] = _narrow(days_since_epoch(series))
     return RegistryData(
         site=site,
         n_rows=len(bounded),

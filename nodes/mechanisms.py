@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -85,10 +86,19 @@ def _build(integer: bool, scale: float) -> Any:
 def plan_laplace(*, sensitivity: float, epsilon: float, integer: bool) -> LaplacePlan:
     """Build the measurement whose privacy loss at ``d_in = sensitivity`` is at most ``epsilon``.
 
+    Plans are immutable and their measurements reusable, so they are cached per
+    ``(sensitivity, epsilon, integer)``: a repeated query shape costs no OpenDP
+    construction (each invocation still draws fresh noise).
+
     >>> plan = plan_laplace(sensitivity=3, epsilon=0.5, integer=True)
     >>> plan.scale, plan.epsilon <= 0.5
     (6.0, True)
     """
+    return _plan(float(sensitivity), float(epsilon), bool(integer))
+
+
+@lru_cache(maxsize=256)
+def _plan(sensitivity: float, epsilon: float, integer: bool) -> LaplacePlan:
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
     if not (math.isfinite(sensitivity) and sensitivity > 0):

@@ -48,6 +48,8 @@ class NodeContext:
     gateway_key: str
     _policy: Policy
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    generation: int = 0
+    """Bumped on every charge and policy change, so the manifest is rebuilt only then."""
 
     @property
     def policy(self) -> Policy:
@@ -59,9 +61,15 @@ class NodeContext:
         """Put a validated policy in force; the ledger is untouched."""
         with self._lock:
             self._policy = policy
+            self.generation += 1
+
+    def charged(self) -> None:
+        """Note that the ledger changed (the published budgets are stale)."""
+        with self._lock:
+            self.generation += 1
 
     def remaining(self) -> dict[str, float]:
-        """Epsilon left per project under the policy in force."""
+        """Epsilon left per project under the policy in force (read from the ledger)."""
         pol = self.policy
         return {
             name: self.ledger.remaining(name, p.epsilon_budget) for name, p in pol.projects.items()
@@ -186,6 +194,7 @@ def _answer(
             query_id=work.query_id,
             note=query.statistic.kind,
         )
+        ctx.charged()
         cells = plan.release()
         remaining = max(0.0, proj.epsilon_budget - charge.spent_after)
         ctx.store.audit(

@@ -8,11 +8,13 @@ is refused with 400 and written to the gateway's audit table.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, ValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import State
@@ -25,6 +27,7 @@ from varde.errors import AuthenticationFailed, EnvelopeRejected, InvalidQuery
 from varde.release import Manifest, SiteRelease
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
+log = logging.getLogger("varde.gateway")
 
 
 class EnrollRequest(BaseModel):
@@ -47,6 +50,9 @@ class PollBody(BaseModel):
 
     wait: float = Field(default=20.0, ge=0, le=60)
     manifest: Manifest
+    releases: list[SignedEnvelope] = Field(
+        default=[], description="Signed releases of work answered since the last poll."
+    )
 
 
 class _NonceCache:
@@ -128,8 +134,11 @@ def _open(state: GatewayState, envelope: SignedEnvelope, kind: str) -> Payload:
         raise
 
 
+_WORK = TypeAdapter(dict[str, list[SignedEnvelope]])
+
+
 @router.post("/poll")
-async def poll(envelope: SignedEnvelope, state: State) -> dict[str, Any]:
+async def poll(envelope: SignedEnvelope, state: State) -> Response:
     """Long-poll: return signed work for the calling site as soon as there is any."""
     payload = await run_in_threadpool(_open, state, envelope, "poll")
     try:
@@ -139,9 +148,14 @@ async def poll(envelope: SignedEnvelope, state: State) -> dict[str, Any]:
     site = payload.header.sender
     if body.manifest.site != site:
         raise EnvelopeRejected("misaddressed", "manifest names another site")
+    for release_env in body.releases:
+        try:
+            await _accept_release(state, release_env)
+        except (EnvelopeRejected, InvalidQuery) as err:
+            log.warning("dropped a release piggybacked by %s: %s", site, err.message)
     wait = min(body.wait, state.settings.poll_wait_max_s)
     batch = await state.dispatcher.next_batch(site, wait, body.manifest)
-    return {"work": [e.model_dump() for e in batch]}
+    return Response(_WORK.dump_json({"work": batch}), media_type="application/json")
 
 
 def _store_release(state: GatewayState, envelope: SignedEnvelope, release: SiteRelease) -> None:
@@ -153,6 +167,15 @@ def _store_release(state: GatewayState, envelope: SignedEnvelope, release: SiteR
 @router.post("/releases")
 async def post_release(envelope: SignedEnvelope, state: State) -> dict[str, Any]:
     """Accept a site's signed release for a query that is waiting for it."""
+    return await _accept_release(state, envelope)
+
+
+async def _accept_release(state: GatewayState, envelope: SignedEnvelope) -> dict[str, Any]:
+    """Verify a signed release and hand it to the query waiting for it (or keep it as evidence).
+
+    Releases arrive on their own (``POST /v1/nodes/releases``) or piggybacked on
+    the node's next poll, which saves one request per query per site.
+    """
     payload = await run_in_threadpool(_open, state, envelope, "release")
     try:
         release = SiteRelease.model_validate(payload.body)

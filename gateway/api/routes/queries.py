@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import CurrentResearcher, State
@@ -15,9 +16,14 @@ router = APIRouter(prefix="/v1/queries", tags=["queries"])
 
 
 @router.post("", response_model=QueryResult)
-async def post_query(query: Query, state: State, researcher: CurrentResearcher) -> QueryResult:
-    """Ask every site (or ``sites``) one question; per-site rows, network row, budgets left."""
-    return await run_query(state, query, researcher=researcher.name, projects=researcher.projects)
+async def post_query(query: Query, state: State, researcher: CurrentResearcher) -> Response:
+    """Ask every site (or ``sites``) one question; per-site rows, network row, budgets left.
+
+    The result is serialised once by pydantic (it is already a validated
+    ``QueryResult``) instead of FastAPI validating it again on the way out.
+    """
+    result = await run_query(state, query, researcher=researcher.name, projects=researcher.projects)
+    return Response(result.model_dump_json(), media_type="application/json")
 
 
 @router.get("/{query_id}")
