@@ -87,7 +87,9 @@ def timed(fn, repeat: int) -> list[float]:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000, help="tumours per site")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
@@ -96,7 +98,9 @@ def main() -> None:
     workdir = args.workdir.resolve()
     (workdir / "policies").mkdir(parents=True, exist_ok=True)
     policies = {s: bench_policy(s, workdir / "policies" / f"{s}.yaml") for s in SITES}
-    net = LocalNetwork(workdir=workdir, sites=list(SITES), rows=args.rows, seed=11, policies=policies)
+    net = LocalNetwork(
+        workdir=workdir, sites=list(SITES), rows=args.rows, seed=11, policies=policies
+    )
     t0 = time.perf_counter()
     net.ensure_data()
     print(f"data: {len(SITES)} x {args.rows:,} tumours ready in {time.perf_counter() - t0:.1f} s")
@@ -110,7 +114,9 @@ def main() -> None:
         for s in SITES:
             net.start_node(s)
         net.wait_connected(timeout=600)
-        print(f"network: gateway + {len(SITES)} nodes connected in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"network: gateway + {len(SITES)} nodes connected in {time.perf_counter() - t0:.1f} s"
+        )
         with VardeClient(net.url, net.token) as client:
             for _ in range(3):  # warm up both paths
                 client.query(QUERY)
@@ -142,7 +148,10 @@ def main() -> None:
     print(f"  federation (end to end)   median {fed_med:8.1f} ms   p90 {p(fed, 90):8.1f} ms")
     print(f"  slowest node's own work   median {statistics.median(node_ms):8.1f} ms")
     print(f"  local pandas on union     median {loc_med:8.1f} ms   p90 {p(loc, 90):8.1f} ms")
-    print(f"  ratio federation / local  {fed_med / loc_med:.2f}x   (target <= 1.5x; p50 target < 300 ms)")
+    print(
+        f"  ratio federation / local  {fed_med / loc_med:.2f}x"
+        "   (target <= 1.5x; p50 target < 300 ms)"
+    )
     print(f"  exact count {exact:,}; last DP network count {last:,.0f}")
 
 

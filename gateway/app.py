@@ -68,5 +68,5 @@ def validation_body(err: RequestValidationError) -> dict[str, object]:
     for e in err.errors():
         loc = [str(p) for p in e.get("loc", ()) if p != "body"]
         problems.append({"loc": loc, "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))})
-    detail = "; ".join(f"{'.'.join(p['loc']) or 'body'}: {p['msg']}" for p in problems)  # type: ignore[arg-type]
+    detail = "; ".join(f"{'.'.join(p['loc']) or 'body'}: {p['msg']}" for p in problems)
     return {"error": "invalid_query", "detail": detail, "errors": problems}

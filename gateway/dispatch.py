@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from varde.envelope import SignedEnvelope
@@ -97,14 +98,23 @@ class Dispatcher:
         st.queue.extend(kept)
 
     async def next_batch(
-        self, site: str, wait: float, manifest: Manifest | None = None
+        self,
+        site: str,
+        wait: float,
+        manifest: Manifest | None = None,
+        gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> list[SignedEnvelope]:
-        """Everything queued for ``site``, waiting up to ``wait`` s for the first item."""
+        """Everything queued for ``site``, waiting up to ``wait`` s for the first item.
+
+        ``gone()`` is checked every second: a node that died mid-poll stops
+        counting as connected within a second, instead of at the end of its poll.
+        """
         st = self._site(site)
         if manifest is not None:
             st.manifest = manifest
         st.polling += 1
         st.last_seen = time.monotonic()
+        vanished = False
         try:
             deadline = time.monotonic() + wait
             while not st.queue:
@@ -113,15 +123,18 @@ class Dispatcher:
                 if left <= 0:
                     return []
                 try:
-                    await asyncio.wait_for(st.wakeup.wait(), left)
+                    await asyncio.wait_for(st.wakeup.wait(), min(left, 1.0))
                 except TimeoutError:
-                    return []
+                    if gone is not None and await gone():
+                        vanished = True
+                        return []
             batch = [env for _, env in st.queue]
             st.queue.clear()
             return batch
         finally:
             st.polling -= 1
-            st.last_seen = time.monotonic()
+            # a node that hung up mid-poll is offline now, not for another offline_after_s
+            st.last_seen = 0.0 if vanished else time.monotonic()
 
     def deliver(self, release: SiteRelease, evidence: SignedEnvelope) -> bool:
         """Hand a verified release to the query waiting for it; False if none waits."""

@@ -68,7 +68,7 @@ def days_since_epoch(values: pd.Series) -> np.ndarray:
     as_dt = pd.to_datetime(values, errors="raise").to_numpy(dtype="datetime64[D]")
     days = (as_dt - EPOCH).astype("timedelta64[D]").astype(np.float64)
     days[np.isnat(as_dt)] = np.nan
-    return days
+    return np.asarray(days, dtype=np.float64)
 
 
 def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> RegistryData:

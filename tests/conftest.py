@@ -38,7 +38,9 @@ def oslo_policy() -> Policy:
 @pytest.fixture(scope="session")
 def oslo_data(oslo_frame: pd.DataFrame, oslo_policy: Policy) -> RegistryData:
     return prepare(
-        oslo_frame, site="oslo", max_rows_per_patient=oslo_policy.privacy_unit.max_tumours_per_patient
+        oslo_frame,
+        site="oslo",
+        max_rows_per_patient=oslo_policy.privacy_unit.max_tumours_per_patient,
     )
 
 

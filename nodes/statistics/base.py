@@ -54,7 +54,7 @@ def _axis_codes(data: RegistryData, name: str, labels: list[str], query: Query) 
     if spec.kind is FieldKind.CATEGORICAL:
         position = {c: i for i, c in enumerate(labels)}
         table = np.array([position.get(c, -1) for c in spec.categories] + [-1], dtype=np.int64)
-        return table[data.column(name)]
+        return np.asarray(table[data.column(name)], dtype=np.int64)
     assert isinstance(stat, Histogram) and stat.bins is not None
     values = data.column(name)
     edges = np.asarray(stat.bins, dtype=np.float64)

@@ -32,7 +32,7 @@ BREAST: dict[str, Any] = {
 
 
 def test_fifty_concurrent_queries_against_a_budget_for_ten(network: LocalNetwork) -> None:
-    """bergen gives breast-outcomes 5.0 epsilon; 50 queries of 0.5 at once -> exactly 10 answered."""
+    """Budget 5.0 at bergen: 50 queries of 0.5 at once, exactly 10 answered."""
     led = ledger_of(network, "bergen")
     assert led.spent("breast-outcomes") == 0.0
 
@@ -45,7 +45,7 @@ def test_fifty_concurrent_queries_against_a_budget_for_ten(network: LocalNetwork
     codes = Counter(r.status_code for r in responses)
     assert codes == {200: 10, 409: 40}, codes
     assert all(r.json()["error"] == "budget_exhausted" for r in responses if r.status_code == 409)
-    charges = [c for c in led.charges("breast-outcomes")]
+    charges = list(led.charges("breast-outcomes"))
     assert len(charges) == 10
     assert led.spent("breast-outcomes") == pytest.approx(5.0)
     assert sum(c.amount for c in charges) == pytest.approx(5.0)
@@ -56,7 +56,10 @@ def test_fifty_concurrent_queries_against_a_budget_for_ten(network: LocalNetwork
 
 def _query(network: LocalNetwork, body: dict[str, Any]) -> dict[str, Any]:
     resp = httpx.post(
-        f"{network.url}/v1/queries", json=body, headers={"Authorization": f"Bearer {network.token}"}, timeout=60
+        f"{network.url}/v1/queries",
+        json=body,
+        headers={"Authorization": f"Bearer {network.token}"},
+        timeout=60,
     )
     assert resp.status_code == 200, resp.text
     return resp.json()
@@ -128,9 +131,13 @@ def test_killed_node_then_restart_keeps_its_ledger(network: LocalNetwork) -> Non
 
 @pytest.fixture(scope="module")
 def rogue_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    """One real node under a gateway running in this process, so the test can act as a bad gateway."""
+    """One real node under a gateway in this process, so the test can act as a bad gateway."""
     net = LocalNetwork(
-        workdir=tmp_path_factory.mktemp("rogue"), sites=["bergen"], rows=5_000, seed=5, inprocess_gateway=True
+        workdir=tmp_path_factory.mktemp("rogue"),
+        sites=["bergen"],
+        rows=5_000,
+        seed=5,
+        inprocess_gateway=True,
     )
     net.start()
     yield net
@@ -145,13 +152,23 @@ def _submit_signed(net: LocalNetwork, project: str, query_id: str) -> Any:
         "privacy": {"mode": "dp", "epsilon": 0.5},
     }
     work = WorkItem(query_id=query_id, project=project, researcher="mallory", query=body)
-    env = seal(state.key, kind="work", sender="gateway", recipient="bergen",
-               body=work.model_dump(mode="json"), ttl=dt.timedelta(seconds=10))
-    fut = asyncio.run_coroutine_threadsafe(state.dispatcher.submit("bergen", query_id, env, 10.0), state.loop)
-    return fut.result(timeout=20)
+    env = seal(
+        state.key,
+        kind="work",
+        sender="gateway",
+        recipient="bergen",
+        body=work.model_dump(mode="json"),
+        ttl=dt.timedelta(seconds=10),
+    )
+    fut = asyncio.run_coroutine_threadsafe(
+        state.dispatcher.submit("bergen", query_id, env, 10.0), state.loop
+    )
+    return fut.result(timeout=20)[0]
 
 
-def test_node_refuses_gateway_signed_work_for_a_project_it_does_not_serve(rogue_network: LocalNetwork) -> None:
+def test_node_refuses_gateway_signed_work_for_a_project_it_does_not_serve(
+    rogue_network: LocalNetwork,
+) -> None:
     release = _submit_signed(rogue_network, "rogue-project", "rogue-1")
     assert release is not None
     assert release.status == "policy_violation"
@@ -159,7 +176,7 @@ def test_node_refuses_gateway_signed_work_for_a_project_it_does_not_serve(rogue_
     assert release.cells == []
     led = ledger_of(rogue_network, "bergen")
     assert led.charges() == []
-    # the same signed path for a project bergen serves does release (so the refusal above is the policy's)
+    # the same signed path for a project bergen serves does release (the refusal was the policy's)
     ok = _submit_signed(rogue_network, "nsclc-feasibility", "fine-1")
     assert ok.status == "ok" and len(led.charges()) == 1
     led.close()
@@ -175,12 +192,24 @@ def test_missing_policy_denies_everything(rogue_network: LocalNetwork, tmp_path:
     net.wait_connected(["ghost"], timeout=60)
     release = None
     state = net.app_state
-    body = {"project": "nsclc-feasibility", "statistic": {"kind": "count"}, "privacy": {"mode": "dp", "epsilon": 0.1}}
+    body = {
+        "project": "nsclc-feasibility",
+        "statistic": {"kind": "count"},
+        "privacy": {"mode": "dp", "epsilon": 0.1},
+    }
     work = WorkItem(query_id="ghost-1", project="nsclc-feasibility", researcher="demo", query=body)
-    env = seal(state.key, kind="work", sender="gateway", recipient="ghost",
-               body=work.model_dump(mode="json"), ttl=dt.timedelta(seconds=10))
-    fut = asyncio.run_coroutine_threadsafe(state.dispatcher.submit("ghost", "ghost-1", env, 10.0), state.loop)
-    release = fut.result(timeout=20)
+    env = seal(
+        state.key,
+        kind="work",
+        sender="gateway",
+        recipient="ghost",
+        body=work.model_dump(mode="json"),
+        ttl=dt.timedelta(seconds=10),
+    )
+    fut = asyncio.run_coroutine_threadsafe(
+        state.dispatcher.submit("ghost", "ghost-1", env, 10.0), state.loop
+    )
+    release = fut.result(timeout=20)[0]
     assert release.status == "policy_violation"
     assert "does not serve project" in release.message
     net.stop_process("ghost")

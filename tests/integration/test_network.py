@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
-import pandas as pd
 import pytest
 
 from nodes.data import bound_contributions
 from nodes.synth import read_registry
-from varde.client import VardeClient, VardeHTTPError
+from varde.client import VardeClient
 from varde.launch import LocalNetwork
 
 from .conftest import charges_everywhere, ledger_of
@@ -52,8 +50,13 @@ def test_feasibility_count_end_to_end(network: LocalNetwork, client: VardeClient
             network,
             row["site"],
             ks[row["site"]],
-            lambda f: (f.topography.astype(str).str.startswith("C34") & (f.stage == "IV") & (f.egfr == "positive")
-                       & f.age_at_diagnosis.between(18, 75) & (f.diagnosis_year >= 2020)),
+            lambda f: (
+                f.topography.astype(str).str.startswith("C34")
+                & (f.stage == "IV")
+                & (f.egfr == "positive")
+                & f.age_at_diagnosis.between(18, 75)
+                & (f.diagnosis_year >= 2020)
+            ),
         )
         total += want
         cell = row["cells"][0]
@@ -132,19 +135,46 @@ def test_aggregate_mode_only_where_allowed(network: LocalNetwork, client: VardeC
             assert cell["value"] == n
 
 
-# --- bad input: a clear 4xx and nothing charged anywhere -------------------------------------------
+# --- bad input: a clear 4xx and nothing charged anywhere ---------------------------------------
 
 BAD: list[tuple[str, Any, int, str]] = [
-    ("unknown field", {**FEAS, "cohort": {"op": "eq", "field": "shoe", "value": 1}}, 422, "unknown field 'shoe'"),
-    ("unknown category", {**FEAS, "cohort": {"op": "eq", "field": "stage", "value": "V"}}, 422, "unknown category 'V'"),
+    (
+        "unknown field",
+        {**FEAS, "cohort": {"op": "eq", "field": "shoe", "value": 1}},
+        422,
+        "unknown field 'shoe'",
+    ),
+    (
+        "unknown category",
+        {**FEAS, "cohort": {"op": "eq", "field": "stage", "value": "V"}},
+        422,
+        "unknown category 'V'",
+    ),
     ("wrong type", {**FEAS, "privacy": {"mode": "dp", "epsilon": "lots"}}, 422, "valid number"),
     ("epsilon zero", {**FEAS, "privacy": {"mode": "dp", "epsilon": 0}}, 422, "greater than 0"),
-    ("epsilon negative", {**FEAS, "privacy": {"mode": "dp", "epsilon": -0.5}}, 422, "greater than 0"),
-    ("epsilon over cap", {**FEAS, "privacy": {"mode": "dp", "epsilon": 2.0}}, 403, "above the per-query cap"),
+    (
+        "epsilon negative",
+        {**FEAS, "privacy": {"mode": "dp", "epsilon": -0.5}},
+        422,
+        "greater than 0",
+    ),
+    (
+        "epsilon over cap",
+        {**FEAS, "privacy": {"mode": "dp", "epsilon": 2.0}},
+        403,
+        "above the per-query cap",
+    ),
     ("unknown project", {**FEAS, "project": "no-such-project"}, 404, "unknown project"),
     ("unknown site", {**FEAS, "sites": ["reykjavik"]}, 404, "unknown site(s) reykjavik"),
-    ("inverted bounds", {**FEAS, "statistic": {"kind": "mean", "field": "age_at_diagnosis", "lower": 9, "upper": 1}},
-     422, "bounds inverted"),
+    (
+        "inverted bounds",
+        {
+            **FEAS,
+            "statistic": {"kind": "mean", "field": "age_at_diagnosis", "lower": 9, "upper": 1},
+        },
+        422,
+        "bounds inverted",
+    ),
 ]
 
 
@@ -153,7 +183,9 @@ def test_bad_input_is_4xx_and_charges_nothing(
     network: LocalNetwork, name: str, body: Any, status: int, message: str
 ) -> None:
     before = charges_everywhere(network)
-    resp = httpx.post(f"{network.url}/v1/queries", json=body, headers={"Authorization": f"Bearer {network.token}"})
+    resp = httpx.post(
+        f"{network.url}/v1/queries", json=body, headers={"Authorization": f"Bearer {network.token}"}
+    )
     assert resp.status_code == status, resp.text
     assert message in resp.text
     assert charges_everywhere(network) == before
@@ -162,8 +194,11 @@ def test_bad_input_is_4xx_and_charges_nothing(
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ('{"project": "nsclc-feasibility", "statistic": {"kind": "count"}, "privacy": {"mode": "dp", "epsilon": NaN}}',
-         "finite number"),
+        (
+            '{"project": "nsclc-feasibility", "statistic": {"kind": "count"},'
+            ' "privacy": {"mode": "dp", "epsilon": NaN}}',
+            "finite number",
+        ),
         ('{"project": "nsclc-feasibility", "statistic": ', "JSON decode error"),
         ("[1, 2, 3]", "valid dictionary"),
     ],
@@ -206,16 +241,30 @@ def test_catalog_endpoints(network: LocalNetwork, client: VardeClient) -> None:
 
 
 def test_forged_release_is_refused_and_audited(network: LocalNetwork) -> None:
-    from varde.crypto import generate_key
-    from varde.envelope import seal
     import datetime as dt
 
-    env = seal(generate_key(), kind="release", sender="oslo", recipient="gateway",
-               body={"query_id": "x", "site": "oslo", "status": "ok"}, ttl=dt.timedelta(seconds=30))
+    from varde.crypto import generate_key
+    from varde.envelope import seal
+
+    env = seal(
+        generate_key(),
+        kind="release",
+        sender="oslo",
+        recipient="gateway",
+        body={"query_id": "x", "site": "oslo", "status": "ok"},
+        ttl=dt.timedelta(seconds=30),
+    )
     resp = httpx.post(f"{network.url}/v1/nodes/releases", json=env.model_dump())
     assert resp.status_code == 400
     assert resp.json()["error"] == "envelope_rejected" and "forged" in resp.json()["detail"]
-    env = seal(generate_key(), kind="poll", sender="mallory", recipient="gateway", body={}, ttl=dt.timedelta(seconds=30))
+    env = seal(
+        generate_key(),
+        kind="poll",
+        sender="mallory",
+        recipient="gateway",
+        body={},
+        ttl=dt.timedelta(seconds=30),
+    )
     resp = httpx.post(f"{network.url}/v1/nodes/poll", json=env.model_dump())
     assert resp.status_code == 400 and "unknown_sender" in resp.text
 
@@ -225,11 +274,19 @@ def test_enrollment_token_is_one_time(network: LocalNetwork) -> None:
 
     token = network.enrollment_token("stavanger")
     pub = public_key_b64(generate_key())
-    wrong_site = httpx.post(f"{network.url}/v1/nodes/enroll", json={"token": token, "site": "tromso", "public_key": pub})
+    wrong_site = httpx.post(
+        f"{network.url}/v1/nodes/enroll", json={"token": token, "site": "tromso", "public_key": pub}
+    )
     assert wrong_site.status_code == 401 and "enrolls site 'stavanger'" in wrong_site.text
-    ok = httpx.post(f"{network.url}/v1/nodes/enroll", json={"token": token, "site": "stavanger", "public_key": pub})
+    ok = httpx.post(
+        f"{network.url}/v1/nodes/enroll",
+        json={"token": token, "site": "stavanger", "public_key": pub},
+    )
     assert ok.status_code == 200 and ok.json()["gateway_public_key"]
-    again = httpx.post(f"{network.url}/v1/nodes/enroll", json={"token": token, "site": "stavanger", "public_key": pub})
+    again = httpx.post(
+        f"{network.url}/v1/nodes/enroll",
+        json={"token": token, "site": "stavanger", "public_key": pub},
+    )
     assert again.status_code == 401 and "already used" in again.text
     # stavanger is enrolled but never connects: named explicitly, it is reported unavailable
     res = httpx.post(

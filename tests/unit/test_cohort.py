@@ -60,8 +60,17 @@ def reference(frame: pd.DataFrame, p: dict[str, Any]) -> pd.Series:
 
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pred=predicates)
-def test_mask_matches_pandas(pred: dict[str, Any], oslo_frame: pd.DataFrame, unbounded: RegistryData) -> None:
-    query = parse_query({"project": "p", "cohort": pred, "statistic": {"kind": "count"}, "privacy": {"mode": "aggregate"}})
+def test_mask_matches_pandas(
+    pred: dict[str, Any], oslo_frame: pd.DataFrame, unbounded: RegistryData
+) -> None:
+    query = parse_query(
+        {
+            "project": "p",
+            "cohort": pred,
+            "statistic": {"kind": "count"},
+            "privacy": {"mode": "aggregate"},
+        }
+    )
     got = evaluate(unbounded, query.cohort)
     want = reference(oslo_frame, pred).to_numpy()
     np.testing.assert_array_equal(got, want)
@@ -78,7 +87,14 @@ def test_feasibility_filter(oslo_frame: pd.DataFrame, unbounded: RegistryData) -
             {"op": ">=", "field": "diagnosis_date", "value": "2020-01-01"},
         ],
     }
-    query = parse_query({"project": "p", "cohort": pred, "statistic": {"kind": "count"}, "privacy": {"mode": "aggregate"}})
+    query = parse_query(
+        {
+            "project": "p",
+            "cohort": pred,
+            "statistic": {"kind": "count"},
+            "privacy": {"mode": "aggregate"},
+        }
+    )
     got = int(evaluate(unbounded, query.cohort).sum())
     want = int(reference(oslo_frame, pred).sum())
     assert got == want > 0

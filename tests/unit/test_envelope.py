@@ -15,7 +15,10 @@ from varde.errors import EnvelopeRejected
 KEY = generate_key()
 PUB = public_key_b64(KEY)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.text(max_size=20)
     | st.floats(allow_nan=False, allow_infinity=False),
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
     max_leaves=10,
@@ -25,7 +28,9 @@ json_values = st.recursive(
 @settings(max_examples=50)
 @given(st.dictionaries(st.text(max_size=10), json_values, max_size=5))
 def test_seal_open_round_trip(body: dict[str, object]) -> None:
-    env = seal(KEY, kind="work", sender="gateway", recipient="oslo", body=body, ttl=dt.timedelta(seconds=5))
+    env = seal(
+        KEY, kind="work", sender="gateway", recipient="oslo", body=body, ttl=dt.timedelta(seconds=5)
+    )
     payload = open_envelope(env, sender_key=PUB, recipient="oslo", kinds=("work",))
     assert payload.body == body
     assert payload.header.sender == "gateway"
@@ -66,7 +71,9 @@ def test_forged_by_other_key() -> None:
 
 def test_tampered_payload() -> None:
     env = _env()
-    tampered = SignedEnvelope(payload=env.payload.replace('"x":1', '"x":2'), signature=env.signature)
+    tampered = SignedEnvelope(
+        payload=env.payload.replace('"x":1', '"x":2'), signature=env.signature
+    )
     assert _reason(tampered) == "forged"
 
 

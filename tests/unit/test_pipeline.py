@@ -1,4 +1,4 @@
-"""The node pipeline: it verifies, checks its own policy, charges before releasing, refuses clearly."""
+"""The node pipeline: verifies, checks its own policy, charges before releasing, refuses clearly."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def spent(ctx: NodeContext, project: str = "nsclc-feasibility") -> float:
     return ctx.ledger.spent(project)
 
 
-def test_release_is_charged_signed_shape(node_ctx: NodeContext, gateway_key: Ed25519PrivateKey) -> None:
+def test_release_is_charged_signed_shape(
+    node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
     rel = handle(node_ctx, make_work(gateway_key, COUNT))
     assert rel.status == "ok", rel.message
     assert rel.epsilon_charged == pytest.approx(0.5)
@@ -55,15 +57,27 @@ def test_project_not_in_policy_is_refused_even_if_gateway_signed_it(
 @pytest.mark.parametrize(
     ("change", "status", "message"),
     [
-        ({"privacy": {"mode": "dp", "epsilon": 1.5}}, "policy_violation", "above the per-query cap"),
-        ({"cohort": {"op": "eq", "field": "country", "value": "NO"}}, "policy_violation", "expose field(s) country"),
+        (
+            {"privacy": {"mode": "dp", "epsilon": 1.5}},
+            "policy_violation",
+            "above the per-query cap",
+        ),
+        (
+            {"cohort": {"op": "eq", "field": "country", "value": "NO"}},
+            "policy_violation",
+            "expose field(s) country",
+        ),
         ({"privacy": {"mode": "aggregate"}}, "policy_violation", "aggregate mode"),
         ({"privacy": {"mode": "dp", "epsilon": -1}}, "invalid_query", "greater than 0"),
         ({"statistic": {"kind": "median"}}, "invalid_query", "does not match any"),
     ],
 )
 def test_refusals_charge_nothing(
-    node_ctx: NodeContext, gateway_key: Ed25519PrivateKey, change: dict[str, Any], status: str, message: str
+    node_ctx: NodeContext,
+    gateway_key: Ed25519PrivateKey,
+    change: dict[str, Any],
+    status: str,
+    message: str,
 ) -> None:
     rel = handle(node_ctx, make_work(gateway_key, {**COUNT, **change}))
     assert rel.status == status
@@ -97,7 +111,9 @@ def test_misaddressed_and_expired(node_ctx: NodeContext, gateway_key: Ed25519Pri
     assert node_ctx.ledger.charges() == []
 
 
-def test_expiry_rechecked_before_charging(node_ctx: NodeContext, gateway_key: Ed25519PrivateKey) -> None:
+def test_expiry_rechecked_before_charging(
+    node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
     env = make_work(gateway_key, COUNT, ttl=5)
     late = utcnow() + dt.timedelta(seconds=10)  # the item sat in the node's queue past its expiry
     rel = handle(node_ctx, env, now=late)
@@ -107,12 +123,16 @@ def test_expiry_rechecked_before_charging(node_ctx: NodeContext, gateway_key: Ed
 
 def test_budget_exhaustion(node_ctx: NodeContext, gateway_key: Ed25519PrivateKey) -> None:
     query = {**COUNT, "privacy": {"mode": "dp", "epsilon": 1.0}}
-    statuses = [handle(node_ctx, make_work(gateway_key, query, query_id=f"q{i}")).status for i in range(12)]
+    statuses = [
+        handle(node_ctx, make_work(gateway_key, query, query_id=f"q{i}")).status for i in range(12)
+    ]
     assert statuses == ["ok"] * 10 + ["budget_exhausted"] * 2
     assert spent(node_ctx) == pytest.approx(10.0)
 
 
-def test_aggregate_mode_where_policy_allows(node_ctx: NodeContext, gateway_key: Ed25519PrivateKey) -> None:
+def test_aggregate_mode_where_policy_allows(
+    node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
     query = {
         "project": "breast-outcomes",
         "cohort": {"op": "eq", "field": "cancer_type", "value": "breast"},

@@ -42,14 +42,22 @@ def _write(tmp_path: Path, data: object) -> Path:
         ({"fields": ["patient_id"]}, "identifier and can never be exposed"),
         ({"statistics": ["count", "median"]}, "statistics.1"),
         ({"privacy_unit": {"max_tumours_per_patient": 0}}, "max_tumours_per_patient"),
-        ({"projects": {"p1": {"epsilon_budget": -1, "max_epsilon_per_query": 0.5}}}, "epsilon_budget"),
-        ({"projects": {"p1": {"epsilon_budget": 1, "max_epsilon_per_query": 2}}}, "exceeds the whole"),
+        (
+            {"projects": {"p1": {"epsilon_budget": -1, "max_epsilon_per_query": 0.5}}},
+            "epsilon_budget",
+        ),
+        (
+            {"projects": {"p1": {"epsilon_budget": 1, "max_epsilon_per_query": 2}}},
+            "exceeds the whole",
+        ),
         ({"projects": {"p1": {"epsilon_budget": 100, "max_epsilon_per_query": 50}}}, "development"),
         ({"aggregate": {"allowed": True, "min_cell": 2}}, "below 5"),
         ({"site": "Bad Site"}, "site"),
     ],
 )
-def test_bad_policies_name_the_problem(tmp_path: Path, change: dict[str, object], message: str) -> None:
+def test_bad_policies_name_the_problem(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy(_write(tmp_path, {**GOOD, **change}))
     assert message in str(info.value)
@@ -64,7 +72,9 @@ def test_development_profile_allows_tiny_cells(tmp_path: Path) -> None:
 def test_missing_policy_denies_everything(tmp_path: Path) -> None:
     policy = load_policy(tmp_path / "absent.yaml", site="ghost")
     assert policy == Policy.deny_all("ghost")
-    query = parse_query({"project": "p1", "statistic": {"kind": "count"}, "privacy": {"mode": "dp", "epsilon": 0.1}})
+    query = parse_query(
+        {"project": "p1", "statistic": {"kind": "count"}, "privacy": {"mode": "dp", "epsilon": 0.1}}
+    )
     with pytest.raises(PolicyViolation, match="does not serve project 'p1'"):
         policy.authorize(query, researcher="alice")
 
@@ -80,15 +90,31 @@ def test_not_yaml(tmp_path: Path) -> None:
     ("query", "error", "message"),
     [
         ({"project": "other"}, PolicyViolation, "does not serve project 'other'"),
-        ({"statistic": {"kind": "histogram", "field": "stage"}}, PolicyViolation, "statistic 'histogram'"),
-        ({"cohort": {"op": "eq", "field": "egfr", "value": "positive"}}, PolicyViolation, "expose field(s) egfr"),
-        ({"privacy": {"mode": "dp", "epsilon": 0.6}}, PolicyViolation, "above the per-query cap 0.5"),
+        (
+            {"statistic": {"kind": "histogram", "field": "stage"}},
+            PolicyViolation,
+            "statistic 'histogram'",
+        ),
+        (
+            {"cohort": {"op": "eq", "field": "egfr", "value": "positive"}},
+            PolicyViolation,
+            "expose field(s) egfr",
+        ),
+        (
+            {"privacy": {"mode": "dp", "epsilon": 0.6}},
+            PolicyViolation,
+            "above the per-query cap 0.5",
+        ),
         ({"privacy": {"mode": "aggregate"}}, PolicyViolation, "aggregate mode"),
     ],
 )
 def test_authorize_refusals(query: dict[str, object], error: type[Exception], message: str) -> None:
     policy = Policy.model_validate(GOOD)
-    base = {"project": "p1", "statistic": {"kind": "count"}, "privacy": {"mode": "dp", "epsilon": 0.5}}
+    base = {
+        "project": "p1",
+        "statistic": {"kind": "count"},
+        "privacy": {"mode": "dp", "epsilon": 0.5},
+    }
     with pytest.raises(error) as info:
         policy.authorize(parse_query({**base, **query}), researcher="alice")
     assert message in str(info.value)
@@ -98,16 +124,25 @@ def test_zero_budget_is_budget_exhausted() -> None:
     policy = Policy.model_validate(
         {**GOOD, "projects": {"p1": {"epsilon_budget": 0, "max_epsilon_per_query": 0.5}}}
     )
-    query = parse_query({"project": "p1", "statistic": {"kind": "count"}, "privacy": {"mode": "dp", "epsilon": 0.5}})
+    query = parse_query(
+        {"project": "p1", "statistic": {"kind": "count"}, "privacy": {"mode": "dp", "epsilon": 0.5}}
+    )
     with pytest.raises(BudgetExhausted):
         policy.authorize(query, researcher="alice")
 
 
 def test_researcher_restriction() -> None:
     policy = Policy.model_validate(
-        {**GOOD, "projects": {"p1": {"epsilon_budget": 1, "max_epsilon_per_query": 0.5, "researchers": ["bob"]}}}
+        {
+            **GOOD,
+            "projects": {
+                "p1": {"epsilon_budget": 1, "max_epsilon_per_query": 0.5, "researchers": ["bob"]}
+            },
+        }
     )
-    query = parse_query({"project": "p1", "statistic": {"kind": "count"}, "privacy": {"mode": "dp", "epsilon": 0.5}})
+    query = parse_query(
+        {"project": "p1", "statistic": {"kind": "count"}, "privacy": {"mode": "dp", "epsilon": 0.5}}
+    )
     with pytest.raises(PolicyViolation, match="'alice' is not allowed"):
         policy.authorize(query, researcher="alice")
     assert policy.authorize(query, researcher="bob").epsilon_budget == 1

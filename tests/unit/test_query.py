@@ -67,19 +67,33 @@ def test_feasibility_query_parses() -> None:
         ({"privacy": {"mode": "dp", "epsilon": float("inf")}}, "finite number"),
         ({"privacy": {"mode": "dp"}}, "Field required"),
         ({"privacy": {"mode": "magic"}}, "does not match any"),
-        ({"statistic": {"kind": "mean", "field": "age_at_diagnosis", "lower": 90, "upper": 18}},
-         "bounds inverted"),
-        ({"statistic": {"kind": "mean", "field": "stage", "lower": 0, "upper": 1}}, "numeric field"),
-        ({"statistic": {"kind": "histogram", "field": "age_at_diagnosis", "bins": [0, 50, 40]}},
-         "strictly increasing"),
-        ({"statistic": {"kind": "histogram", "field": "age_at_diagnosis"}}, "needs declared 'bins'"),
-        ({"statistic": {"kind": "histogram", "field": "stage", "categories": ["IV", "V"]}},
-         "unknown category 'V'"),
+        (
+            {"statistic": {"kind": "mean", "field": "age_at_diagnosis", "lower": 90, "upper": 18}},
+            "bounds inverted",
+        ),
+        (
+            {"statistic": {"kind": "mean", "field": "stage", "lower": 0, "upper": 1}},
+            "numeric field",
+        ),
+        (
+            {"statistic": {"kind": "histogram", "field": "age_at_diagnosis", "bins": [0, 50, 40]}},
+            "strictly increasing",
+        ),
+        (
+            {"statistic": {"kind": "histogram", "field": "age_at_diagnosis"}},
+            "needs declared 'bins'",
+        ),
+        (
+            {"statistic": {"kind": "histogram", "field": "stage", "categories": ["IV", "V"]}},
+            "unknown category 'V'",
+        ),
         ({"group_by": ["age_at_diagnosis"]}, "public categorical"),
         ({"group_by": ["no_such"]}, "unknown field"),
         ({"group_by": ["sex", "sex"]}, "must not repeat"),
-        ({"statistic": {"kind": "crosstab", "fields": ["topography", "morphology", "region"]}},
-         "at most 20000"),
+        (
+            {"statistic": {"kind": "crosstab", "fields": ["topography", "morphology", "region"]}},
+            "at most 20000",
+        ),
         ({"project": "Bad Name"}, "should match pattern"),
         ({"colour": "blue"}, "Extra inputs are not permitted"),
         ({"statistic": {"kind": "count", "extra": 1}}, "Extra inputs are not permitted"),
@@ -99,7 +113,10 @@ def test_histogram_labels_and_axes() -> None:
             group_by=["sex"],
         )
     )
-    assert query.axes() == [("sex", ["female", "male"]), ("age_at_diagnosis", ["[0, 18)", "[18, 65)", "[65, 111)"])]
+    assert query.axes() == [
+        ("sex", ["female", "male"]),
+        ("age_at_diagnosis", ["[0, 18)", "[18, 65)", "[65, 111)"]),
+    ]
     assert query.cell_count() == 6
 
 
@@ -134,8 +151,12 @@ def leaf(draw: st.DrawFn) -> dict[str, Any]:
 predicates = st.recursive(
     leaf(),
     lambda children: st.one_of(
-        st.builds(lambda args: {"op": "and", "args": args}, st.lists(children, min_size=1, max_size=3)),
-        st.builds(lambda args: {"op": "or", "args": args}, st.lists(children, min_size=1, max_size=3)),
+        st.builds(
+            lambda args: {"op": "and", "args": args}, st.lists(children, min_size=1, max_size=3)
+        ),
+        st.builds(
+            lambda args: {"op": "or", "args": args}, st.lists(children, min_size=1, max_size=3)
+        ),
         st.builds(lambda arg: {"op": "not", "arg": arg}, children),
     ),
     max_leaves=8,

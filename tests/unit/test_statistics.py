@@ -23,7 +23,11 @@ LUNG = {"op": "eq", "field": "cancer_type", "value": "lung"}
 
 
 def query(**kw: Any) -> Any:
-    base: dict[str, Any] = {"project": "p", "statistic": {"kind": "count"}, "privacy": {"mode": "aggregate"}}
+    base: dict[str, Any] = {
+        "project": "p",
+        "statistic": {"kind": "count"},
+        "privacy": {"mode": "aggregate"},
+    }
     base.update(kw)
     return parse_query(base)
 
@@ -35,7 +39,9 @@ def bounded_frame(frame: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def test_exact_crosstab_matches_pandas(oslo_frame: pd.DataFrame, oslo_data: RegistryData) -> None:
-    q = query(cohort=LUNG, statistic={"kind": "crosstab", "fields": ["stage", "egfr"]}, group_by=["sex"])
+    q = query(
+        cohort=LUNG, statistic={"kind": "crosstab", "fields": ["stage", "egfr"]}, group_by=["sex"]
+    )
     ex = exact(oslo_data, evaluate(oslo_data, q.cohort), q)
     ref = bounded_frame(oslo_frame, oslo_data.max_rows_per_patient)
     ref = ref[ref.cancer_type == "lung"]
@@ -57,10 +63,15 @@ def test_exact_histogram_bins(oslo_frame: pd.DataFrame, oslo_data: RegistryData)
 
 
 def test_aggregate_mean_and_suppression(oslo_frame: pd.DataFrame, oslo_data: RegistryData) -> None:
-    q = query(statistic={"kind": "mean", "field": "age_at_diagnosis", "lower": 0, "upper": 110}, group_by=["cancer_type"])
+    q = query(
+        statistic={"kind": "mean", "field": "age_at_diagnosis", "lower": 0, "upper": 110},
+        group_by=["cancer_type"],
+    )
     ex = exact(oslo_data, evaluate(oslo_data, q.cohort), q)
     cells = release_aggregate(ex, q, min_cell=10)
-    ref = bounded_frame(oslo_frame, oslo_data.max_rows_per_patient).groupby("cancer_type", observed=False)
+    ref = bounded_frame(oslo_frame, oslo_data.max_rows_per_patient).groupby(
+        "cancer_type", observed=False
+    )
     means, sizes = ref.age_at_diagnosis.mean(), ref.size()
     for cell in cells:
         (ctype,) = cell.labels
@@ -83,7 +94,11 @@ def test_small_cells_suppressed_in_counts(oslo_data: RegistryData) -> None:
 
 
 def test_dp_at_large_epsilon_is_close(oslo_data: RegistryData) -> None:
-    q = query(cohort=LUNG, statistic={"kind": "histogram", "field": "stage"}, privacy={"mode": "dp", "epsilon": 50.0})
+    q = query(
+        cohort=LUNG,
+        statistic={"kind": "histogram", "field": "stage"},
+        privacy={"mode": "dp", "epsilon": 50.0},
+    )
     ex = exact(oslo_data, evaluate(oslo_data, q.cohort), q)
     plan = plan_dp(ex, q, epsilon=50.0, max_rows=3)
     assert plan.epsilon <= 50.0
@@ -94,8 +109,11 @@ def test_dp_at_large_epsilon_is_close(oslo_data: RegistryData) -> None:
 
 
 def test_dp_mean_at_large_epsilon(oslo_frame: pd.DataFrame, oslo_data: RegistryData) -> None:
-    q = query(cohort=LUNG, statistic={"kind": "mean", "field": "age_at_diagnosis", "lower": 18, "upper": 100},
-              privacy={"mode": "dp", "epsilon": 5.0})
+    q = query(
+        cohort=LUNG,
+        statistic={"kind": "mean", "field": "age_at_diagnosis", "lower": 18, "upper": 100},
+        privacy={"mode": "dp", "epsilon": 5.0},
+    )
     ex = exact(oslo_data, evaluate(oslo_data, q.cohort), q)
     cell = plan_dp(ex, q, epsilon=5.0, max_rows=3).release()[0]
     ref = bounded_frame(oslo_frame, 3)
@@ -172,9 +190,13 @@ QUERIES = [
 ]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(which=st.integers(0, len(QUERIES) - 1), pick=st.integers(0, 10**6), k=st.integers(1, 3))
-def test_removing_one_patient_respects_sensitivity(small: pd.DataFrame, which: int, pick: int, k: int) -> None:
+def test_removing_one_patient_respects_sensitivity(
+    small: pd.DataFrame, which: int, pick: int, k: int
+) -> None:
     q = query(**QUERIES[which])
     patients = small.patient_id.unique()
     victim = patients[pick % len(patients)]

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -138,7 +138,7 @@ _WORK = TypeAdapter(dict[str, list[SignedEnvelope]])
 
 
 @router.post("/poll")
-async def poll(envelope: SignedEnvelope, state: State) -> Response:
+async def poll(envelope: SignedEnvelope, state: State, request: Request) -> Response:
     """Long-poll: return signed work for the calling site as soon as there is any."""
     payload = await run_in_threadpool(_open, state, envelope, "poll")
     try:
@@ -154,7 +154,7 @@ async def poll(envelope: SignedEnvelope, state: State) -> Response:
         except (EnvelopeRejected, InvalidQuery) as err:
             log.warning("dropped a release piggybacked by %s: %s", site, err.message)
     wait = min(body.wait, state.settings.poll_wait_max_s)
-    batch = await state.dispatcher.next_batch(site, wait, body.manifest)
+    batch = await state.dispatcher.next_batch(site, wait, body.manifest, request.is_disconnected)
     return Response(_WORK.dump_json({"work": batch}), media_type="application/json")
 
 
