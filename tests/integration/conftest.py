@@ -33,6 +33,21 @@ def client(network: LocalNetwork) -> Iterator[VardeClient]:
         yield c
 
 
+@pytest.fixture(scope="session")
+def small_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    """One real node under a gateway in this process, so the test can act as a bad gateway."""
+    net = LocalNetwork(
+        workdir=tmp_path_factory.mktemp("small"),
+        sites=["bergen"],
+        rows=5_000,
+        seed=5,
+        inprocess_gateway=True,
+    )
+    net.start()
+    yield net
+    net.stop()
+
+
 def ledger_of(network: LocalNetwork, site: str) -> Ledger:
     """Open a node's own ledger file (read side; the node process keeps writing it)."""
     return Ledger(f"sqlite:///{network.node_state(site) / 'ledger.sqlite'}")

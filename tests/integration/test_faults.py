@@ -7,7 +7,6 @@ import datetime as dt
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,21 +128,6 @@ def test_killed_node_then_restart_keeps_its_ledger(network: LocalNetwork) -> Non
     led.close()
 
 
-@pytest.fixture(scope="module")
-def rogue_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    """One real node under a gateway in this process, so the test can act as a bad gateway."""
-    net = LocalNetwork(
-        workdir=tmp_path_factory.mktemp("rogue"),
-        sites=["bergen"],
-        rows=5_000,
-        seed=5,
-        inprocess_gateway=True,
-    )
-    net.start()
-    yield net
-    net.stop()
-
-
 def _submit_signed(net: LocalNetwork, project: str, query_id: str) -> Any:
     state = net.app_state
     body = {
@@ -167,24 +151,24 @@ def _submit_signed(net: LocalNetwork, project: str, query_id: str) -> Any:
 
 
 def test_node_refuses_gateway_signed_work_for_a_project_it_does_not_serve(
-    rogue_network: LocalNetwork,
+    small_network: LocalNetwork,
 ) -> None:
-    release = _submit_signed(rogue_network, "rogue-project", "rogue-1")
+    release = _submit_signed(small_network, "rogue-project", "rogue-1")
     assert release is not None
     assert release.status == "policy_violation"
     assert "does not serve project 'rogue-project'" in release.message
     assert release.cells == []
-    led = ledger_of(rogue_network, "bergen")
+    led = ledger_of(small_network, "bergen")
     assert led.charges() == []
     # the same signed path for a project bergen serves does release (the refusal was the policy's)
-    ok = _submit_signed(rogue_network, "nsclc-feasibility", "fine-1")
+    ok = _submit_signed(small_network, "nsclc-feasibility", "fine-1")
     assert ok.status == "ok" and len(led.charges()) == 1
     led.close()
 
 
-def test_missing_policy_denies_everything(rogue_network: LocalNetwork, tmp_path: Path) -> None:
+def test_missing_policy_denies_everything(small_network: LocalNetwork, tmp_path: Path) -> None:
     """A node started without a policy file answers every query with a refusal."""
-    net = rogue_network
+    net = small_network
     net.policies["ghost"] = tmp_path / "no-such-policy.yaml"
     net.sites.append("ghost")
     net.data_files["ghost"] = net.data_files["bergen"]
