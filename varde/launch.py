@@ -51,6 +51,7 @@ class LocalNetwork:
     data_files: dict[str, Path] = field(default_factory=dict)
     token: str = ""
     inprocess_gateway: bool = False
+    database_url: str | None = None
     app_state: Any = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _server: Any = None
@@ -77,6 +78,11 @@ class LocalNetwork:
     def log_path(self, name: str) -> Path:
         """Where a process's output goes."""
         return self.workdir / "logs" / f"{name}.log"
+
+    def _settings(self) -> Any:
+        from gateway.core.config import Settings
+
+        return Settings(state_dir=self.gateway_state, database_url=self.database_url)
 
     def ensure_data(self) -> None:
         """Generate each site's registry once per (rows, seed); reuse it afterwards."""
@@ -122,13 +128,12 @@ class LocalNetwork:
     def start_gateway(self, timeout: float = 60.0) -> None:
         """Start ``varde gateway serve`` on a free port and wait for /healthz."""
         from gateway.admin import add_project, add_researcher
-        from gateway.core.config import Settings
         from gateway.core.db import make_engine, make_sessionmaker
 
         if self.gateway_state.exists():
             shutil.rmtree(self.gateway_state)
         self.gateway_state.mkdir(parents=True)
-        engine = make_engine(Settings(state_dir=self.gateway_state).db_url)
+        engine = make_engine(self._settings().db_url)
         sessions = make_sessionmaker(engine)
         projects = self._projects()
         for p in projects:
@@ -150,6 +155,7 @@ class LocalNetwork:
                 str(self.port),
                 "--state-dir",
                 str(self.gateway_state),
+                *(["--database-url", self.database_url] if self.database_url else []),
             ),
         )
         deadline = time.monotonic() + timeout
@@ -169,9 +175,8 @@ class LocalNetwork:
         import uvicorn
 
         from gateway.app import create_app
-        from gateway.core.config import Settings
 
-        app = create_app(Settings(state_dir=self.gateway_state))
+        app = create_app(self._settings())
         self.app_state = app.state.varde
         config = uvicorn.Config(
             app,
@@ -195,10 +200,9 @@ class LocalNetwork:
         import datetime as dt
 
         from gateway.admin import enrollment_token
-        from gateway.core.config import Settings
         from gateway.core.db import make_engine, make_sessionmaker
 
-        engine = make_engine(Settings(state_dir=self.gateway_state).db_url)
+        engine = make_engine(self._settings().db_url)
         try:
             return enrollment_token(make_sessionmaker(engine), site, dt.timedelta(hours=1))
         finally:
