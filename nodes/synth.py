@@ -12,14 +12,17 @@ tables (cancer types, biomarkers), never over rows.
 
 How a registry is drawn, patient first, so that multi-tumour patients stay consistent:
 
-1. patients and their tumour count (1, 2 or 3); each patient's first (index) tumour gets a
-   type, the patient a sex (given that type), an age and a diagnosis date, hence a birth date;
-2. further tumours get a type given the patient's sex, and a date between the index
-   diagnosis and the patient's death (or the end of the diagnosis window);
+1. patients and their tumour count (1, 2 or 3); every tumour gets a diagnosis date from the
+   (slowly rising) incidence curve and a patient's earliest is the index tumour, which gets a
+   type, the patient a sex (given that type) and an age, hence a birth date;
+2. further tumours get a type given the patient's sex;
 3. every tumour gets topography and morphology (consistent with its type), behaviour (from
-   the morphology suffix), grouped stage, TNM (consistent with the stage) and grade;
-4. a patient dies once: at the earliest of the tumours' cancer deaths and a background
-   (Gompertz) death; follow-up is censored at :data:`DATA_AS_OF`;
+   the morphology suffix), grouped stage, TNM (consistent with the stage) and grade; a
+   tumour followed by a later diagnosis gets its stage given that the patient survived
+   until then (so stage IV lung rarely precedes a second primary by years);
+4. a patient dies once: at the earliest of the tumours' cancer deaths (Weibull) and a
+   background (Gompertz) death, all conditional on being alive at the last diagnosis;
+   follow-up is censored at :data:`DATA_AS_OF`;
 5. biomarkers (tested only where they mean something, more often in later years), first
    treatment (stage- and biomarker-driven), waiting time and trial enrolment.
 
@@ -784,7 +787,9 @@ def profile_for(site: str) -> SiteProfile:
         site: Site name, e.g. ``"oslo"``.
 
     Returns:
-        ``SITE_PROFILES[site]`` if listed, else a profile perturbed from a listed one.
+        ``SITE_PROFILES[site]`` if listed, else a perturbation of a listed profile (same
+        country, a subset of that country's regions); pass ``profile=`` to
+        :func:`generate_registry` to choose one explicitly.
 
     Raises:
         ValueError: If ``site`` is empty.
@@ -1292,19 +1297,23 @@ def _fail(spec: FieldSpec, problem: str, values: Sequence[object] = ()) -> Value
 
 
 def _conform_categorical(spec: FieldSpec, series: pd.Series) -> pd.Categorical:
+    categories = pd.Index(spec.categories)
     if isinstance(series.dtype, pd.CategoricalDtype):
-        if not all(isinstance(c, str) for c in series.cat.categories):
-            series = series.cat.rename_categories([str(c) for c in series.cat.categories])
-    elif not pd.api.types.is_string_dtype(series.dtype):
-        series = series.astype(str).where(series.notna())
-    values = pd.Categorical(series, categories=list(spec.categories), ordered=False)
-    missing = series.isna().to_numpy()
-    if missing.any():
+        # Map the file's own category list once, then its integer codes: no string hashing.
+        labels = [str(c) for c in series.cat.categories]
+        mapping = np.append(categories.get_indexer(labels), -1)
+        codes = mapping[series.cat.codes.to_numpy()]
+    else:
+        if not pd.api.types.is_string_dtype(series.dtype):
+            series = series.astype(str).where(series.notna())
+        codes = categories.get_indexer(series)
+    if series.isna().any():
         raise _fail(spec, "has missing values")
-    outside = values.codes < 0
+    outside = codes < 0
     if outside.any():
         raise _fail(spec, "has values outside the schema's categories", series[outside].unique())
-    return values
+    dtype = pd.CategoricalDtype(categories, ordered=False)
+    return pd.Categorical.from_codes(codes.astype(np.int16), dtype=dtype, validate=False)
 
 
 def _conform_numbers(spec: FieldSpec, series: pd.Series) -> tuple[Floats, Bools]:
@@ -1439,8 +1448,7 @@ def write_registry(frame: pd.DataFrame, path: Path, fmt: Literal["parquet", "csv
         elif pa.types.is_timestamp(column.type):
             column = column.cast(pa.date32())
         plain.append(column)
-    options = pa_csv.WriteOptions(quoting_style="needed")
-    pa_csv.write_csv(pa.table(plain, names=table.column_names), path, write_options=options)
+    pa_csv.write_csv(pa.table(plain, names=table.column_names), path)
     return path
 
 
