@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from nodes.synth import read_registry
+from nodes.registry_io import read_registry
 from varde.client import VardeClient
 from varde.launch import LocalNetwork
 

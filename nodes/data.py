@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nodes.registry_io import read_registry
 from varde.schema import FIELDS, FieldKind
 
 EPOCH = np.datetime64("1970-01-01", "D")
@@ -104,6 +105,4 @@ def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> Reg
 
 def load_registry(path: Path, *, site: str, max_rows_per_patient: int) -> RegistryData:
     """Read a Parquet or CSV registry file (schema-checked) and prepare it."""
-    from nodes.synth import read_registry
-
     return prepare(read_registry(path), site=site, max_rows_per_patient=max_rows_per_patient)

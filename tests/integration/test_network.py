@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from nodes.data import bound_contributions
-from nodes.synth import read_registry
+from nodes.registry_io import read_registry
 from varde.client import VardeClient
 from varde.launch import LocalNetwork
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from nodes.synth import read_registry
+from nodes.registry_io import read_registry
 from varde.cli import app
 
 runner = CliRunner()
