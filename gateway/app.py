@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from gateway.api.routes import catalog, nodes, queries
 from gateway.core.config import Settings, get_settings
 from gateway.state import GatewayState
+from gateway.training import routes as trainings
 from varde import __version__
 from varde.errors import VardeError
 
@@ -55,6 +56,20 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
     app.include_router(queries.router)
     app.include_router(catalog.router)
     app.include_router(nodes.router)
+    app.include_router(trainings.router)
+    settings_in_force = varde_state.settings
+    if settings_in_force.flower_superlink:
+        from gateway.training.deployment import FlwrSubmitter
+        from gateway.training.service import TrainingService
+
+        submitter = FlwrSubmitter(
+            home=settings_in_force.state_dir / "flwr",
+            superlink=settings_in_force.flower_superlink,
+            insecure=settings_in_force.flower_insecure,
+        )
+        app.state.varde_training = TrainingService(
+            submitter, settings_in_force.state_dir / "trainings"
+        )
     return app
 
 

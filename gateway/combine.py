@@ -5,6 +5,12 @@
 * Means pool the sites' released noisy sums and counts (``parts``):
   ``c + sum(S_i) / sum(N_i)``. Averaging site means would weight a 50-patient
   site like a 50,000-patient one and is the classic pooled-mean mistake.
+* Quantiles pool the sites' released interval counts (``parts``) into one
+  CDF and read the quantile from it: a network median is the median of the
+  pooled data (up to the grid and the noise), never an average of site medians.
+* Survival pools the sites' released death and censoring counts per interval
+  (``parts`` of each group's ``median`` cell) and computes one life-table
+  curve, bands and median from the pooled counts.
 * A single site's interval is its own exact Laplace interval; a sum over
   several sites uses the normal approximation ``value ± 1.96·sd``.
 * In aggregate mode a network cell is suppressed if any site suppressed it
@@ -17,8 +23,15 @@ import math
 
 from pydantic import BaseModel, ConfigDict
 
-from varde.estimates import Z95, mean_from_parts
-from varde.query import Mean, Query
+from varde.estimates import (
+    Z95,
+    bin_part,
+    mean_from_parts,
+    quantiles_from_counts,
+    survival_from_counts,
+    survival_parts,
+)
+from varde.query import Mean, Quantile, Query, Survival
 from varde.release import Cell, SiteRelease
 
 
@@ -39,10 +52,18 @@ def combine(query: Query, releases: list[SiteRelease]) -> NetworkRow | None:
         return None
     n = len(ok[0].cells)
     cells = []
+    if isinstance(query.statistic, Survival):
+        return NetworkRow(
+            sites=[r.site for r in ok],
+            epsilon_spent={r.site: r.epsilon_charged for r in ok},
+            cells=_pool_survival(query.statistic, ok),
+        )
     for i in range(n):
         site_cells = [r.cells[i] for r in ok]
         if isinstance(query.statistic, Mean):
             cells.append(_pool_mean(query.statistic, site_cells))
+        elif isinstance(query.statistic, Quantile):
+            cells.append(_pool_quantile(query.statistic, site_cells))
         else:
             cells.append(_add(site_cells))
     return NetworkRow(
@@ -85,3 +106,57 @@ def _pool_mean(stat: Mean, cells: list[Cell]) -> Cell:
         parts={"centred_sum": s, "count": n},
         part_std={"centred_sum": s_std, "count": n_std},
     )
+
+
+def _pool_quantile(stat: Quantile, cells: list[Cell]) -> Cell:
+    labels = cells[0].labels
+    if len(cells) == 1:
+        return cells[0]
+    n_bins = len(stat.candidates) - 1
+    keys = [bin_part(i) for i in range(n_bins)]
+    counts = [sum(c.parts.get(k, 0.0) for c in cells) for k in keys]
+    stds = {k: math.sqrt(sum(c.part_std.get(k, 0.0) ** 2 for c in cells)) for k in keys}
+    alpha = stat.alphas[stat.labels().index(labels[-1])]
+    ((value, lo, hi),) = quantiles_from_counts(
+        stat.candidates, counts, [alpha], max(stds.values(), default=0.0)
+    )
+    return Cell(
+        labels=labels,
+        value=value,
+        ci_low=lo,
+        ci_high=hi,
+        parts=dict(zip(keys, counts, strict=True)),
+        part_std=stds,
+    )
+
+
+def _pool_survival(stat: Survival, releases: list[SiteRelease]) -> list[Cell]:
+    months = stat.months()
+    m, per_group = len(months), len(stat.labels())
+    keys = survival_parts(m)
+    n_groups = len(releases[0].cells) // per_group
+    out: list[Cell] = []
+    for g in range(n_groups):
+        group = [r.cells[g * per_group : (g + 1) * per_group] for r in releases]
+        carriers = [cells[-1] for cells in group]
+        counts = [sum(c.parts.get(k, 0.0) for c in carriers) for k in keys]
+        std = math.sqrt(sum(c.part_std.get(keys[0], 0.0) ** 2 for c in carriers))
+        curve, (med, med_lo, med_hi) = survival_from_counts(
+            months, counts[:m], counts[m : 2 * m], counts[2 * m], std
+        )
+        labels = [c.labels for c in group[0]]
+        out.extend(
+            Cell(labels=lab, value=v, ci_low=lo, ci_high=hi)
+            for lab, (v, lo, hi) in zip(labels[:m], curve, strict=True)
+        )
+        out.append(
+            Cell(
+                labels=labels[m],
+                value=med,
+                ci_low=med_lo,
+                ci_high=med_hi,
+                parts=dict(zip(keys, counts, strict=True)),
+                part_std=dict.fromkeys(keys, std),
+            )
+        )
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import uuid
 from typing import Any
 
@@ -34,6 +35,7 @@ from varde.errors import (
     PolicyViolation,
     VardeError,
 )
+from varde.estimates import Z95
 from varde.query import AggregatePrivacy, DPPrivacy, Query
 from varde.release import Manifest, SiteRelease, WorkItem
 
@@ -131,12 +133,16 @@ def _targets(state: GatewayState, query: Query, researcher: str, projects: list[
     return list(dict.fromkeys(query.sites))
 
 
-async def run_query(
-    state: GatewayState, query: Query, *, researcher: str, projects: list[str]
-) -> QueryResult:
-    """Fan ``query`` out to its sites and combine what they release."""
-    targets = await run_in_threadpool(_targets, state, query, researcher, projects)
-    query_id = uuid.uuid4().hex
+async def _fan_out(
+    state: GatewayState,
+    query: Query,
+    query_id: str,
+    researcher: str,
+    targets: list[str],
+    *,
+    preview: bool,
+) -> tuple[dict[str, SiteRelease], list[Answer]]:
+    """Sign one work item per site, wait for the releases; a row per target site."""
     disp = state.dispatcher
     rows: dict[str, SiteRelease] = {}
     asked: list[str] = []
@@ -148,6 +154,7 @@ async def run_query(
                 site=site,
                 status=refusal[0],
                 message=refusal[1],
+                preview=preview,
             )
         elif not disp.connected(site):
             rows[site] = SiteRelease(
@@ -155,13 +162,22 @@ async def run_query(
                 site=site,
                 status="unavailable",
                 message=f"site {site!r} is not connected",
+                preview=preview,
             )
         else:
             asked.append(site)
     if not asked:
+        if preview:
+            return rows, []
         _raise_if_nobody(targets, rows)
     spec = query.model_dump(mode="json", exclude_none=True)
-    work = WorkItem(query_id=query_id, project=query.project, researcher=researcher, query=spec)
+    work = WorkItem(
+        query_id=query_id,
+        project=query.project,
+        researcher=researcher,
+        query=spec,
+        preview=preview,
+    )
     ttl = dt.timedelta(seconds=query.timeout_s)
     envelopes = {
         site: seal(
@@ -187,8 +203,20 @@ async def run_query(
                 site=site,
                 status="unavailable",
                 message=f"site {site!r} did not answer within {query.timeout_s} s",
+                preview=preview,
             )
         )
+    return rows, evidence
+
+
+async def run_query(
+    state: GatewayState, query: Query, *, researcher: str, projects: list[str]
+) -> QueryResult:
+    """Fan ``query`` out to its sites and combine what they release."""
+    targets = await run_in_threadpool(_targets, state, query, researcher, projects)
+    query_id = uuid.uuid4().hex
+    rows, evidence = await _fan_out(state, query, query_id, researcher, targets, preview=False)
+    spec = query.model_dump(mode="json", exclude_none=True)
     ordered = [rows[s] for s in targets]
     if all(r.status != "ok" for r in ordered):
         await run_in_threadpool(
@@ -217,6 +245,57 @@ async def run_query(
         evidence,
     )
     return result
+
+
+class PreviewResult(BaseModel):
+    """What a query would cost and how accurate it would be, before anything is charged.
+
+    ``accuracy`` is the 95% half-width of the noise on each released number, by
+    part (``count``, ``sum``), per site and for the network (where independent
+    site noise adds in variance). For a mean it is given for its parts: the
+    mean's own error also depends on the (unknown) count.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    query_id: str
+    project: str
+    statistic: str
+    mode: str
+    epsilon_requested: float
+    axes: list[tuple[str, list[str]]]
+    cells: int
+    sites: list[SiteRelease]
+    epsilon_planned: dict[str, float]
+    network_accuracy: dict[str, float]
+    network_noise_std: dict[str, float]
+
+
+async def preview_query(
+    state: GatewayState, query: Query, *, researcher: str, projects: list[str]
+) -> PreviewResult:
+    """Ask each site what ``query`` would cost there; no site reads a row or charges."""
+    targets = await run_in_threadpool(_targets, state, query, researcher, projects)
+    query_id = uuid.uuid4().hex
+    rows, _ = await _fan_out(state, query, query_id, researcher, targets, preview=True)
+    ordered = [rows[s] for s in targets]
+    ok = [r for r in ordered if r.status == "ok"]
+    parts = sorted({p for r in ok for p in r.noise_std})
+    std = {p: math.sqrt(sum(r.noise_std.get(p, 0.0) ** 2 for r in ok)) for p in parts}
+    accuracy = dict(ok[0].accuracy) if len(ok) == 1 else {p: Z95 * v for p, v in std.items()}
+    return PreviewResult(
+        query_id=query_id,
+        project=query.project,
+        statistic=query.statistic.kind,
+        mode=query.privacy.mode,
+        epsilon_requested=query.epsilon,
+        axes=query.axes(),
+        cells=query.cell_count(),
+        sites=ordered,
+        epsilon_planned={r.site: r.epsilon_planned for r in ok},
+        network_accuracy=accuracy,
+        network_noise_std=std,
+    )
 
 
 def _raise_if_nobody(targets: list[str], rows: dict[str, SiteRelease]) -> None:

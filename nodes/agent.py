@@ -55,12 +55,12 @@ class Agent:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"varde-{ctx.site}")
         self.client = httpx.Client(timeout=httpx.Timeout(poll_wait + 15.0, connect=5.0))
         self.connected = threading.Event()
-        self._manifest: tuple[int, dict[str, object]] | None = None
+        self._manifest: tuple[object, dict[str, object]] | None = None
         self._outbox: list[dict[str, object]] = []
 
     def manifest(self) -> dict[str, object]:
-        """The public manifest, rebuilt only after a charge or a policy change."""
-        gen = self.ctx.generation
+        """The public manifest, rebuilt only after a charge, a policy change or a new day."""
+        gen = (self.ctx.generation, self.ctx.clock().date())  # a day may open a budget period
         if self._manifest is None or self._manifest[0] != gen:
             manifest = self.ctx.policy.manifest(self.ctx.remaining())
             self._manifest = (gen, manifest.model_dump(mode="json"))

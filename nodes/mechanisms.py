@@ -129,3 +129,116 @@ def discrete_laplace_std(scale: float) -> float:
     """
     a = math.exp(-1.0 / scale)
     return math.sqrt(2.0 * a) / (1.0 - a)
+
+
+@dataclass(frozen=True)
+class ComposedPlan:
+    """``parts`` Laplace measurements composed by OpenDP; ``epsilon`` is the composition's map.
+
+    Each part releases its own vector (one funnel step); all parts have the same
+    scale, so ``std`` and ``half_width`` are those of one part.
+    """
+
+    composition: Any
+    part: LaplacePlan
+    parts: int
+    epsilon: float
+
+    @property
+    def mechanism(self) -> str:
+        """Human-readable mechanism name for the release."""
+        return f"opendp.composition({self.parts} x {self.part.mechanism.removeprefix('opendp.')})"
+
+    def release(self, vectors: list[np.ndarray]) -> list[np.ndarray]:
+        """Invoke part ``i`` on ``vectors[i]`` (noise drawn by OpenDP). Charge before calling."""
+        if len(vectors) != self.parts:
+            raise ValueError(f"expected {self.parts} vectors, got {len(vectors)}")
+        return [self.part.release(v) for v in vectors]
+
+
+def plan_composed_laplace(
+    *, sensitivity: float, epsilon: float, parts: int, integer: bool
+) -> ComposedPlan:
+    """Split ``epsilon`` evenly over ``parts`` Laplace releases, composed by OpenDP.
+
+    Each part's input differs by at most ``sensitivity`` between neighbours
+    (the caller's argument, :mod:`nodes.sensitivity`); OpenDP's
+    ``make_composition`` maps that ``d_in`` to the total loss. If rounding makes
+    the sum exceed ``epsilon``, the per-part target shrinks one ulp at a time.
+
+    >>> plan = plan_composed_laplace(sensitivity=2, epsilon=1.0, parts=4, integer=True)
+    >>> plan.part.scale, plan.epsilon <= 1.0
+    (8.0, True)
+    """
+    if parts < 1:
+        raise ValueError("a composition needs at least one part")
+    target = float(epsilon) / parts
+    for _ in range(64):
+        part = plan_laplace(sensitivity=sensitivity, epsilon=target, integer=integer)
+        composition: Any = dp.c.make_composition([part.measurement] * parts)
+        d_in: int | float = int(sensitivity) if integer else float(sensitivity)
+        loss = float(composition.map(d_in))
+        if loss <= epsilon:
+            return ComposedPlan(composition, part, parts, loss)
+        target = math.nextafter(target, 0.0)
+    raise ArithmeticError(
+        f"could not split epsilon={epsilon} over {parts} parts"
+    )  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class GaussianPlan:
+    """A built, costed OpenDP discrete-Gaussian measurement over an integer vector (zCDP).
+
+    ``rho`` is OpenDP's privacy map at the L2 sensitivity (zero-concentrated
+    divergence). The discrete Gaussian's sd is at most its ``scale``.
+    """
+
+    measurement: Any
+    sensitivity: float
+    scale: float
+    rho: float
+
+    @property
+    def mechanism(self) -> str:
+        """Human-readable mechanism name for the release."""
+        return "opendp.discrete_gaussian"
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of one noise draw (the scale bounds it; equal for scale >= 1)."""
+        return self.scale
+
+    @property
+    def half_width(self) -> float:
+        """95% accuracy from OpenDP's helper."""
+        return float(dp.discrete_gaussian_scale_to_accuracy(self.scale, ALPHA))
+
+    def release(self, exact: np.ndarray) -> np.ndarray:
+        """Invoke the measurement (noise drawn by OpenDP). Charge before calling."""
+        values = [int(v) for v in np.asarray(exact, dtype=np.int64)]
+        return np.asarray(self.measurement(values), dtype=np.int64)
+
+
+@lru_cache(maxsize=256)
+def plan_gaussian(*, sensitivity: int, rho: float) -> GaussianPlan:
+    """The discrete-Gaussian measurement whose zCDP loss at L2 ``sensitivity`` is at most ``rho``.
+
+    >>> plan = plan_gaussian(sensitivity=3, rho=0.5)
+    >>> plan.scale, plan.rho <= 0.5
+    (3.0, True)
+    """
+    if not (math.isfinite(rho) and rho > 0):
+        raise ValueError(f"rho must be a positive finite number, got {rho!r}")
+    if sensitivity < 1:
+        raise ValueError("sensitivity must be a positive integer")
+    scale = sensitivity / math.sqrt(2.0 * rho)
+    for _ in range(64):
+        meas: Any = dp.m.make_gaussian(
+            dp.vector_domain(dp.atom_domain(T=int)), dp.l2_distance(T=int), scale=scale
+        )
+        loss = float(meas.map(sensitivity))
+        if loss <= rho:
+            return GaussianPlan(meas, float(sensitivity), scale, loss)
+        scale = math.nextafter(scale, math.inf)
+    raise ArithmeticError(f"could not calibrate a Gaussian scale for rho={rho}")  # pragma: no cover

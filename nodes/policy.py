@@ -19,12 +19,15 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nodes.periods import BudgetPeriod
 from varde.errors import BudgetExhausted, PolicyViolation
-from varde.query import DPPrivacy, Query
+from varde.query import DPPrivacy, Query, ZCDPPrivacy
 from varde.release import Manifest, ProjectTerms
 from varde.schema import FIELDS_BY_NAME
 
-StatisticKind = Literal["count", "sum", "mean", "histogram", "crosstab"]
+StatisticKind = Literal[
+    "count", "sum", "mean", "histogram", "crosstab", "funnel", "quantile", "survival"
+]
 SAFE_MIN_CELL = 5
 SAFE_MAX_EPSILON_PER_QUERY = 5.0
 
@@ -36,8 +39,12 @@ class _Strict(BaseModel):
 class ProjectPolicy(_Strict):
     """Budget and caps for one project at this site."""
 
-    epsilon_budget: float = Field(ge=0, allow_inf_nan=False)
-    max_epsilon_per_query: float = Field(gt=0, allow_inf_nan=False)
+    epsilon_budget: float = Field(
+        ge=0, allow_inf_nan=False, description="Lifetime epsilon the project may spend here."
+    )
+    max_epsilon_per_query: float = Field(
+        gt=0, allow_inf_nan=False, description="Largest epsilon one query may ask for."
+    )
     researchers: list[str] | None = Field(
         default=None, description="If set, only these researcher names may use the project here."
     )
@@ -45,9 +52,36 @@ class ProjectPolicy(_Strict):
         default=False,
         description="Allow non-DP aggregate queries for this project (if the site does).",
     )
+    budget_period: BudgetPeriod = Field(
+        default="lifetime",
+        description="When epsilon_budget renews: never (lifetime), or each UTC year/quarter/month.",
+    )
+    accounting: Literal["epsilon", "zcdp"] = Field(
+        default="epsilon",
+        description="Pure epsilon-DP (Laplace) or zCDP (rho, Gaussian) for this project's queries.",
+    )
+    rho_budget: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Rho the project may spend here per budget period (zcdp accounting).",
+    )
+    max_rho_per_query: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Largest rho one query may ask for (required with zcdp accounting).",
+    )
 
     @model_validator(mode="after")
     def _cap_within_budget(self) -> ProjectPolicy:
+        if self.accounting == "zcdp" and self.max_rho_per_query is None:
+            raise ValueError("zcdp accounting needs max_rho_per_query")
+        if self.max_rho_per_query is not None and self.max_rho_per_query > self.rho_budget > 0:
+            raise ValueError(
+                f"max_rho_per_query {self.max_rho_per_query} exceeds the whole "
+                f"rho_budget {self.rho_budget}"
+            )
         if self.max_epsilon_per_query > self.epsilon_budget > 0:
             raise ValueError(
                 f"max_epsilon_per_query {self.max_epsilon_per_query} exceeds the whole "
@@ -69,20 +103,56 @@ class PrivacyUnit(_Strict):
 class AggregateMode(_Strict):
     """Non-DP exact aggregates with small-cell suppression."""
 
-    allowed: bool = False
-    min_cell: int = Field(default=10, ge=1)
+    allowed: bool = Field(default=False, description="Allow non-DP aggregate queries at all.")
+    min_cell: int = Field(
+        default=10, ge=1, description="Cells with fewer tumours than this are suppressed."
+    )
+
+
+class ApprovalRules(_Strict):
+    """Work that must wait for a decision of the site's staff before anything is computed."""
+
+    new_projects: bool = Field(
+        default=False,
+        description="A project's first work at this site waits until staff approve the project.",
+    )
+    epsilon_above: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="A DP query asking for more epsilon than this waits for its own approval.",
+    )
+    message: str = Field(
+        default="",
+        max_length=300,
+        description="Shown to the researcher while work waits (e.g. who decides and how soon).",
+    )
 
 
 class Policy(_Strict):
     """The whole policy of one site."""
 
-    site: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{1,40}$")]
-    profile: Literal["production", "development"] = "production"
-    privacy_unit: PrivacyUnit
-    fields: list[str]
-    statistics: list[StatisticKind]
-    projects: dict[str, ProjectPolicy] = {}
-    aggregate: AggregateMode = AggregateMode()
+    site: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{1,40}$")] = Field(
+        description="This site's name, as enrolled at the gateway."
+    )
+    profile: Literal["production", "development"] = Field(
+        default="production",
+        description="'development' allows unsafe settings (tiny min_cell, large epsilon caps).",
+    )
+    privacy_unit: PrivacyUnit = Field(description="What one protected person is.")
+    fields: list[str] = Field(
+        description="Fields of the common schema (varde/schema.py) queries may read."
+    )
+    statistics: list[StatisticKind] = Field(description="Statistics this site computes.")
+    projects: dict[str, ProjectPolicy] = Field(
+        default={}, description="Projects this site serves, by name; any other is refused."
+    )
+    aggregate: AggregateMode = Field(
+        default=AggregateMode(), description="Non-DP exact aggregates (off unless allowed)."
+    )
+    approvals: ApprovalRules = Field(
+        default=ApprovalRules(), description="Work that waits for a staff decision."
+    )
 
     @field_validator("fields")
     @classmethod
@@ -148,7 +218,30 @@ class Policy(_Strict):
             raise PolicyViolation(
                 f"site {self.site!r} does not expose field(s) {', '.join(hidden)}"
             )
-        if isinstance(query.privacy, DPPrivacy):
+        if isinstance(query.privacy, DPPrivacy | ZCDPPrivacy):
+            wanted = "zcdp" if isinstance(query.privacy, ZCDPPrivacy) else "epsilon"
+            if proj.accounting != wanted:
+                ask = (
+                    '{"mode": "zcdp", "rho": ...}'
+                    if proj.accounting == "zcdp"
+                    else ('{"mode": "dp", "epsilon": ...}')
+                )
+                raise PolicyViolation(
+                    f"project {query.project!r} accounts in {proj.accounting} at {self.site!r}: "
+                    f"ask with privacy {ask}"
+                )
+        if isinstance(query.privacy, ZCDPPrivacy):
+            cap = proj.max_rho_per_query or 0.0
+            if query.privacy.rho > cap:
+                raise PolicyViolation(
+                    f"rho {query.privacy.rho} is above the per-query cap {cap} of project "
+                    f"{query.project!r} at {self.site!r}"
+                )
+            if proj.rho_budget == 0:
+                raise BudgetExhausted(
+                    f"project {query.project!r} has no rho budget at {self.site!r}"
+                )
+        elif isinstance(query.privacy, DPPrivacy):
             if query.privacy.epsilon > proj.max_epsilon_per_query:
                 raise PolicyViolation(
                     f"epsilon {query.privacy.epsilon} is above the per-query cap "
@@ -207,7 +300,10 @@ def load_policy(path: Path, *, site: str | None = None) -> Policy:
     try:
         policy = Policy.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
+        from nodes.policy_tools import check_policy_text  # imports this module
+
+        located = check_policy_text(path.read_text(), source=str(path)).problems
+        problems = "; ".join(str(p) for p in located) or "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
         )
         raise PolicyError(f"{path}: {problems}") from err

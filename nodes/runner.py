@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nodes.agent import Agent
 from nodes.data import load_registry
@@ -13,8 +15,12 @@ from nodes.enrollment import NodeIdentity, enroll, key_path, load_identity
 from nodes.ledger import Ledger
 from nodes.pipeline import NodeContext
 from nodes.policy import Policy, load_policy
+from nodes.reload import PolicyReloader
 from nodes.store import NodeStore
 from varde.crypto import load_or_create_key
+
+if TYPE_CHECKING:
+    from nodes.console import ConsoleServer
 
 log = logging.getLogger("varde.node")
 
@@ -61,15 +67,57 @@ def build_context(
         data.n_dropped,
         time.perf_counter() - started,
     )
+    node_key = load_or_create_key(key_path(state_dir))
     return NodeContext(
         site=site,
         data=data,
         ledger=Ledger.in_directory(state_dir),
-        store=NodeStore.in_directory(state_dir),
-        node_key=load_or_create_key(key_path(state_dir)),
+        store=NodeStore.in_directory(state_dir, key=node_key),  # signs audit checkpoints
+        node_key=node_key,
         gateway_key=identity.gateway_public_key,
         _policy=policy,
     )
+
+
+def _start_console(
+    ctx: NodeContext,
+    agent: Agent,
+    state_dir: Path,
+    port: int,
+    policy_path: Path,
+    reloader: PolicyReloader,
+) -> ConsoleServer:
+    """The staff console on 127.0.0.1 only: never reachable through the gateway."""
+    from nodes.console import ConsoleServer, create_console, users_path  # web stack: on demand
+
+    app = create_console(
+        site=ctx.site,
+        store=ctx.store,
+        ledger=ctx.ledger,
+        policy=lambda: ctx.policy,
+        users=users_path(state_dir),
+        connected=agent.connected.is_set,
+        policy_file=policy_path,
+        policy_saved=reloader.check_once,  # a budget saved in the console is in force at once
+    )
+    console = ConsoleServer(app, port=port).start()
+    log.info("site console at %s (users in %s)", console.url, users_path(state_dir))
+    return console
+
+
+def _stop_on_sigterm() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so the node shuts down cleanly.
+
+    Why: a clean stop flushes queued releases and signs a final audit checkpoint
+    (see :mod:`nodes.audit`); Python's default SIGTERM exits without ``finally``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
 
 
 def run_node(
@@ -82,18 +130,32 @@ def run_node(
     site: str | None = None,
     workers: int = 4,
     stop: threading.Event | None = None,
+    console_port: int | None = None,
 ) -> None:
-    """Run until ``stop`` is set (or forever)."""
+    """Run until ``stop`` is set (or forever).
+
+    ``console_port``: also serve the staff console on 127.0.0.1 at this port.
+    """
     site_name, policy = resolve_site(policy_path, site)
     identity = open_identity(state_dir, site_name, gateway_url, enroll_token)
     ctx = build_context(
         site=site_name, policy=policy, data_path=data_path, state_dir=state_dir, identity=identity
     )
     agent = Agent(ctx, gateway_url, workers=workers)
+    reloader = PolicyReloader(ctx, policy_path).start()  # edits apply without a restart
+    console = (
+        _start_console(ctx, agent, state_dir, console_port, policy_path, reloader)
+        if console_port
+        else None
+    )
     stop = stop or threading.Event()
+    _stop_on_sigterm()
     try:
         agent.run(stop)
     finally:
+        if console is not None:
+            console.stop()
+        reloader.stop()
         agent.close()
         ctx.ledger.close()
         ctx.store.close()

@@ -14,6 +14,10 @@ most one row each in total ``k``.
 * **Counts** (count, histogram, crosstab, any group_by): one row changes one
   cell by 1, so the L1 distance between neighbouring count vectors is at most
   ``k``. Released with OpenDP's vector (discrete) Laplace at ``scale = k / eps``.
+* **Counts under zCDP** (Gaussian, L2 distance): the ``k`` rows of one
+  patient change at most ``k`` cells by 1 each (L2 ``sqrt(k)``) or one cell by
+  up to ``k`` (L2 ``k``); the worst case is ``k``, which is the L2
+  sensitivity used.
 * **Sum** of a field clamped to ``[L, U]``: one row changes one cell's sum by at
   most ``max(|L|, |U|)`` (adding a row adds its value; under add/remove the
   value is not offset by anything), so L1 <= ``k * max(|L|, |U|)``.
@@ -26,6 +30,26 @@ most one row each in total ``k``.
   half ``eps / 2``, but accounted by OpenDP as a single measurement. Centring
   halves the noise on the sum against the naive ``max(|L|,|U|)`` bound when
   ``L`` and ``U`` have the same sign and are far from 0 (e.g. ages 18-90).
+* **Quantile** over public candidate edges: each non-missing value is clamped
+  to ``[edge_0, edge_n]`` and counted in exactly one interval, so the released
+  vector is a count vector over disjoint cells: L1 sensitivity ``k``, as for
+  counts. Quantiles are then post-processing of the noisy counts (free), which
+  is what lets the gateway pool sites through their summed CDF.
+* **Survival** on a public grid of ``m`` intervals: each row with a known
+  follow-up time lands in exactly one of ``2m + 1`` cells per group (died in
+  interval ``i``, censored in interval ``i``, or followed beyond the horizon),
+  so the released vector is again counts over disjoint cells: L1 sensitivity
+  ``k``. The curve, its bands and the median are post-processing.
+* **Funnel** (attrition after criteria ``1..m``, any group_by): step ``j``
+  releases the count vector of rows meeting criteria ``1..j``. The steps are
+  *nested*, not disjoint, so one row can appear in every step: the vector of
+  one step has L1 sensitivity ``k`` (the counts argument above), but the
+  concatenation of all ``m`` steps has ``m k``. Each step is therefore its own
+  discrete-Laplace measurement at ``d_in = k``, and the ``m`` measurements are
+  composed with OpenDP's ``make_composition``, whose privacy map is the sum of
+  the steps' losses (basic sequential composition; pure DP). Spending
+  ``eps / m`` per step is the same noise as one vector Laplace at sensitivity
+  ``m k``, but the split is OpenDP's accounting, not ours.
 
 >>> count_sensitivity(3)
 3
@@ -46,6 +70,26 @@ def count_sensitivity(max_rows: int) -> int:
     if max_rows < 1:
         raise ValueError("a patient contributes at least one row")
     return max_rows
+
+
+def count_l2_sensitivity(max_rows: int) -> int:
+    """L2 sensitivity of a vector of counts over disjoint cells (zCDP, Gaussian)."""
+    return count_sensitivity(max_rows)
+
+
+def quantile_sensitivity(max_rows: int) -> int:
+    """L1 sensitivity of the interval counts behind a quantile (disjoint cells)."""
+    return count_sensitivity(max_rows)
+
+
+def survival_sensitivity(max_rows: int) -> int:
+    """L1 sensitivity of the per-interval death/censoring counts (disjoint cells)."""
+    return count_sensitivity(max_rows)
+
+
+def funnel_step_sensitivity(max_rows: int) -> int:
+    """L1 sensitivity of one funnel step's count vector (steps compose; see above)."""
+    return count_sensitivity(max_rows)
 
 
 def sum_sensitivity(*, lower: float, upper: float, max_rows: int) -> float:

@@ -4,77 +4,82 @@ Why persistent nonces: a replayed work item must be refused even after the
 node restarts, and nonces only need keeping until their envelope expires (an
 expired envelope is refused anyway), so the table stays small.
 
-The audit trail here is append-only rows of what the node received, refused,
-charged and released. (Hash-chaining and signing it is the staff-tools issue.)
+The audit trail (what the node received, refused, charged, released, and every
+policy change and approval) is the hash-chained, checkpoint-signed log of
+:mod:`nodes.audit`, kept in the same file so that accepting a work item (its
+nonce plus its ``work_received`` entry) costs one commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import DateTime, Integer, String, Text, create_engine, delete, event, select
-from sqlalchemy.engine import Engine
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, delete, insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from nodes.audit import CHECKPOINT_EVERY, AuditEntry, AuditLog, AuditReport, configure_sqlite
+from varde.crypto import public_key_b64
 from varde.envelope import utcnow
 
+if TYPE_CHECKING:
+    from nodes.approvals import ApprovalBook
 
-class _Base(DeclarativeBase):
-    pass
-
-
-class SeenNonce(_Base):
-    """A nonce of an accepted envelope, kept until the envelope expires."""
-
-    __tablename__ = "seen_nonces"
-    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-
-
-class AuditEvent(_Base):
-    """One thing that happened at this node."""
-
-    __tablename__ = "audit_events"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-    kind: Mapped[str] = mapped_column(String(40), index=True)
-    query_id: Mapped[str] = mapped_column(String(64), default="", index=True)
-    project: Mapped[str] = mapped_column(String(100), default="")
-    detail: Mapped[str] = mapped_column(Text, default="{}")
-
-
-def _sqlite_pragmas(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        # WAL + NORMAL: a committed entry survives a process crash; only a power cut can lose
-        # the last few. The privacy-critical state (the ledger) keeps synchronous=FULL.
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
+_meta = MetaData()
+seen_nonces = Table(
+    "seen_nonces",
+    _meta,
+    Column("nonce", String(64), primary_key=True),
+    Column("expires_at", DateTime(timezone=True), index=True),
+)
 
 
 class NodeStore:
-    """Nonces and audit events in ``state_dir/node.sqlite``."""
+    """Nonces and the audit trail in ``state_dir/node.sqlite``.
 
-    def __init__(self, url: str) -> None:
-        self.engine = create_engine(
-            url, connect_args={"timeout": 30} if url.startswith("sqlite") else {}
+    Args:
+        url: SQLAlchemy URL of the database.
+        key: The node key, used to sign audit checkpoints. Processes without it
+            (staff CLI commands) append entries that the node signs later.
+        checkpoint_every: Entries between signed checkpoints.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: Ed25519PrivateKey | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+    ) -> None:
+        sqlite = url.startswith("sqlite")
+        self.engine = create_engine(url, connect_args={"timeout": 30} if sqlite else {})
+        self._write = configure_sqlite(self.engine) if sqlite else self.engine
+        _meta.create_all(self.engine)
+        self.log = AuditLog(
+            self.engine, write_engine=self._write, key=key, checkpoint_every=checkpoint_every
         )
-        if url.startswith("sqlite"):
-            _sqlite_pragmas(self.engine)
-        _Base.metadata.create_all(self.engine)
 
     @classmethod
-    def in_directory(cls, state_dir: Path) -> NodeStore:
+    def in_directory(
+        cls, state_dir: Path, *, key: Ed25519PrivateKey | None = None, **kwargs: Any
+    ) -> NodeStore:
         """The store of the node whose state lives in ``state_dir``."""
         state_dir.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{state_dir / 'node.sqlite'}")
+        return cls(f"sqlite:///{state_dir / 'node.sqlite'}", key=key, **kwargs)
+
+    @cached_property
+    def approvals(self) -> ApprovalBook:
+        """Requests waiting for (or decided by) staff, in this database."""
+        from nodes.approvals import ApprovalBook  # it imports the pipeline's types
+
+        return ApprovalBook(self.engine, self._write, self.log)
+
+    def set_key(self, key: Ed25519PrivateKey) -> None:
+        """Sign future checkpoints with ``key`` (the node's own)."""
+        self.log.key = key
 
     def seen_nonce(
         self, nonce: str, expires_at: dt.datetime, *, received: dict[str, Any] | None = None
@@ -82,51 +87,46 @@ class NodeStore:
         """Record ``nonce``; True if it was already there (a replay).
 
         ``received`` (query_id, project, ...) is audited as ``work_received`` in the
-        same transaction, so accepting an item costs one commit, not two.
+        same transaction, so accepting an item costs one commit, not two; a replay
+        rolls both back (the caller audits the refusal).
         """
-        with Session(self.engine) as session:
-            session.execute(delete(SeenNonce).where(SeenNonce.expires_at < utcnow()))
-            session.add(SeenNonce(nonce=nonce, expires_at=expires_at))
-            if received is not None:
-                detail = dict(received)
-                session.add(
-                    AuditEvent(
-                        at=utcnow(),
-                        kind="work_received",
+        try:
+            with self._write.begin() as conn:
+                conn.execute(delete(seen_nonces).where(seen_nonces.c.expires_at < utcnow()))
+                conn.execute(insert(seen_nonces).values(nonce=nonce, expires_at=expires_at))
+                if received is not None:
+                    detail = dict(received)
+                    self.log.append(
+                        conn,
+                        "work_received",
                         query_id=str(detail.pop("query_id", "")),
                         project=str(detail.pop("project", "")),
-                        detail=json.dumps(detail, default=str, sort_keys=True),
+                        detail=detail,
                     )
-                )
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-                return True
+        except IntegrityError as err:
+            if "seen_nonces" not in str(err.orig):  # anything else is a bug, not a replay
+                raise
+            return True
         return False
 
-    def audit(self, kind: str, *, query_id: str = "", project: str = "", **detail: Any) -> None:
-        """Append one event (never updated, never deleted)."""
-        with Session(self.engine) as session:
-            session.add(
-                AuditEvent(
-                    at=utcnow(),
-                    kind=kind,
-                    query_id=query_id,
-                    project=project,
-                    detail=json.dumps(detail, default=str, sort_keys=True),
-                )
-            )
-            session.commit()
+    def audit(
+        self, kind: str, *, query_id: str = "", project: str = "", **detail: Any
+    ) -> AuditEntry:
+        """Append one entry to the chain (never updated, never deleted)."""
+        return self.log.record(kind, query_id=query_id, project=project, **detail)
 
-    def events(self, kind: str | None = None) -> list[AuditEvent]:
-        """Audit events, oldest first (optionally of one kind)."""
-        with Session(self.engine) as session:
-            stmt = select(AuditEvent).order_by(AuditEvent.id)
-            if kind is not None:
-                stmt = stmt.where(AuditEvent.kind == kind)
-            return list(session.scalars(stmt))
+    def events(self, kind: str | None = None) -> list[AuditEntry]:
+        """Audit entries, oldest first (optionally of one kind)."""
+        return self.log.entries(kind=kind)
+
+    def verify(self) -> AuditReport:
+        """Verify the chain (checkpoints against this store's key, if it has one)."""
+        key = self.log.key
+        return self.log.verify(public_key_b64(key) if key is not None else None)
 
     def close(self) -> None:
-        """Release the connection pool."""
-        self.engine.dispose()
+        """Sign a final checkpoint (if this process holds the node key), release the pool."""
+        try:
+            self.log.checkpoint()
+        finally:
+            self.engine.dispose()

@@ -81,6 +81,10 @@ def gateway_serve(
         str | None, typer.Option(help="SQLAlchemy URL (default SQLite).")
     ] = None,
     log_level: Annotated[str, typer.Option()] = "warning",
+    flower_superlink: Annotated[
+        str | None, typer.Option(help="host:port of a Flower SuperLink: enables /v1/trainings.")
+    ] = None,
+    flower_insecure: Annotated[bool, typer.Option(help="Plain text to the SuperLink.")] = False,
 ) -> None:
     """Serve the gateway API (one process: the long-poll queues live in it)."""
     import uvicorn
@@ -88,7 +92,12 @@ def gateway_serve(
     from gateway.app import create_app
     from gateway.core.config import Settings
 
-    settings = Settings(state_dir=state_dir, database_url=database_url)
+    settings = Settings(
+        state_dir=state_dir,
+        database_url=database_url,
+        flower_superlink=flower_superlink,
+        flower_insecure=flower_insecure,
+    )
     uvicorn.run(
         create_app(settings),
         host=host,

@@ -307,6 +307,98 @@ class Histogram(_Frozen):
         return [f"[{_fmt(a)}, {_fmt(b)})" for a, b in zip(self.bins, self.bins[1:], strict=False)]
 
 
+MAX_QUANTILE_CANDIDATES = 1001
+"""Each candidate interval is a released count: a finer grid drowns each in noise."""
+
+
+class Quantile(_Frozen):
+    """Quantiles (median by default) of a numeric field over a declared public grid.
+
+    ``candidates`` are strictly increasing edges: the bounds are the first and
+    last edge (values outside are clamped to them, missing values are left
+    out) and a quantile is interpolated within one interval. Each site
+    releases DP counts per interval, so the network pools sites by adding
+    counts (the pooled CDF), never by averaging site medians.
+    """
+
+    kind: Literal["quantile"]
+    field: str
+    candidates: Annotated[list[float], Field(min_length=2, max_length=MAX_QUANTILE_CANDIDATES)]
+    alphas: Annotated[list[float], Field(min_length=1, max_length=9)] = [0.5]
+
+    @model_validator(mode="after")
+    def _valid(self) -> Quantile:
+        spec = _numeric_field(self.field)
+        if any(not math.isfinite(c) for c in self.candidates):
+            raise ValueError("candidates must be finite numbers")
+        if any(a >= b for a, b in zip(self.candidates, self.candidates[1:], strict=False)):
+            raise ValueError(f"candidates must be strictly increasing: {self.candidates}")
+        lo, hi = self.candidates[0], self.candidates[-1]
+        if (
+            spec.lower is not None
+            and spec.upper is not None
+            and (hi < spec.lower or lo > spec.upper)
+        ):
+            raise ValueError(
+                f"candidates [{lo}, {hi}] lie outside the domain of {self.field!r} "
+                f"[{spec.lower}, {spec.upper}]"
+            )
+        if any(not (0.0 < a < 1.0) for a in self.alphas):
+            raise ValueError(f"alphas must lie strictly between 0 and 1: {self.alphas}")
+        if any(a >= b for a, b in zip(self.alphas, self.alphas[1:], strict=False)):
+            raise ValueError(f"alphas must be strictly increasing: {self.alphas}")
+        return self
+
+    def labels(self) -> list[str]:
+        """One public label per requested quantile, e.g. ``q0.5``."""
+        return [f"q{a:g}" for a in self.alphas]
+
+
+DAYS_PER_MONTH = 365.25 / 12
+"""A month on the survival grid, in days (the schema's ``survival_days`` unit)."""
+
+MAX_SURVIVAL_INTERVALS = 240
+"""At most 20 years of monthly intervals: each interval is two released counts."""
+
+
+class Survival(_Frozen):
+    """Kaplan-Meier (life-table) survival on a public monthly grid, from diagnosis.
+
+    Time is ``survival_days`` (diagnosis to death or last follow-up) and the
+    event is ``vital_status == "dead"``; the grid is every ``interval_months``
+    up to ``horizon_months``. Each site releases DP counts of deaths and
+    censorings per interval (and of patients followed beyond the horizon); the
+    gateway pools the counts and computes the network curve, its bands and the
+    median survival.
+    """
+
+    kind: Literal["survival"]
+    interval_months: int = Field(default=1, ge=1, le=60)
+    horizon_months: int = Field(default=60, ge=1, le=MAX_SURVIVAL_INTERVALS)
+
+    @model_validator(mode="after")
+    def _valid(self) -> Survival:
+        if self.horizon_months % self.interval_months:
+            raise ValueError(
+                f"horizon_months {self.horizon_months} must be a multiple of "
+                f"interval_months {self.interval_months}"
+            )
+        return self
+
+    def months(self) -> list[int]:
+        """The grid's end points (months), one released survival estimate each."""
+        step = self.interval_months
+        return list(range(step, self.horizon_months + 1, step))
+
+    def labels(self) -> list[str]:
+        """Public labels along the time axis: each grid point, then the median."""
+        return [f"{m}m" for m in self.months()] + ["median"]
+
+    def fields(self) -> set[str]:
+        """The schema fields survival reads (a site's policy must expose both)."""
+        return {"survival_days", "vital_status"}
+
+
 class Crosstab(_Frozen):
     """Counts over the cartesian product of public categorical ``fields``."""
 
@@ -323,7 +415,44 @@ class Crosstab(_Frozen):
         return self
 
 
-Statistic = Annotated[Count | Sum | Mean | Histogram | Crosstab, Field(discriminator="kind")]
+class FunnelStep(_Frozen):
+    """One eligibility criterion of a funnel, with the label its row gets."""
+
+    label: Annotated[str, Field(min_length=1, max_length=80)]
+    criterion: Predicate
+
+
+MAX_FUNNEL_STEPS = 12
+"""More steps would split epsilon so thinly that every count drowns in noise."""
+
+
+class Funnel(_Frozen):
+    """Trial-feasibility attrition: the count left after each criterion, applied in order.
+
+    Row ``i`` counts the cohort's tumours meeting criteria ``1..i`` (so the
+    exact counts never rise). Each row is a separate count, so the epsilon is
+    split across the steps (by OpenDP composition at the node).
+    """
+
+    kind: Literal["funnel"]
+    steps: Annotated[list[FunnelStep], Field(min_length=1, max_length=MAX_FUNNEL_STEPS)]
+
+    @model_validator(mode="after")
+    def _valid(self) -> Funnel:
+        labels = [s.label for s in self.steps]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"funnel step labels must not repeat: {labels}")
+        return self
+
+    def labels(self) -> list[str]:
+        """The step labels, in order (the funnel's public axis)."""
+        return [s.label for s in self.steps]
+
+
+Statistic = Annotated[
+    Count | Sum | Mean | Histogram | Crosstab | Funnel | Quantile | Survival,
+    Field(discriminator="kind"),
+]
 
 
 class DPPrivacy(_Frozen):
@@ -333,13 +462,25 @@ class DPPrivacy(_Frozen):
     epsilon: float = Field(gt=0, allow_inf_nan=False)
 
 
+class ZCDPPrivacy(_Frozen):
+    """Zero-concentrated DP: each site spends ``rho`` from a project it accounts in zCDP.
+
+    Released through OpenDP's (discrete) Gaussian mechanism; zCDP composes
+    tightly, which suits projects that ask many questions. Count, histogram and
+    crosstab only (for now).
+    """
+
+    mode: Literal["zcdp"]
+    rho: float = Field(gt=0, allow_inf_nan=False)
+
+
 class AggregatePrivacy(_Frozen):
     """Exact aggregates with small-cell suppression, where a site's policy allows it."""
 
     mode: Literal["aggregate"]
 
 
-Privacy = Annotated[DPPrivacy | AggregatePrivacy, Field(discriminator="mode")]
+Privacy = Annotated[DPPrivacy | ZCDPPrivacy | AggregatePrivacy, Field(discriminator="mode")]
 
 
 def _fmt(x: float) -> str:
@@ -373,7 +514,29 @@ class Query(_Frozen):
             raise ValueError("a field cannot be both a crosstab axis and a group_by key")
         if isinstance(self.statistic, Histogram) and self.statistic.field in self.group_by:
             raise ValueError("a field cannot be both the histogram field and a group_by key")
+        if isinstance(self.statistic, Quantile) and isinstance(self.privacy, AggregatePrivacy):
+            raise ValueError(
+                "quantiles are DP only: an exact quantile of a small group is one patient's value"
+            )
+        if isinstance(self.privacy, ZCDPPrivacy) and not isinstance(
+            self.statistic, Count | Histogram | Crosstab
+        ):
+            raise ValueError(
+                f"zCDP mode supports count, histogram and crosstab; not {self.statistic.kind!r}"
+            )
+        if isinstance(self.statistic, Survival):
+            if isinstance(self.privacy, AggregatePrivacy):
+                raise ValueError(
+                    "survival is DP only: exact event times of a small group identify patients"
+                )
+            clash = self.statistic.fields() & set(self.group_by)
+            if clash:
+                raise ValueError(f"survival cannot group by its own field(s) {sorted(clash)}")
         n = self.cell_count()
+        if isinstance(self.statistic, Quantile):  # released: one count per interval per group
+            n = n // len(self.statistic.alphas) * (len(self.statistic.candidates) - 1)
+        if isinstance(self.statistic, Survival):  # released: deaths, censorings per interval
+            n = n // len(self.statistic.labels()) * (2 * len(self.statistic.months()) + 1)
         if n > MAX_CELLS:
             raise ValueError(f"the query would release {n} cells; at most {MAX_CELLS} are allowed")
         return self
@@ -386,6 +549,12 @@ class Query(_Frozen):
             out.append((stat.field, stat.labels()))
         elif isinstance(stat, Crosstab):
             out.extend((f, list(FIELDS_BY_NAME[f].categories)) for f in stat.fields)
+        elif isinstance(stat, Funnel):
+            out.append(("step", stat.labels()))
+        elif isinstance(stat, Quantile):
+            out.append(("quantile", stat.labels()))
+        elif isinstance(stat, Survival):
+            out.append(("time", stat.labels()))
         return out
 
     def cell_count(self) -> int:
@@ -399,16 +568,26 @@ class Query(_Frozen):
         """Every field the query reads; a site's policy must expose all of them."""
         out = predicate_fields(self.cohort) | set(self.group_by)
         stat = self.statistic
-        if isinstance(stat, Sum | Mean | Histogram):
+        if isinstance(stat, Sum | Mean | Histogram | Quantile):
             out.add(stat.field)
         elif isinstance(stat, Crosstab):
             out |= set(stat.fields)
+        elif isinstance(stat, Funnel):
+            for step in stat.steps:
+                out |= predicate_fields(step.criterion)
+        elif isinstance(stat, Survival):
+            out |= stat.fields()
         return out
 
     @property
     def epsilon(self) -> float:
-        """Epsilon each site is asked to spend (0 in aggregate mode)."""
+        """Epsilon each site is asked to spend (0 in aggregate and zCDP mode)."""
         return self.privacy.epsilon if isinstance(self.privacy, DPPrivacy) else 0.0
+
+    @property
+    def rho(self) -> float:
+        """Rho each site is asked to spend (0 unless in zCDP mode)."""
+        return self.privacy.rho if isinstance(self.privacy, ZCDPPrivacy) else 0.0
 
 
 def parse_query(data: dict[str, Any]) -> Query:

@@ -22,6 +22,7 @@ SiteStatus = Literal[
     "envelope_rejected",
     "unavailable",
     "error",
+    "awaiting_approval",  # the site's staff must approve first; nothing computed or charged
 ]
 CellStatus = Literal["ok", "suppressed"]
 
@@ -58,8 +59,10 @@ class SiteRelease(_Wire):
     project: str = ""
     message: str = ""
     statistic: str = ""
-    mode: Literal["dp", "aggregate", ""] = ""
+    mode: Literal["dp", "zcdp", "aggregate", ""] = ""
     epsilon_charged: float = 0.0
+    rho_charged: float = 0.0
+    """In zCDP mode: the rho charged (``budget_*`` are then in rho too)."""
     mechanism: str = ""
     noise_scales: dict[str, float] = {}
     axes: list[tuple[str, list[str]]] = []
@@ -67,6 +70,18 @@ class SiteRelease(_Wire):
     budget_total: float | None = None
     budget_remaining: float | None = None
     elapsed_ms: float = 0.0
+    cached: bool = False
+    """True when this is a repeat served from the site's release cache (nothing charged)."""
+    preview: bool = False
+    """A dry run: no row read, nothing charged, no value; what the query *would* cost."""
+    epsilon_planned: float = 0.0
+    """In a preview: the epsilon the site would charge (0 for a cached repeat)."""
+    rho_planned: float = 0.0
+    """In a preview in zCDP mode: the rho the site would charge."""
+    noise_std: dict[str, float] = {}
+    """Standard deviation of the noise on each released number, by part (count, sum)."""
+    accuracy: dict[str, float] = {}
+    """95% half-width of the noise on each released number, by part (count, sum)."""
 
 
 class WorkItem(_Wire):
@@ -76,6 +91,8 @@ class WorkItem(_Wire):
     project: str
     researcher: str
     query: dict[str, Any]
+    preview: bool = False
+    """Only say what the query would cost and how accurate it would be; read no row."""
 
 
 class ProjectTerms(_Wire):

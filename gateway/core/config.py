@@ -22,6 +22,13 @@ class Settings(BaseModel):
     )
     node_offline_after_s: float = Field(default=15.0, gt=0)
     poll_wait_max_s: float = Field(default=25.0, gt=0)
+    flower_superlink: str | None = Field(
+        default=None,
+        description="host:port of the Flower SuperLink for training jobs; unset = training off.",
+    )
+    flower_insecure: bool = Field(
+        default=False, description="Plain-text to the SuperLink (loopback only: tests, demo)."
+    )
 
     @property
     def db_url(self) -> str:
@@ -40,4 +47,6 @@ def get_settings() -> Settings:
     return Settings(
         state_dir=Path(os.environ.get("VARDE_STATE_DIR", ".varde/gateway")),
         database_url=os.environ.get("VARDE_DATABASE_URL") or None,
+        flower_superlink=os.environ.get("VARDE_FLOWER_SUPERLINK") or None,
+        flower_insecure=os.environ.get("VARDE_FLOWER_INSECURE", "") == "1",
     )

@@ -10,13 +10,35 @@ path with small-cell suppression.
 from __future__ import annotations
 
 from nodes.data import RegistryData
-from nodes.statistics.base import Exact, Plan
-from nodes.statistics.counts import exact_counts, plan_counts
+from nodes.statistics.base import Exact, Plan, cell_labels
+from nodes.statistics.counts import exact_counts, plan_counts, plan_counts_zcdp
+from nodes.statistics.funnel import exact_funnel, plan_funnel
+from nodes.statistics.quantiles import exact_quantile, plan_quantile
 from nodes.statistics.sums import exact_sums, plan_mean, plan_sum
 from nodes.statistics.suppression import release_aggregate
-from varde.query import Count, Crosstab, Histogram, Mean, Query, Sum
+from nodes.statistics.survival import exact_survival, plan_survival
+from varde.query import (
+    Count,
+    Crosstab,
+    Funnel,
+    Histogram,
+    Mean,
+    Quantile,
+    Query,
+    Sum,
+    Survival,
+)
 
-__all__ = ["Exact", "Plan", "exact", "plan_dp", "release_aggregate"]
+__all__ = [
+    "Exact",
+    "Plan",
+    "cost_dp",
+    "cost_zcdp",
+    "exact",
+    "plan_dp",
+    "plan_zcdp",
+    "release_aggregate",
+]
 
 
 def exact(data: RegistryData, mask: object, query: Query) -> Exact:
@@ -29,7 +51,44 @@ def exact(data: RegistryData, mask: object, query: Query) -> Exact:
         return exact_counts(data, rows, query)
     if isinstance(stat, Sum | Mean):
         return exact_sums(data, rows, query)
+    if isinstance(stat, Funnel):
+        return exact_funnel(data, rows, query)
+    if isinstance(stat, Quantile):
+        return exact_quantile(data, rows, query)
+    if isinstance(stat, Survival):
+        return exact_survival(data, rows, query)
     raise TypeError(f"unsupported statistic {stat.kind}")  # pragma: no cover
+
+
+def cost_dp(query: Query, *, epsilon: float, max_rows: int) -> Plan:
+    """The cost and accuracy of ``query`` at ``epsilon`` without reading a row (for previews).
+
+    Every plan's epsilon, scales and accuracy depend only on the query and the
+    privacy unit, never on the data, so planning over zeros gives the real
+    numbers. The returned plan must never be released.
+    """
+    import numpy as np
+
+    labels = cell_labels(query)
+    zeros = np.zeros(len(labels), dtype=np.int64)
+    ex = Exact(labels=labels, counts=zeros, sums=zeros.astype(np.float64))
+    return plan_dp(ex, query, epsilon=epsilon, max_rows=max_rows)
+
+
+def plan_zcdp(ex: Exact, query: Query, *, rho: float, max_rows: int) -> Plan:
+    """The costed zCDP (Gaussian) release; ``plan.epsilon`` is the rho it costs."""
+    if not isinstance(query.statistic, Count | Histogram | Crosstab):  # the query model refuses
+        raise TypeError(f"no zCDP release of {query.statistic.kind}")  # pragma: no cover
+    return plan_counts_zcdp(ex, rho=rho, max_rows=max_rows)
+
+
+def cost_zcdp(query: Query, *, rho: float, max_rows: int) -> Plan:
+    """Cost and accuracy of a zCDP query without reading a row (see :func:`cost_dp`)."""
+    import numpy as np
+
+    labels = cell_labels(query)
+    ex = Exact(labels=labels, counts=np.zeros(len(labels), dtype=np.int64))
+    return plan_zcdp(ex, query, rho=rho, max_rows=max_rows)
 
 
 def plan_dp(ex: Exact, query: Query, *, epsilon: float, max_rows: int) -> Plan:
@@ -41,4 +100,10 @@ def plan_dp(ex: Exact, query: Query, *, epsilon: float, max_rows: int) -> Plan:
         return plan_sum(ex, stat, epsilon=epsilon, max_rows=max_rows)
     if isinstance(stat, Mean):
         return plan_mean(ex, stat, epsilon=epsilon, max_rows=max_rows)
+    if isinstance(stat, Funnel):
+        return plan_funnel(ex, stat, epsilon=epsilon, max_rows=max_rows)
+    if isinstance(stat, Quantile):
+        return plan_quantile(ex, stat, epsilon=epsilon, max_rows=max_rows)
+    if isinstance(stat, Survival):
+        return plan_survival(ex, stat, epsilon=epsilon, max_rows=max_rows)
     raise TypeError(f"unsupported statistic {stat.kind}")  # pragma: no cover

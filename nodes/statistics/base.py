@@ -35,6 +35,10 @@ class Plan:
     mechanism: str
     noise_scales: dict[str, float]
     _release: Callable[[], list[Cell]] = field(repr=False)
+    noise_std: dict[str, float] = field(default_factory=dict)
+    """Standard deviation of the noise on each released number, by part."""
+    accuracy: dict[str, float] = field(default_factory=dict)
+    """95% half-width of the noise on each released number, by part (known before release)."""
 
     def release(self) -> list[Cell]:
         """Draw the noise (OpenDP) and return the cells. Charge the ledger first."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from nodes.data import RegistryData
-from nodes.mechanisms import plan_laplace
-from nodes.sensitivity import count_sensitivity
+from nodes.mechanisms import plan_gaussian, plan_laplace
+from nodes.sensitivity import count_l2_sensitivity, count_sensitivity
 from nodes.statistics.base import Exact, Plan, cell_index, cell_labels
 from varde.query import Query
 from varde.release import Cell
@@ -36,4 +36,33 @@ def plan_counts(ex: Exact, *, epsilon: float, max_rows: int) -> Plan:
             for lab, v in zip(ex.labels, noisy, strict=True)
         ]
 
-    return Plan(plan.epsilon, plan.mechanism, {"count": plan.scale}, release)
+    return Plan(
+        plan.epsilon,
+        plan.mechanism,
+        {"count": plan.scale},
+        release,
+        noise_std={"count": plan.std},
+        accuracy={"count": plan.half_width},
+    )
+
+
+def plan_counts_zcdp(ex: Exact, *, rho: float, max_rows: int) -> Plan:
+    """Discrete-Gaussian release of the count vector; ``Plan.epsilon`` holds the rho charged."""
+    plan = plan_gaussian(sensitivity=count_l2_sensitivity(max_rows), rho=rho)
+
+    def release() -> list[Cell]:
+        noisy = plan.release(ex.counts)
+        hw, std = plan.half_width, plan.std
+        return [
+            Cell(labels=lab, value=float(v), ci_low=float(v) - hw, ci_high=float(v) + hw, std=std)
+            for lab, v in zip(ex.labels, noisy, strict=True)
+        ]
+
+    return Plan(
+        plan.rho,
+        plan.mechanism,
+        {"count": plan.scale},
+        release,
+        noise_std={"count": plan.std},
+        accuracy={"count": plan.half_width},
+    )

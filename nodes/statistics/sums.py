@@ -54,7 +54,14 @@ def plan_sum(ex: Exact, stat: Sum, *, epsilon: float, max_rows: int) -> Plan:
             for lab, v in zip(ex.labels, noisy, strict=True)
         ]
 
-    return Plan(plan.epsilon, plan.mechanism, {"sum": plan.scale}, release)
+    return Plan(
+        plan.epsilon,
+        plan.mechanism,
+        {"sum": plan.scale},
+        release,
+        noise_std={"sum": plan.std},
+        accuracy={"sum": plan.half_width},
+    )
 
 
 def plan_mean(ex: Exact, stat: Mean, *, epsilon: float, max_rows: int) -> Plan:
@@ -94,4 +101,11 @@ def plan_mean(ex: Exact, stat: Mean, *, epsilon: float, max_rows: int) -> Plan:
             )
         return cells
 
-    return Plan(plan.epsilon, plan.mechanism, {"sum": sum_scale, "count": count_scale}, release)
+    return Plan(
+        plan.epsilon,
+        plan.mechanism,
+        {"sum": sum_scale, "count": count_scale},
+        release,
+        noise_std={"sum": sum_std, "count": count_std},
+        accuracy={"sum": plan.half_width * k * h, "count": plan.half_width * k},
+    )

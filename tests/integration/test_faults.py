@@ -30,6 +30,12 @@ BREAST: dict[str, Any] = {
 }
 
 
+def _variant(i: int) -> dict[str, Any]:
+    """Fifty distinct questions (identical ones would be answered from the release cache)."""
+    age = {"op": "<=", "field": "age_at_diagnosis", "value": 60 + i}
+    return {**BREAST, "cohort": {"op": "and", "args": [BREAST["cohort"], age]}}
+
+
 def test_fifty_concurrent_queries_against_a_budget_for_ten(network: LocalNetwork) -> None:
     """Budget 5.0 at bergen: 50 queries of 0.5 at once, exactly 10 answered."""
     led = ledger_of(network, "bergen")
@@ -38,12 +44,15 @@ def test_fifty_concurrent_queries_against_a_budget_for_ten(network: LocalNetwork
     async def fire() -> list[httpx.Response]:
         headers = {"Authorization": f"Bearer {network.token}"}
         async with httpx.AsyncClient(base_url=network.url, headers=headers, timeout=60) as c:
-            return await asyncio.gather(*(c.post("/v1/queries", json=BREAST) for _ in range(50)))
+            return await asyncio.gather(
+                *(c.post("/v1/queries", json=_variant(i)) for i in range(50))
+            )
 
     responses = asyncio.run(fire())
     codes = Counter(r.status_code for r in responses)
     assert codes == {200: 10, 409: 40}, codes
-    assert all(r.json()["error"] == "budget_exhausted" for r in responses if r.status_code == 409)
+    errors = [r.json() for r in responses if r.status_code == 409]
+    assert all(e["error"] == "budget_exhausted" for e in errors), errors
     charges = list(led.charges("breast-outcomes"))
     assert len(charges) == 10
     assert led.spent("breast-outcomes") == pytest.approx(5.0)
@@ -109,7 +118,7 @@ def test_frozen_node_is_unavailable_and_never_charged(network: LocalNetwork) -> 
 
 def test_killed_node_then_restart_keeps_its_ledger(network: LocalNetwork) -> None:
     led = ledger_of(network, "trondheim")
-    _query(network, {**COUNT, "timeout_s": 10})
+    first = _query(network, {**COUNT, "timeout_s": 10})
     spent_before = led.spent("nsclc-feasibility")
     n_before = len(led.charges())
     network.stop_process("trondheim", sig=signal.SIGKILL)
@@ -120,9 +129,18 @@ def test_killed_node_then_restart_keeps_its_ledger(network: LocalNetwork) -> Non
     assert len(led.charges()) == n_before
     network.restart_node("trondheim")
     network.wait_connected(["trondheim"], timeout=60)
-    res = _query(network, {**COUNT, "timeout_s": 10})
+    # the release cache survived the restart: the repeat gets the same numbers for free
+    again = _query(network, {**COUNT, "timeout_s": 10})
+    site = {r["site"]: r for r in again["sites"]}["trondheim"]
+    was = {r["site"]: r for r in first["sites"]}["trondheim"]
+    assert site["cached"] and site["epsilon_charged"] == 0.0
+    assert site["cells"] == was["cells"]
+    assert led.spent("nsclc-feasibility") == pytest.approx(spent_before)
+    # a new question is charged
+    fresh = {**COUNT, "cohort": {"op": "in", "field": "cancer_type", "values": ["lung", "breast"]}}
+    res = _query(network, {**fresh, "timeout_s": 10})
     rows = {r["site"]: r for r in res["sites"]}
-    assert rows["trondheim"]["status"] == "ok"
+    assert rows["trondheim"]["status"] == "ok" and not rows["trondheim"]["cached"]
     assert led.spent("nsclc-feasibility") == pytest.approx(spent_before + 0.1)
     assert rows["trondheim"]["budget_remaining"] == pytest.approx(6.0 - spent_before - 0.1)
     led.close()
@@ -153,16 +171,18 @@ def _submit_signed(net: LocalNetwork, project: str, query_id: str) -> Any:
 def test_node_refuses_gateway_signed_work_for_a_project_it_does_not_serve(
     small_network: LocalNetwork,
 ) -> None:
+    led = ledger_of(small_network, "bergen")
+    before = len(led.charges())  # other tests share this network (test_enrollment charges it)
     release = _submit_signed(small_network, "rogue-project", "rogue-1")
     assert release is not None
     assert release.status == "policy_violation"
     assert "does not serve project 'rogue-project'" in release.message
     assert release.cells == []
-    led = ledger_of(small_network, "bergen")
-    assert led.charges() == []
+    assert len(led.charges()) == before
+    assert led.charges("rogue-project") == []
     # the same signed path for a project bergen serves does release (the refusal was the policy's)
     ok = _submit_signed(small_network, "nsclc-feasibility", "fine-1")
-    assert ok.status == "ok" and len(led.charges()) == 1
+    assert ok.status == "ok" and len(led.charges()) == before + 1
     led.close()
 
 

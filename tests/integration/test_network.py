@@ -70,7 +70,8 @@ def test_feasibility_count_end_to_end(network: LocalNetwork, client: VardeClient
         assert row["budget_remaining"] is not None
     net = raw["network"]["cells"][0]
     assert net["ci_low"] < net["value"] < net["ci_high"]
-    assert abs(net["value"] - total) < 30
+    # the network noise sd is sqrt(sum of site variances) ~ 13 here; 6 sd is a ~1e-8 event
+    assert abs(net["value"] - total) < 6 * net["std"]
     frame = res.frame()
     assert list(frame.site) == ["bergen", "oslo", "trondheim", "network"]
 
@@ -132,8 +133,8 @@ def test_aggregate_mode_only_where_allowed(network: LocalNetwork, client: VardeC
         n = int(want.get(stage, 0))
         if 0 < n < 10:
             assert cell["status"] == "suppressed" and cell["value"] is None
-        else:
-            assert cell["value"] == n
+        else:  # released exactly, or suppressed as a complement
+            assert cell["value"] == n or cell["status"] == "suppressed"
 
 
 # --- bad input: a clear 4xx and nothing charged anywhere ---------------------------------------

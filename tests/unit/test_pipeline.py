@@ -122,9 +122,15 @@ def test_expiry_rechecked_before_charging(
 
 
 def test_budget_exhaustion(node_ctx: NodeContext, gateway_key: Ed25519PrivateKey) -> None:
-    query = {**COUNT, "privacy": {"mode": "dp", "epsilon": 1.0}}
+    def query(i: int) -> dict[str, Any]:
+        # distinct questions: a repeat would be served from the release cache for free
+        age = {"op": "<=", "field": "age_at_diagnosis", "value": 80 + i}
+        cohort = {"op": "and", "args": [COUNT["cohort"], age]}
+        return {**COUNT, "cohort": cohort, "privacy": {"mode": "dp", "epsilon": 1.0}}
+
     statuses = [
-        handle(node_ctx, make_work(gateway_key, query, query_id=f"q{i}")).status for i in range(12)
+        handle(node_ctx, make_work(gateway_key, query(i), query_id=f"q{i}")).status
+        for i in range(12)
     ]
     assert statuses == ["ok"] * 10 + ["budget_exhausted"] * 2
     assert spent(node_ctx) == pytest.approx(10.0)

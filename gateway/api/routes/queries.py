@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import CurrentResearcher, State
-from gateway.queries import QueryResult, run_query, stored_result
+from gateway.queries import PreviewResult, QueryResult, preview_query, run_query, stored_result
 from varde.query import Query
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
@@ -23,6 +23,20 @@ async def post_query(query: Query, state: State, researcher: CurrentResearcher) 
     ``QueryResult``) instead of FastAPI validating it again on the way out.
     """
     result = await run_query(state, query, researcher=researcher.name, projects=researcher.projects)
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+@router.post("/preview", response_model=PreviewResult)
+async def post_preview(query: Query, state: State, researcher: CurrentResearcher) -> Response:
+    """What ``query`` would cost at each site (epsilon) and how accurate each number would be.
+
+    Each site checks its own policy and budget and prices the query with the
+    same OpenDP plan it would release through, but reads no row and charges
+    nothing. Bad input is refused exactly as by ``POST /v1/queries``.
+    """
+    result = await preview_query(
+        state, query, researcher=researcher.name, projects=researcher.projects
+    )
     return Response(result.model_dump_json(), media_type="application/json")
 
 

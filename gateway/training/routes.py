@@ -1,0 +1,64 @@
+"""``POST /v1/trainings`` and ``GET /v1/trainings/{id}``: federated training jobs.
+
+Registered in :mod:`gateway.app` with ``app.include_router(routes.router)``;
+the :class:`~gateway.training.service.TrainingService` is taken from
+``app.state.varde_training`` (absent: training is not configured, 503).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from gateway.api.deps import CurrentResearcher, State
+from gateway.training.service import TrainingService
+from varde.errors import Forbidden, NodeUnavailable
+from varde.release import Manifest
+from varde.training import TrainingSpec, TrainingStatus
+
+router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
+
+
+def get_training_service(request: Request) -> TrainingService:
+    """The gateway's training service, or 503 when this gateway has none."""
+    service = getattr(request.app.state, "varde_training", None)
+    if not isinstance(service, TrainingService):
+        raise NodeUnavailable("federated training is not configured on this gateway")
+    return service
+
+
+def site_manifests(state: State) -> dict[str, Manifest]:
+    """The last manifest of every site the gateway has heard from."""
+    dispatcher = state.dispatcher
+    return {s: m for s in dispatcher.sites() if (m := dispatcher.manifest(s)) is not None}
+
+
+Trainings = Annotated[TrainingService, Depends(get_training_service)]
+Manifests = Annotated[dict[str, Manifest], Depends(site_manifests)]
+
+
+@router.post("", status_code=202, response_model=TrainingStatus)
+async def post_training(
+    spec: TrainingSpec, service: Trainings, manifests: Manifests, researcher: CurrentResearcher
+) -> TrainingStatus:
+    """Validate a training job against every site's policy, then start it.
+
+    Nothing starts, and nothing is charged anywhere, if any site would refuse.
+    """
+    if spec.project not in researcher.projects:
+        raise Forbidden(
+            f"researcher {researcher.name!r} is not a member of project {spec.project!r}"
+        )
+    return await run_in_threadpool(
+        service.start, spec, researcher=researcher.name, manifests=manifests
+    )
+
+
+@router.get("/{job_id}", response_model=TrainingStatus)
+async def get_training(
+    job_id: str, service: Trainings, researcher: CurrentResearcher
+) -> TrainingStatus:
+    """Progress of one of your jobs: round, epsilon spent and refusals per site, coefficients."""
+    return service.status(job_id, researcher=researcher.name)

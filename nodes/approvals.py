@@ -1,0 +1,333 @@
+"""Manual approvals: work the site's policy says must wait for a decision of its staff.
+
+Why here and why this shape: a site may want a human to look at a project's
+first request, or at any query asking for a lot of epsilon, before anything
+is computed or charged. The gateway's query call has a timeout (seconds), and
+staff decide in hours, so work cannot be *held* open. The honest design:
+
+1. The node answers at once with status ``awaiting_approval`` and the site's
+   message, records a pending request (with a short id staff can act on), and
+   audits it. Nothing is computed, nothing charged.
+2. Staff decide with ``varde node approve/deny --state-dir DIR ID [--reason]``
+   (a decision is audited in the same transaction that records it).
+3. The researcher re-submits the same query. The node recognises the request
+   by its canonical key and answers it (approved), or refuses it with the
+   staff's reason (denied), which reaches the researcher as the refusal
+   message.
+
+Keys: a project approval is keyed by the project (it lets every later query of
+that project through); a query approval by a hash of project, researcher and
+the validated query (so a re-submission written differently but parsed to the
+same query matches). An approval stays valid: a repeat of a released question
+is answered from the release cache for free, so re-use releases nothing new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from sqlalchemy import Column, Engine, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from nodes.audit import AuditLog, canonical_json
+from varde.envelope import utcnow
+from varde.errors import NotFound, PolicyViolation
+from varde.query import DPPrivacy, Query
+from varde.release import SiteRelease, WorkItem
+
+if TYPE_CHECKING:
+    from nodes.pipeline import NodeContext
+    from nodes.policy import Policy
+
+__all__ = ["ApprovalBook", "ApprovalRequest", "approval_step", "request_key"]
+
+RequestKind = Literal["project", "query"]
+Status = Literal["pending", "approved", "denied"]
+
+_meta = MetaData()
+approval_requests = Table(
+    "approval_requests",
+    _meta,
+    Column("id", String(16), primary_key=True),
+    Column("key", String(80), nullable=False, unique=True),
+    Column("kind", String(10), nullable=False),
+    Column("status", String(10), nullable=False, index=True),
+    Column("project", String(100), nullable=False),
+    Column("researcher", String(100), nullable=False),
+    Column("query_id", String(64), nullable=False),
+    Column("epsilon", String(40), nullable=False, default=""),
+    Column("query", Text, nullable=False, default="{}"),
+    Column("why", Text, nullable=False, default=""),
+    Column("created_at", String(40), nullable=False),
+    Column("decided_at", String(40), nullable=False, default=""),
+    Column("decided_by", String(100), nullable=False, default=""),
+    Column("reason", Text, nullable=False, default=""),
+)
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """One request waiting for (or having had) a staff decision."""
+
+    id: str
+    key: str
+    kind: RequestKind
+    status: Status
+    project: str
+    researcher: str
+    query_id: str
+    epsilon: float | None
+    query: str
+    why: str
+    created_at: str
+    decided_at: str
+    decided_by: str
+    reason: str
+
+
+def _row(row: object) -> ApprovalRequest:
+    r = row._mapping  # type: ignore[attr-defined]
+    return ApprovalRequest(
+        id=r["id"],
+        key=r["key"],
+        kind=r["kind"],
+        status=r["status"],
+        project=r["project"],
+        researcher=r["researcher"],
+        query_id=r["query_id"],
+        epsilon=float(r["epsilon"]) if r["epsilon"] else None,
+        query=r["query"],
+        why=r["why"],
+        created_at=r["created_at"],
+        decided_at=r["decided_at"],
+        decided_by=r["decided_by"],
+        reason=r["reason"],
+    )
+
+
+def request_key(kind: RequestKind, query: Query, researcher: str) -> str:
+    """The canonical key a re-submission is recognised by."""
+    if kind == "project":
+        return f"project:{query.project}"
+    spec = query.model_dump(mode="json", exclude_none=True)
+    spec.pop("timeout_s", None)  # how long to wait is not part of the question
+    body = canonical_json({"project": query.project, "researcher": researcher, "query": spec})
+    return "query:" + hashlib.sha256(body.encode()).hexdigest()
+
+
+class ApprovalBook:
+    """Approval requests in the node's database, each change audited in its transaction."""
+
+    def __init__(self, engine: Engine, write_engine: Engine, log: AuditLog) -> None:
+        self.engine = engine
+        self.write_engine = write_engine
+        self.log = log
+        _meta.create_all(engine)
+
+    def get_by_key(self, key: str) -> ApprovalRequest | None:
+        """The request with this canonical key, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(approval_requests).where(approval_requests.c.key == key)
+            ).one_or_none()
+        return None if row is None else _row(row)
+
+    def get(self, request_id: str) -> ApprovalRequest:
+        """The request with this id; :class:`NotFound` names it otherwise."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(approval_requests).where(approval_requests.c.id == request_id)
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"no approval request {request_id!r} at this node")
+        return _row(row)
+
+    def requests(self, status: Status | None = None) -> list[ApprovalRequest]:
+        """Requests, oldest first (optionally only those with ``status``)."""
+        stmt = select(approval_requests).order_by(approval_requests.c.created_at)
+        if status is not None:
+            stmt = stmt.where(approval_requests.c.status == status)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(stmt)]
+
+    def request(
+        self,
+        kind: RequestKind,
+        key: str,
+        *,
+        work: WorkItem,
+        query: Query,
+        why: str,
+    ) -> ApprovalRequest:
+        """Record a pending request (or return the one already recorded under ``key``)."""
+        epsilon = query.privacy.epsilon if isinstance(query.privacy, DPPrivacy) else None
+        request_id = "ap-" + secrets.token_hex(4)
+        try:
+            with self.write_engine.begin() as conn:
+                conn.execute(
+                    insert(approval_requests).values(
+                        id=request_id,
+                        key=key,
+                        kind=kind,
+                        status="pending",
+                        project=query.project,
+                        researcher=work.researcher,
+                        query_id=work.query_id,
+                        epsilon=repr(epsilon) if epsilon is not None else "",
+                        query=canonical_json(query.model_dump(mode="json", exclude_none=True)),
+                        why=why,
+                        created_at=utcnow().isoformat(timespec="microseconds"),
+                    )
+                )
+                self.log.append(
+                    conn,
+                    "approval_requested",
+                    query_id=work.query_id,
+                    project=query.project,
+                    detail={
+                        "request": request_id,
+                        "kind": kind,
+                        "researcher": work.researcher,
+                        "epsilon": epsilon,
+                        "why": why,
+                    },
+                )
+        except IntegrityError:  # the same request arrived concurrently: one row wins
+            pass
+        found = self.get_by_key(key)
+        assert found is not None
+        return found
+
+    def decide(
+        self, request_id: str, *, approve: bool, by: str, reason: str = ""
+    ) -> ApprovalRequest:
+        """Approve or deny a request (a denied one may later be approved, and vice versa)."""
+        status: Status = "approved" if approve else "denied"
+        if not approve and not reason.strip():
+            raise ValueError("a denial needs a reason: the researcher is told why")
+        with self.write_engine.begin() as conn:
+            row = conn.execute(
+                select(approval_requests).where(approval_requests.c.id == request_id)
+            ).one_or_none()
+            if row is None:
+                raise NotFound(f"no approval request {request_id!r} at this node")
+            current = _row(row)
+            if current.status == status:
+                return current
+            conn.execute(
+                update(approval_requests)
+                .where(approval_requests.c.id == request_id)
+                .values(
+                    status=status,
+                    decided_at=utcnow().isoformat(timespec="microseconds"),
+                    decided_by=by,
+                    reason=reason,
+                )
+            )
+            self.log.append(
+                conn,
+                "approval_granted" if approve else "approval_denied",
+                query_id=current.query_id,
+                project=current.project,
+                detail={
+                    "request": request_id,
+                    "kind": current.kind,
+                    "researcher": current.researcher,
+                    "by": by,
+                    "reason": reason,
+                },
+            )
+        return self.get(request_id)
+
+
+def _needed(policy: Policy, query: Query) -> list[tuple[RequestKind, str]]:
+    rules = policy.approvals
+    out: list[tuple[RequestKind, str]] = []
+    if rules.new_projects:
+        out.append(("project", f"project {query.project!r} is new at this site"))
+    if (
+        rules.epsilon_above is not None
+        and isinstance(query.privacy, DPPrivacy)
+        and query.privacy.epsilon > rules.epsilon_above
+    ):
+        out.append(
+            (
+                "query",
+                f"epsilon {query.privacy.epsilon:g} is above {rules.epsilon_above:g}, "
+                "which this site reviews by hand",
+            )
+        )
+    return out
+
+
+def approval_step(
+    ctx: NodeContext, work: WorkItem, query: Query, policy: Policy, started: float
+) -> SiteRelease | None:
+    """Pass work the policy lets through; otherwise answer ``awaiting_approval`` or refuse.
+
+    Runs after the policy check and before anything is computed or charged.
+    Returns None when the work may proceed. Raises :class:`PolicyViolation`
+    carrying the staff's reason when the request was denied.
+    """
+    needed = _needed(policy, query)
+    if not needed:
+        return None
+    book = ctx.store.approvals
+    waiting: list[str] = []
+    for kind, why in needed:  # every request at once: staff see all of them in one round
+        key = request_key(kind, query, work.researcher)
+        found = book.get_by_key(key)
+        if found is not None and found.status == "approved":
+            continue
+        if found is not None and found.status == "denied":
+            raise PolicyViolation(
+                f"staff at {ctx.site!r} denied request {found.id}"
+                + (f": {found.reason}" if found.reason else "")
+            )
+        req = found or book.request(kind, key, work=work, query=query, why=why)
+        waiting.append(f"request {req.id}: {why}")
+    if not waiting:
+        return None
+    note = policy.approvals.message
+    return SiteRelease(
+        query_id=work.query_id,
+        site=ctx.site,
+        project=query.project,
+        status="awaiting_approval",
+        message=(
+            f"awaiting approval at {ctx.site} ({'; '.join(waiting)}); nothing was computed or "
+            "charged: submit the same query again once it is approved"
+            + (f". {note}" if note else "")
+        ),
+        elapsed_ms=(time.perf_counter() - started) * 1000,
+    )
+    book = ctx.store.approvals
+    for kind, why in needed:
+        key = request_key(kind, query, work.researcher)
+        found = book.get_by_key(key)
+        if found is not None and found.status == "approved":
+            continue
+        if found is not None and found.status == "denied":
+            raise PolicyViolation(
+                f"staff at {ctx.site!r} denied request {found.id}"
+                + (f": {found.reason}" if found.reason else "")
+            )
+        req = found or book.request(kind, key, work=work, query=query, why=why)
+        note = policy.approvals.message
+        return SiteRelease(
+            query_id=work.query_id,
+            site=ctx.site,
+            project=query.project,
+            status="awaiting_approval",
+            message=(
+                f"awaiting approval at {ctx.site} (request {req.id}: {why}); nothing was "
+                "computed or charged: submit the same query again once it is approved"
+                + (f". {note}" if note else "")
+            ),
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
+    return None

@@ -1,0 +1,38 @@
+"""Budget periods: which ledger account a charge goes to, so a budget can renew.
+
+A site's policy gives each project a ``budget_period``. ``lifetime`` budgets never
+renew. ``year``, ``quarter`` and ``month`` budgets renew at the start of each
+calendar period (UTC): the project's ``epsilon_budget`` is then what it may
+spend *per period*, and each period is its own account in the ledger (whose
+``period`` key exists for exactly this). Spent budget is never moved or
+forgotten: last quarter's charges stay in last quarter's account, so the audit
+of what was released when is unchanged.
+
+>>> import datetime as dt
+>>> now = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
+>>> [period_key(p, now) for p in ("lifetime", "year", "quarter", "month")]
+['lifetime', '2026', '2026-Q4', '2026-11']
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+BudgetPeriod = Literal["lifetime", "year", "quarter", "month"]
+
+
+def period_key(period: BudgetPeriod, now: dt.datetime) -> str:
+    """The ledger account key of ``period`` at time ``now`` (UTC calendar)."""
+    if now.tzinfo is None:
+        raise ValueError("period_key needs a timezone-aware time")
+    at = now.astimezone(dt.UTC)
+    if period == "lifetime":
+        return "lifetime"
+    if period == "year":
+        return f"{at.year}"
+    if period == "quarter":
+        return f"{at.year}-Q{(at.month - 1) // 3 + 1}"
+    if period == "month":
+        return f"{at.year}-{at.month:02d}"
+    raise ValueError(f"unknown budget period {period!r}")

@@ -1,0 +1,1 @@
+"""Federated training at a site: the Flower ClientApp and everything it needs that sees rows."""

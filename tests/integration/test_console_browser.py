@@ -1,0 +1,120 @@
+"""The site console in a real headless Chromium (Debian's, driven by Playwright).
+
+Playwright's own browser download cannot work on these machines, so the test
+launches ``/usr/bin/chromium`` and skips, saying why, where it or Playwright is
+missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from nodes.console import ConsoleServer, add_user, create_console, users_path
+from nodes.pipeline import NodeContext, handle
+from nodes.policy import ApprovalRules
+from varde.launch import free_port
+
+from ..conftest import make_work
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("browser")]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+)
+if not Path(CHROMIUM).exists():
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True
+    )
+
+PASSWORD = "correct horse battery"
+COUNT: dict[str, Any] = {
+    "project": "nsclc-feasibility",
+    "cohort": {"op": "startswith", "field": "topography", "prefix": "C34"},
+    "statistic": {"kind": "count"},
+    "privacy": {"mode": "dp", "epsilon": 0.5},
+}
+
+
+@pytest.fixture
+def console(node_ctx: NodeContext, tmp_path: Path) -> Iterator[str]:
+    add_user(users_path(tmp_path), "kari", PASSWORD)
+    app = create_console(
+        site="oslo",
+        store=node_ctx.store,
+        ledger=node_ctx.ledger,
+        policy=lambda: node_ctx.policy,
+        users=users_path(tmp_path),
+        connected=lambda: True,
+    )
+    server = ConsoleServer(app, port=free_port()).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+def test_staff_log_in_read_a_budget_approve_and_see_the_audit_entry(
+    console: str, page: Any, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
+    assert handle(node_ctx, make_work(gateway_key, COUNT, query_id="paid-1")).status == "ok"
+    node_ctx.set_policy(
+        node_ctx.policy.model_copy(update={"approvals": ApprovalRules(epsilon_above=0.4)})
+    )
+    big = {**COUNT, "cohort": {"op": "eq", "field": "sex", "value": "female"}}
+    waiting = handle(node_ctx, make_work(gateway_key, big, query_id="big-1"))
+    assert waiting.status == "awaiting_approval"
+    (req,) = node_ctx.store.approvals.requests("pending")
+
+    # log in (a wrong password first)
+    page.goto(console + "/")
+    assert page.url.endswith("/login")
+    page.fill("input[name=username]", "kari")
+    page.fill("input[name=password]", "not the password")
+    page.click("button[type=submit]")
+    assert "wrong user name or password" in page.inner_text("#login-error")
+    page.fill("input[name=username]", "kari")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+
+    # read a budget
+    row = page.locator("#budgets tr", has_text="nsclc-feasibility")
+    cells = row.locator("td").all_inner_texts()
+    assert cells[:4] == ["nsclc-feasibility", "10", "0.5", "9.5"]
+    assert page.inner_text("#pending") == "1"
+    assert page.inner_text("#connection") == "connected"
+
+    # approve the pending query
+    page.click("text=Approvals")
+    page.click(f"#approve-{req.id}")
+    status = page.locator("#approvals tr", has_text=req.id).locator("td").nth(1).inner_text()
+    assert status == "approved"
+
+    # the decision is in the audit trail, and the re-submitted query is answered
+    page.click("text=Audit trail")
+    page.fill("input[name=q]", req.id)
+    page.click("text=Filter")
+    kinds = page.locator("#audit tbody tr td:nth-child(3)").all_inner_texts()
+    assert kinds == ["approval_granted", "approval_requested"]
+    again = handle(node_ctx, make_work(gateway_key, big, query_id="big-2"))
+    assert again.status == "ok" and again.epsilon_charged == pytest.approx(0.5)
+    page.goto(console + "/")
+    cells = page.locator("#budgets tr", has_text="nsclc-feasibility").locator("td")
+    assert cells.all_inner_texts()[2] == "1"

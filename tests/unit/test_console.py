@@ -1,0 +1,175 @@
+"""The site console over real HTTP (uvicorn on 127.0.0.1): login, budgets, approvals, audit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from nodes.console import ConsoleServer, add_user, create_console, users_path
+from nodes.console.auth import check_password
+from nodes.pipeline import NodeContext, handle
+from nodes.policy import ApprovalRules
+from nodes.reload import PolicyReloader
+from varde.launch import DEFAULT_POLICIES, free_port
+
+from ..conftest import make_work
+
+COUNT: dict[str, Any] = {
+    "project": "nsclc-feasibility",
+    "cohort": {"op": "startswith", "field": "topography", "prefix": "C34"},
+    "statistic": {"kind": "count"},
+    "privacy": {"mode": "dp", "epsilon": 0.5},
+}
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def console(node_ctx: NodeContext, tmp_path: Path) -> Iterator[str]:
+    add_user(users_path(tmp_path), "kari", PASSWORD)
+    (tmp_path / "oslo.yaml").write_text((DEFAULT_POLICIES / "oslo.yaml").read_text())
+    app = create_console(
+        site="oslo",
+        store=node_ctx.store,
+        ledger=node_ctx.ledger,
+        policy=lambda: node_ctx.policy,
+        users=users_path(tmp_path),
+        connected=lambda: True,
+        policy_file=tmp_path / "oslo.yaml",
+        policy_saved=PolicyReloader(node_ctx, tmp_path / "oslo.yaml").check_once,
+    )
+    server = ConsoleServer(app, port=free_port()).start()
+    yield server.url
+    server.stop()
+
+
+@contextmanager
+def _login(url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, follow_redirects=True) as client:
+        resp = client.post("/login", data={"username": "kari", "password": PASSWORD})
+        assert resp.status_code == 200 and 'id="budgets"' in resp.text
+        yield client
+
+
+def test_pages_need_a_login(console: str, node_ctx: NodeContext) -> None:
+    for path in ("/", "/policy", "/audit", "/approvals"):
+        resp = httpx.get(console + path)
+        assert resp.status_code == 303 and resp.headers["location"] == "/login"
+    assert httpx.post(console + "/approvals/ap-1/approve").status_code == 401
+    resp = httpx.post(console + "/login", data={"username": "kari", "password": "wrong password!"})
+    assert resp.status_code == 303 and "error=" in resp.headers["location"]
+    logins = node_ctx.store.events("console_login")
+    assert [e.data for e in logins] == [{"user": "kari", "ok": False}]
+
+
+def test_session_cookie_is_httponly_and_strict(console: str) -> None:
+    resp = httpx.post(console + "/login", data={"username": "kari", "password": PASSWORD})
+    cookie = resp.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert resp.headers["location"] == "/"
+
+
+def test_budgets_show_spent_and_remaining(
+    console: str, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
+    assert handle(node_ctx, make_work(gateway_key, COUNT)).status == "ok"
+    with _login(console) as client:
+        page = client.get("/").text
+    assert "<td>nsclc-feasibility</td><td>10</td><td>0.5</td><td>9.5</td>" in page
+    assert 'id="connection"><span class="ok">connected' in page
+    assert node_ctx.policy.version in page
+
+
+def test_approve_and_deny_from_the_console(
+    console: str, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
+    node_ctx.set_policy(
+        node_ctx.policy.model_copy(
+            update={"approvals": ApprovalRules(new_projects=True, epsilon_above=0.4)}
+        )
+    )
+    assert handle(node_ctx, make_work(gateway_key, COUNT, query_id="w1")).status == (
+        "awaiting_approval"
+    )
+    # both requests are opened at once: the new project and this query's epsilon
+    req, second = node_ctx.store.approvals.requests("pending")
+    assert (req.kind, second.kind) == ("project", "query")
+    with _login(console) as client:
+        page = client.get("/approvals").text
+        assert f'id="approve-{req.id}"' in page and f'id="deny-{second.id}"' in page
+        assert client.post(f"/approvals/{req.id}/deny", data={}).status_code == 422
+        assert client.post("/approvals/ap-nope/approve").status_code == 404
+        resp = client.post(f"/approvals/{req.id}/approve")
+        assert resp.status_code == 200 and "approved by kari (console)" in resp.text
+        rel = handle(node_ctx, make_work(gateway_key, COUNT, query_id="w2"))
+        assert rel.status == "awaiting_approval" and second.id in rel.message
+        assert req.id not in rel.message
+        resp = client.post(f"/approvals/{second.id}/deny", data={"reason": "<b>too much</b>"})
+        assert "&lt;b&gt;too much&lt;/b&gt;" in resp.text  # escaped, never markup
+        audit = client.get("/audit", params={"kind": "approval_denied"}).text
+        assert second.id in audit and "1 entries" in audit
+        search = client.get("/audit", params={"q": "w1"}).text
+        assert "approval_requested" in search and "approval_granted" in search
+    assert node_ctx.store.events("approval_granted")[0].data["by"] == "kari (console)"
+
+
+def test_policy_page_shows_the_version_in_force(console: str, node_ctx: NodeContext) -> None:
+    with _login(console) as client:
+        page = client.get("/policy").text
+    assert f"Version <code>{node_ctx.policy.version}</code> is in force" in page
+    assert 'id="policy-history"' in page
+
+
+def test_passwords_are_scrypt_hashes(tmp_path: Path) -> None:
+    path = users_path(tmp_path)
+    add_user(path, "ola", "a long enough secret")
+    text = path.read_text()
+    assert "a long enough secret" not in text and "scrypt$16384$8$1$" in text
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert check_password(path, "ola", "a long enough secret")
+    assert not check_password(path, "ola", "a long enough secreT")
+    assert not check_password(path, "nobody", "a long enough secret")
+    with pytest.raises(ValueError, match="at least 10"):
+        add_user(path, "ola", "short")
+
+
+def test_budget_change_writes_a_validated_policy_version(
+    console: str, node_ctx: NodeContext, tmp_path: Path
+) -> None:
+    path = tmp_path / "oslo.yaml"
+    before = path.read_text()
+    with _login(console) as client:
+        resp = client.post("/budgets/nsclc-feasibility", data={"budget": "12.5"})
+        assert resp.status_code == 200
+        assert "saved nsclc-feasibility budget 12.5" in resp.text
+        assert "<td>nsclc-feasibility</td><td>12.5</td>" in resp.text
+        # one number changed; the staff's comments and layout are kept
+        changed = [
+            (a, b)
+            for a, b in zip(before.splitlines(), path.read_text().splitlines(), strict=True)
+            if a != b
+        ]
+        assert changed == [
+            (
+                "    epsilon_budget: 10.0       # lifetime epsilon this project may spend here",
+                "    epsilon_budget: 12.5       # lifetime epsilon this project may spend here",
+            )
+        ]
+        assert node_ctx.policy.projects["nsclc-feasibility"].epsilon_budget == 12.5
+        # the same validation as `varde policy check`: below the per-query cap is refused
+        text = path.read_text()
+        bad = client.post("/budgets/nsclc-feasibility", data={"budget": "0.5"})
+        assert bad.status_code == 422
+        assert "exceeds the whole epsilon_budget" in bad.text and "oslo.yaml:22:" in bad.text
+        assert client.post("/budgets/nsclc-feasibility", data={"budget": "-1"}).status_code == 422
+        assert client.post("/budgets/nope", data={"budget": "1"}).status_code == 422
+        assert path.read_text() == text
+    edit = node_ctx.store.events("console_policy_edit")[0].data
+    assert (edit["user"], edit["old"], edit["new"]) == ("kari", 10.0, 12.5)
+    (changed_entry,) = node_ctx.store.events("policy_changed")
+    assert changed_entry.data["version"] == edit["version"] == node_ctx.policy.version

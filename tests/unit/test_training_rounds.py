@@ -1,0 +1,198 @@
+"""One training round at a site: policy first, ledger charged before training, clear refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nodes.data import RegistryData, prepare
+from nodes.ledger import Ledger
+from nodes.policy import Policy
+from nodes.synth import generate_registry
+from nodes.training import rounds
+from nodes.training.dp import epsilon_for_rho, plan_noise
+from nodes.training.features import design, encode_features, outcome_death_within_2y
+from nodes.training.rounds import job_history, run_round
+from varde.errors import BudgetExhausted, PolicyViolation
+from varde.schema import FIELDS_BY_NAME
+from varde.training import TrainingPrivacy, TrainingSpec, design_columns
+
+FIELDS = ["sex", "age_at_diagnosis", "stage", "first_treatment", "vital_status", "survival_days"]
+
+
+def make_policy(
+    *,
+    fields: list[str] = FIELDS,
+    budget: float = 20.0,
+    cap: float = 10.0,
+    researchers: list[str] | None = None,
+) -> Policy:
+    return Policy.model_validate(
+        {
+            "site": "oslo",
+            "profile": "development",
+            "privacy_unit": {"max_tumours_per_patient": 2},
+            "fields": fields,
+            "statistics": ["count"],
+            "projects": {
+                "p": {
+                    "epsilon_budget": budget,
+                    "max_epsilon_per_query": cap,
+                    "researchers": researchers,
+                }
+            },
+        }
+    )
+
+
+def make_spec(**changes: object) -> TrainingSpec:
+    base: dict[str, object] = {
+        "project": "p",
+        "features": ["sex", "age_at_diagnosis", "stage"],
+        "rounds": 3,
+        "local_steps": 5,
+        "privacy": TrainingPrivacy(epsilon=3.0),
+    }
+    return TrainingSpec.model_validate({**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def data() -> RegistryData:
+    return prepare(generate_registry("oslo", 6_000, seed=11), site="oslo", max_rows_per_patient=2)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    with Ledger.in_directory(tmp_path) as led:
+        yield led
+
+
+def play(data: RegistryData, ledger: Ledger, spec: TrainingSpec, policy: Policy, job: str = "j1"):
+    return run_round(
+        data=data,
+        policy=policy,
+        ledger=ledger,
+        spec=spec,
+        job_id=job,
+        researcher="alice",
+        weights=np.zeros(spec.n_coefficients()),
+    )
+
+
+def test_design_matches_public_columns_and_outcome(data: RegistryData) -> None:
+    spec = make_spec()
+    x = encode_features(data, spec.features)
+    assert x.shape == (data.n_rows, len(design_columns(spec.features)))
+    assert (x[:, 0] == 1).all()
+    sex = x[:, 1:3]
+    assert set(sex.sum(axis=1)) <= {0.0, 1.0}
+    age = x[:, 3]
+    assert age.min() >= -1 and age.max() <= 1
+    y, known = outcome_death_within_2y(data)
+    days = data.column("survival_days")
+    dead = data.column("vital_status") == FIELDS_BY_NAME["vital_status"].categories.index("dead")
+    assert (y[known & dead & (days <= 730)] == 1).all()
+    assert (y[known & (days > 730)] == 0).all()
+    assert not known[~dead & (days < 730)].any()  # censored before two years
+    xs, ys = design(data, spec)
+    assert len(xs) == len(ys) == known.sum()
+
+
+def test_round_is_charged_before_training_and_totals_telescope(
+    data: RegistryData, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, policy = make_spec(), make_policy()
+    seen: list[float] = []
+    real = rounds.noisy_gradient_descent
+
+    def spy(*args: object, **kwargs: object):
+        seen.append(ledger.spent("p"))  # the charge is committed before any noise is drawn
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rounds, "noisy_gradient_descent", spy)
+    results = [play(data, ledger, spec, policy) for _ in range(spec.rounds)]
+    charges = ledger.charges("p")
+    assert [c.query_id for c in charges] == [f"training:j1:round:{i}" for i in (1, 2, 3)]
+    assert seen == pytest.approx([c.spent_after for c in charges])
+    plan = plan_noise(spec, max_rows_per_patient=2)
+    total = epsilon_for_rho(plan.rho_per_round * spec.rounds, spec.privacy.delta)
+    assert ledger.spent("p") == pytest.approx(total, abs=1e-8)
+    assert total == pytest.approx(3.0, rel=1e-6)  # the whole job costs what was asked
+    assert results[0].epsilon_charged > results[1].epsilon_charged > results[2].epsilon_charged
+    assert results[-1].epsilon_job == pytest.approx(total)
+    assert results[-1].epsilon_remaining == pytest.approx(20.0 - total, abs=1e-8)
+    assert json.loads(charges[-1].note)["features"] == spec.features
+    assert job_history(ledger, "p", "j1")[0] == 3
+
+
+def test_more_rounds_than_declared_are_refused(data: RegistryData, ledger: Ledger) -> None:
+    spec, policy = make_spec(rounds=1), make_policy()
+    play(data, ledger, spec, policy)
+    with pytest.raises(PolicyViolation, match="already ran its 1 round"):
+        play(data, ledger, spec, policy)
+    assert len(ledger.charges()) == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        (
+            make_policy(fields=[f for f in FIELDS if f != "stage"]),
+            "does not expose field\\(s\\) stage",
+        ),
+        (make_policy(fields=[f for f in FIELDS if f != "survival_days"]), "survival_days"),
+        (make_policy(researchers=["bob"]), "researcher 'alice' is not allowed"),
+        (make_policy(budget=0.0, cap=0.5), "no epsilon budget"),
+        (make_policy(cap=0.1), "above the per-query cap"),
+    ],
+)
+def test_refusals_charge_nothing(
+    data: RegistryData, ledger: Ledger, policy: Policy, message: str
+) -> None:
+    with pytest.raises(PolicyViolation, match=message):
+        play(data, ledger, make_spec(), policy)
+    assert ledger.charges() == []
+
+
+def test_unknown_project_is_refused(data: RegistryData, ledger: Ledger) -> None:
+    with pytest.raises(PolicyViolation, match="does not serve project 'other'"):
+        play(data, ledger, make_spec(project="other"), make_policy())
+
+
+def test_budget_runs_out_mid_job(data: RegistryData, ledger: Ledger) -> None:
+    """A budget of 2.2 pays the first rounds of a 3-epsilon job, then refuses; nothing overspent."""
+    spec, policy = make_spec(rounds=3), make_policy(budget=2.2, cap=2.2)
+    paid = 0
+    with pytest.raises(BudgetExhausted, match="privacy budget exhausted"):
+        for _ in range(spec.rounds):
+            play(data, ledger, spec, policy)
+            paid += 1
+    assert 1 <= paid < 3
+    assert len(ledger.charges("p")) == paid
+    assert ledger.spent("p") <= 2.2
+    assert ledger.spent("p") == pytest.approx(sum(c.amount for c in ledger.charges("p")))
+
+
+def test_changing_delta_mid_job_is_refused(data: RegistryData, ledger: Ledger) -> None:
+    play(data, ledger, make_spec(), make_policy())
+    other = make_spec(privacy=TrainingPrivacy(epsilon=3.0, delta=1e-7))
+    with pytest.raises(PolicyViolation, match="changed its delta"):
+        play(data, ledger, other, make_policy())
+
+
+def test_wrong_weight_shape_is_an_error(data: RegistryData, ledger: Ledger) -> None:
+    spec = make_spec()
+    with pytest.raises(ValueError, match="weights"):
+        run_round(
+            data=data,
+            policy=make_policy(),
+            ledger=ledger,
+            spec=spec,
+            job_id="j",
+            researcher="alice",
+            weights=np.zeros(3),
+        )
+    assert ledger.charges() == []
