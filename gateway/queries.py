@@ -218,7 +218,8 @@ async def run_query(
     rows, evidence = await _fan_out(state, query, query_id, researcher, targets, preview=False)
     spec = query.model_dump(mode="json", exclude_none=True)
     ordered = [rows[s] for s in targets]
-    if all(r.status != "ok" for r in ordered):
+    waiting = any(r.status == "awaiting_approval" for r in ordered)
+    if all(r.status != "ok" for r in ordered) and not waiting:
         await run_in_threadpool(
             _record, state, query_id, researcher, query.project, spec, None, evidence
         )

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from nodes.cli import audit_app, node_admin, policy_app  # imports only typer; commands are lazy
 from varde.errors import VardeError
 
 app = typer.Typer(
@@ -32,6 +33,9 @@ app.add_typer(node_app, name="node")
 app.add_typer(admin_app, name="admin")
 admin_app.add_typer(project_app, name="project")
 admin_app.add_typer(researcher_app, name="researcher")
+app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
+node_app.registered_commands += node_admin.registered_commands  # approve/deny/pending/console-user
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Gateway state directory (DB, key).")]
 
@@ -120,6 +124,9 @@ def node_run(
         str | None, typer.Option(help="Site name (needed only without a policy).")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=32)] = 4,
+    console_port: Annotated[
+        int | None, typer.Option(help="Also serve the staff console on 127.0.0.1 at this port.")
+    ] = None,
 ) -> None:
     """Run a node: enroll if needed, then long-poll the gateway and answer work."""
     from nodes.policy import PolicyError
@@ -135,6 +142,7 @@ def node_run(
             enroll_token=enroll_token,
             site=site,
             workers=workers,
+            console_port=console_port,
         )
     except (PolicyError, VardeError, FileNotFoundError, RuntimeError, ValueError) as err:
         _fail(err)

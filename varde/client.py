@@ -31,8 +31,10 @@ class VardeHTTPError(Exception):
 class QueryResponse:
     """A query's result with DataFrame views."""
 
-    def __init__(self, raw: dict[str, Any]) -> None:
+    def __init__(self, raw: dict[str, Any], status: int = 200) -> None:
         self.raw = raw
+        self.status = status
+        """200, or 202 when no site released yet because some await their staff's approval."""
 
     @property
     def axes(self) -> list[str]:
@@ -100,6 +102,7 @@ class VardeClient:
         )
 
     def _check(self, resp: httpx.Response) -> Any:
+        """The JSON body, or :class:`VardeHTTPError` for a 4xx/5xx."""
         if resp.status_code >= 400:
             try:
                 body = resp.json()
@@ -113,7 +116,8 @@ class VardeClient:
     def query(self, spec: dict[str, Any] | Query) -> QueryResponse:
         """Run a query (a dict in the JSON query language, or a :class:`Query`)."""
         body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, Query) else spec
-        return QueryResponse(self._check(self._http.post("/v1/queries", json=body)))
+        resp = self._http.post("/v1/queries", json=body)
+        return QueryResponse(self._check(resp), resp.status_code)
 
     def budgets(self) -> pd.DataFrame:
         """Epsilon budget, cap and remainder per project and site."""

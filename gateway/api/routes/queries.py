@@ -23,7 +23,11 @@ async def post_query(query: Query, state: State, researcher: CurrentResearcher) 
     ``QueryResult``) instead of FastAPI validating it again on the way out.
     """
     result = await run_query(state, query, researcher=researcher.name, projects=researcher.projects)
-    return Response(result.model_dump_json(), media_type="application/json")
+    # 202 when no site released yet but some wait for their staff's approval (re-submit later)
+    pending = result.network is None and any(s.status == "awaiting_approval" for s in result.sites)
+    return Response(
+        result.model_dump_json(), status_code=202 if pending else 200, media_type="application/json"
+    )
 
 
 @router.post("/preview", response_model=PreviewResult)
