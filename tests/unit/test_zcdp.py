@@ -59,7 +59,9 @@ def test_zcdp_release_charges_rho_with_gaussian_noise_of_the_planned_scale(
     noise = np.array([c.value for c in rel.cells]) - want
     assert np.std(noise) == pytest.approx(6.0, rel=0.1)  # 1,944 cells
     inside = np.mean([c.ci_low <= w <= c.ci_high for c, w in zip(rel.cells, want, strict=True)])
-    assert 0.92 < inside < 0.98
+    # OpenDP's discrete-Gaussian accuracy is conservative on the integer lattice (P(|X| > a) <= 5%),
+    # so coverage is at least ~95% (sd of this fraction over 1,944 cells ~0.005) and may be higher
+    assert 0.93 < inside <= 0.995
 
 
 def test_rho_budget_is_enforced_and_repeats_are_free(
