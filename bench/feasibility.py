@@ -20,6 +20,7 @@ asserted anywhere in the test suite.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -65,13 +66,25 @@ def bench_policy(site: str, path: Path) -> Path:
     return path
 
 
-def local_count(df: pd.DataFrame) -> int:
+def query_for(max_age: int) -> dict[str, object]:
+    """The feasibility query with upper age ``max_age``.
+
+    Every timed run asks a *different* question: a node answers a repeated
+    question from its release cache (the repeat-query defence), which would
+    time a cache hit instead of the filter and count.
+    """
+    spec = json.loads(json.dumps(QUERY))
+    spec["cohort"]["args"][3]["high"] = max_age
+    return dict(spec)
+
+
+def local_count(df: pd.DataFrame, max_age: int = 75) -> int:
     """What a researcher with all the rows in one place would write."""
     mask = (
         df["topography"].str.startswith("C34")
         & (df["stage"] == "IV")
         & (df["egfr"] == "positive")
-        & df["age_at_diagnosis"].between(18, 75)
+        & df["age_at_diagnosis"].between(18, max_age)
         & (df["diagnosis_date"] >= "2020-01-01")
     )
     return int(mask.sum())
@@ -118,24 +131,29 @@ def main() -> None:
             f"network: gateway + {len(SITES)} nodes connected in {time.perf_counter() - t0:.1f} s"
         )
         with VardeClient(net.url, net.token) as client:
+            ages = iter(range(100, 100 - args.repeat - 4, -1))  # a fresh question each time
             for _ in range(3):  # warm up both paths
-                client.query(QUERY)
-                local_count(union)
+                age = next(ages)
+                client.query(query_for(age))
+                local_count(union, age)
             node_ms: list[float] = []
 
-            def federated() -> None:
-                res = client.query(QUERY)
+            def federated(age: int) -> None:
+                res = client.query(query_for(age))
                 statuses = [s["status"] for s in res.raw["sites"]]
                 assert statuses == ["ok"] * len(SITES), statuses
+                assert not any(s.get("cached") for s in res.raw["sites"])
                 node_ms.append(max(s["elapsed_ms"] for s in res.raw["sites"]))
 
             fed: list[float] = []
             loc: list[float] = []
             for _ in range(args.repeat):  # interleave so both see the same machine state
-                fed += timed(federated, 1)
-                loc += timed(lambda: local_count(union), 1)
-            exact = local_count(union)
-            last = client.query(QUERY).raw["network"]["cells"][0]["value"]
+                age = next(ages)
+                fed += timed(lambda a=age: federated(a), 1)
+                loc += timed(lambda a=age: local_count(union, a), 1)
+            age = next(ages)
+            exact = local_count(union, age)
+            last = client.query(query_for(age)).raw["network"]["cells"][0]["value"]
     finally:
         net.stop()
 
