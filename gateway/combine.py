@@ -28,7 +28,7 @@ from varde.estimates import (
     bin_part,
     mean_from_parts,
     quantiles_from_counts,
-    survival_from_counts,
+    survival_cells,
     survival_parts,
 )
 from varde.query import Mean, Quantile, Query, Survival
@@ -141,22 +141,5 @@ def _pool_survival(stat: Survival, releases: list[SiteRelease]) -> list[Cell]:
         carriers = [cells[-1] for cells in group]
         counts = [sum(c.parts.get(k, 0.0) for c in carriers) for k in keys]
         std = math.sqrt(sum(c.part_std.get(keys[0], 0.0) ** 2 for c in carriers))
-        curve, (med, med_lo, med_hi) = survival_from_counts(
-            months, counts[:m], counts[m : 2 * m], counts[2 * m], std
-        )
-        labels = [c.labels for c in group[0]]
-        out.extend(
-            Cell(labels=lab, value=v, ci_low=lo, ci_high=hi)
-            for lab, (v, lo, hi) in zip(labels[:m], curve, strict=True)
-        )
-        out.append(
-            Cell(
-                labels=labels[m],
-                value=med,
-                ci_low=med_lo,
-                ci_high=med_hi,
-                parts=dict(zip(keys, counts, strict=True)),
-                part_std=dict.fromkeys(keys, std),
-            )
-        )
+        out.extend(survival_cells(months, [c.labels for c in group[0]], counts, keys, std))
     return out

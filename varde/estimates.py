@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from varde.release import Cell
+
 Z95 = 1.959963984540054
 """Two-sided 95% normal quantile."""
 
@@ -177,3 +179,28 @@ def survival_from_counts(
         highs.append(hi)
     median = (_crossing(months, values), _crossing(months, lows), _crossing(months, highs))
     return curve, median
+
+
+def survival_cells(
+    months: list[int], labels: list[list[str]], counts: list[float], keys: list[str], std: float
+) -> list[Cell]:
+    """One group's released cells: S at each grid point, then the median carrying the counts."""
+    m = len(months)
+    curve, (med, med_lo, med_hi) = survival_from_counts(
+        months, counts[:m], counts[m : 2 * m], counts[2 * m], std
+    )
+    cells = [
+        Cell(labels=lab, value=v, ci_low=lo, ci_high=hi)
+        for lab, (v, lo, hi) in zip(labels[:m], curve, strict=True)
+    ]
+    cells.append(
+        Cell(
+            labels=labels[m],
+            value=med,
+            ci_low=med_lo,
+            ci_high=med_hi,
+            parts=dict(zip(keys, counts, strict=True)),
+            part_std=dict.fromkeys(keys, std),
+        )
+    )
+    return cells

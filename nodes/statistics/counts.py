@@ -29,12 +29,7 @@ def plan_counts(ex: Exact, *, epsilon: float, max_rows: int) -> Plan:
     plan = plan_laplace(sensitivity=count_sensitivity(max_rows), epsilon=epsilon, integer=True)
 
     def release() -> list[Cell]:
-        noisy = plan.release(ex.counts)
-        hw, std = plan.half_width, plan.std
-        return [
-            Cell(labels=lab, value=float(v), ci_low=float(v) - hw, ci_high=float(v) + hw, std=std)
-            for lab, v in zip(ex.labels, noisy, strict=True)
-        ]
+        return count_cells(ex, plan.release(ex.counts), plan.half_width, plan.std)
 
     return Plan(
         plan.epsilon,
@@ -51,12 +46,7 @@ def plan_counts_zcdp(ex: Exact, *, rho: float, max_rows: int) -> Plan:
     plan = plan_gaussian(sensitivity=count_l2_sensitivity(max_rows), rho=rho)
 
     def release() -> list[Cell]:
-        noisy = plan.release(ex.counts)
-        hw, std = plan.half_width, plan.std
-        return [
-            Cell(labels=lab, value=float(v), ci_low=float(v) - hw, ci_high=float(v) + hw, std=std)
-            for lab, v in zip(ex.labels, noisy, strict=True)
-        ]
+        return count_cells(ex, plan.release(ex.counts), plan.half_width, plan.std)
 
     return Plan(
         plan.rho,
@@ -66,3 +56,17 @@ def plan_counts_zcdp(ex: Exact, *, rho: float, max_rows: int) -> Plan:
         noise_std={"count": plan.std},
         accuracy={"count": plan.half_width},
     )
+
+
+def count_cells(ex: Exact, noisy: np.ndarray, half_width: float, std: float) -> list[Cell]:
+    """Released counts with their symmetric 95% interval and noise sd (any additive mechanism)."""
+    return [
+        Cell(
+            labels=lab,
+            value=float(v),
+            ci_low=float(v) - half_width,
+            ci_high=float(v) + half_width,
+            std=std,
+        )
+        for lab, v in zip(ex.labels, noisy, strict=True)
+    ]

@@ -18,7 +18,7 @@ from nodes.data import RegistryData
 from nodes.mechanisms import plan_laplace
 from nodes.sensitivity import survival_sensitivity
 from nodes.statistics.base import Exact, Plan, cell_index, cell_labels
-from varde.estimates import survival_from_counts, survival_parts
+from varde.estimates import survival_cells, survival_parts
 from varde.query import DAYS_PER_MONTH, Count, Query, Survival
 from varde.release import Cell
 from varde.schema import FIELDS_BY_NAME
@@ -69,28 +69,3 @@ def plan_survival(ex: Exact, stat: Survival, *, epsilon: float, max_rows: int) -
         noise_std={"count": std},
         accuracy={"count": plan.half_width},
     )
-
-
-def survival_cells(
-    months: list[int], labels: list[list[str]], counts: list[float], keys: list[str], std: float
-) -> list[Cell]:
-    """One group's released cells: S at each grid point, then the median carrying the counts."""
-    m = len(months)
-    curve, (med, med_lo, med_hi) = survival_from_counts(
-        months, counts[:m], counts[m : 2 * m], counts[2 * m], std
-    )
-    cells = [
-        Cell(labels=lab, value=v, ci_low=lo, ci_high=hi)
-        for lab, (v, lo, hi) in zip(labels[:m], curve, strict=True)
-    ]
-    cells.append(
-        Cell(
-            labels=labels[m],
-            value=med,
-            ci_low=med_lo,
-            ci_high=med_hi,
-            parts=dict(zip(keys, counts, strict=True)),
-            part_std=dict.fromkeys(keys, std),
-        )
-    )
-    return cells
