@@ -40,8 +40,8 @@ from varde.query import AggregatePrivacy, DPPrivacy, Query
 from varde.release import Manifest, SiteRelease, WorkItem
 
 
-class QueryResult(BaseModel):
-    """What a researcher gets back: one row per site, the network row, budgets left."""
+class _QueryHead(BaseModel):
+    """What every answer about one query starts with."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -51,6 +51,11 @@ class QueryResult(BaseModel):
     mode: str
     epsilon_requested: float
     axes: list[tuple[str, list[str]]]
+
+
+class QueryResult(_QueryHead):
+    """What a researcher gets back: one row per site, the network row, budgets left."""
+
     sites: list[SiteRelease]
     network: NetworkRow | None
     budget_remaining: dict[str, float | None]
@@ -248,7 +253,7 @@ async def run_query(
     return result
 
 
-class PreviewResult(BaseModel):
+class PreviewResult(_QueryHead):
     """What a query would cost and how accurate it would be, before anything is charged.
 
     ``accuracy`` is the 95% half-width of the noise on each released number, by
@@ -257,14 +262,6 @@ class PreviewResult(BaseModel):
     mean's own error also depends on the (unknown) count.
     """
 
-    model_config = ConfigDict(frozen=True)
-
-    query_id: str
-    project: str
-    statistic: str
-    mode: str
-    epsilon_requested: float
-    axes: list[tuple[str, list[str]]]
     cells: int
     sites: list[SiteRelease]
     epsilon_planned: dict[str, float]

@@ -305,29 +305,3 @@ def approval_step(
         ),
         elapsed_ms=(time.perf_counter() - started) * 1000,
     )
-    book = ctx.store.approvals
-    for kind, why in needed:
-        key = request_key(kind, query, work.researcher)
-        found = book.get_by_key(key)
-        if found is not None and found.status == "approved":
-            continue
-        if found is not None and found.status == "denied":
-            raise PolicyViolation(
-                f"staff at {ctx.site!r} denied request {found.id}"
-                + (f": {found.reason}" if found.reason else "")
-            )
-        req = found or book.request(kind, key, work=work, query=query, why=why)
-        note = policy.approvals.message
-        return SiteRelease(
-            query_id=work.query_id,
-            site=ctx.site,
-            project=query.project,
-            status="awaiting_approval",
-            message=(
-                f"awaiting approval at {ctx.site} (request {req.id}: {why}); nothing was "
-                "computed or charged: submit the same query again once it is approved"
-                + (f". {note}" if note else "")
-            ),
-            elapsed_ms=(time.perf_counter() - started) * 1000,
-        )
-    return None

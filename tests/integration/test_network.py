@@ -11,27 +11,15 @@ import pytest
 from nodes.data import bound_contributions
 from nodes.registry_io import read_registry
 from varde.client import VardeClient
+from varde.demo import FEASIBILITY
 from varde.launch import LocalNetwork
 
 from .conftest import charges_everywhere, ledger_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("network")]
 
-FEAS: dict[str, Any] = {
-    "project": "nsclc-feasibility",
-    "cohort": {
-        "op": "and",
-        "args": [
-            {"op": "startswith", "field": "topography", "prefix": "C34"},
-            {"op": "eq", "field": "stage", "value": "IV"},
-            {"op": "eq", "field": "egfr", "value": "positive"},
-            {"op": "between", "field": "age_at_diagnosis", "low": 18, "high": 75},
-            {"op": ">=", "field": "diagnosis_year", "value": 2020},
-        ],
-    },
-    "statistic": {"kind": "count"},
-    "privacy": {"mode": "dp", "epsilon": 0.5},
-}
+# the demo's trial-feasibility query (stage IV NSCLC, EGFR+, 18-75, since 2020)
+FEAS: dict[str, Any] = FEASIBILITY
 
 
 def exact_count(network: LocalNetwork, site: str, k: int, mask_fn: Any) -> int:
