@@ -9,7 +9,12 @@ staff decide in hours, so work cannot be *held* open. The honest design:
    message, records a pending request (with a short id staff can act on), and
    audits it. Nothing is computed, nothing charged.
 2. Staff decide with ``varde node approve/deny --state-dir DIR ID [--reason]``
-   (a decision is audited in the same transaction that records it).
+   or in the site console (a decision is audited in the same transaction that
+   records it). Approving a *project* is a change of what may leave the site,
+   so it is written into the policy file as a new version
+   (``approvals.approved_projects``, :mod:`nodes.policy_edits`): the policy,
+   not this table, is what lets the project through, and staff who take the
+   project out of that list revoke the approval (the request waits again).
 3. The researcher re-submits the same query. The node recognises the request
    by its canonical key and answers it (approved), or refuses it with the
    staff's reason (denied), which reaches the researcher as the refusal
@@ -243,11 +248,29 @@ class ApprovalBook:
             )
         return self.get(request_id)
 
+    def reopen(self, request_id: str, *, why: str) -> ApprovalRequest:
+        """Put a decided request back to pending (audited), e.g. a project approval revoked."""
+        with self.write_engine.begin() as conn:
+            current = self.get(request_id)
+            conn.execute(
+                update(approval_requests)
+                .where(approval_requests.c.id == request_id)
+                .values(status="pending", why=why, decided_at="", decided_by="", reason="")
+            )
+            self.log.append(
+                conn,
+                "approval_reopened",
+                query_id=current.query_id,
+                project=current.project,
+                detail={"request": request_id, "kind": current.kind, "why": why},
+            )
+        return self.get(request_id)
+
 
 def _needed(policy: Policy, query: Query) -> list[tuple[RequestKind, str]]:
     rules = policy.approvals
     out: list[tuple[RequestKind, str]] = []
-    if rules.new_projects:
+    if rules.new_projects and query.project not in rules.approved_projects:
         out.append(("project", f"project {query.project!r} is new at this site"))
     if (
         rules.epsilon_above is not None
@@ -281,6 +304,10 @@ def approval_step(
     for kind, why in needed:  # every request at once: staff see all of them in one round
         key = request_key(kind, query, work.researcher)
         found = book.get_by_key(key)
+        if found is not None and found.status == "approved" and kind == "project":
+            # The policy is the source of truth: an approved project missing from
+            # approvals.approved_projects was taken out by staff, so it waits again.
+            found = book.reopen(found.id, why=f"{why} (not in approvals.approved_projects)")
         if found is not None and found.status == "approved":
             continue
         if found is not None and found.status == "denied":

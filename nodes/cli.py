@@ -173,17 +173,51 @@ def _staff_name() -> str:
         return "staff"
 
 
-def _decide(state_dir: Path, request_id: str, *, approve: bool, reason: str, by: str) -> None:
+def _decide(
+    state_dir: Path,
+    request_id: str,
+    *,
+    approve: bool,
+    reason: str,
+    by: str,
+    policy_file: Path | None = None,
+) -> None:
+    from nodes.policy_edits import approve_project, write_policy_version
     from nodes.store import NodeStore
     from varde.errors import NotFound
 
     store = NodeStore.in_directory(_existing_state(state_dir))
+    version = ""
     try:
+        pending = store.approvals.get(request_id)
+        if approve and pending.kind == "project":
+            # Approving a project changes what may leave the site: it is a new policy
+            # version (approvals.approved_projects), which the running node reloads.
+            if policy_file is None:
+                _fail(
+                    f"{request_id} approves project {pending.project!r}, which is written into "
+                    "the policy: pass --policy policies/<site>.yaml (the file the node runs with)"
+                )
+            version = write_policy_version(
+                policy_file,
+                lambda text: approve_project(text, pending.project),
+                site=None,
+                store=store,
+                user=by,
+                via="cli",
+                project=pending.project,
+                change={
+                    "key": "approvals.approved_projects",
+                    "request": request_id,
+                },
+            ).version
         req = store.approvals.decide(request_id, approve=approve, by=by, reason=reason)
-    except (NotFound, ValueError) as err:
+    except (NotFound, ValueError, OSError) as err:  # PolicyEditError is a ValueError
         _fail(str(err))
     finally:
         store.close()
+    if version:
+        typer.echo(f"policy {policy_file} is now version {version}: {req.project} approved")
     verb = "approved" if approve else "denied"
     typer.echo(
         f"{req.id} {verb} ({req.kind} request of {req.researcher} for {req.project}); "
@@ -207,9 +241,24 @@ def node_approve(
     state_dir: NodeStateDir,
     reason: ReasonOption = "",
     by: ByOption = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            help="The node's policy file: approving a project adds it to "
+            "approvals.approved_projects there (a new, validated policy version).",
+        ),
+    ] = None,
 ) -> None:
-    """Approve a request waiting at this node (audited)."""
-    _decide(state_dir, request_id, approve=True, reason=reason, by=by or _staff_name())
+    """Approve a request waiting at this node (audited; a project approval edits the policy)."""
+    _decide(
+        state_dir,
+        request_id,
+        approve=True,
+        reason=reason,
+        by=by or _staff_name(),
+        policy_file=policy,
+    )
 
 
 @node_admin.command("deny")

@@ -116,6 +116,13 @@ class ApprovalRules(_Strict):
         default=False,
         description="A project's first work at this site waits until staff approve the project.",
     )
+    approved_projects: list[str] = Field(
+        default=[],
+        description=(
+            "Projects staff have approved (with new_projects). Approving a project in the "
+            "console or with `varde node approve --policy` adds it here: a new policy version."
+        ),
+    )
     epsilon_above: float | None = Field(
         default=None,
         gt=0,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from nodes.console.auth import Sessions, check_password
 from nodes.ledger import Ledger
 from nodes.policy import Policy
-from nodes.policy_tools import check_policy_text, set_scalar
+from nodes.policy_edits import PolicyEditError, approve_project, set_budget, write_policy_version
 from nodes.store import NodeStore
 from varde.errors import NotFound
 
@@ -232,7 +231,7 @@ def create_console(
         return _page("Overview", body, user, site)
 
     @app.post("/budgets/{project}")
-    async def set_budget(request: Request, project: str) -> Response:
+    async def save_budget(request: Request, project: str) -> Response:
         user = user_of(request)
         if user is None:
             return Response("log in first", status_code=401)
@@ -245,29 +244,22 @@ def create_console(
                 raise ValueError
         except ValueError:
             return _problem(f"{raw!r} is not a budget (a number >= 0)", user, site)
-        old_text = policy_file.read_text()
+        old = policy().projects[project].epsilon_budget if project in policy().projects else None
         try:
-            new_text = set_scalar(old_text, ("projects", project, "epsilon_budget"), repr(budget))
-        except KeyError:
-            return _problem(f"project {project!r} has no epsilon_budget in the file", user, site)
-        result = check_policy_text(new_text, source=str(policy_file), site=site)
-        if not result.ok or result.policy is None:
-            return _problem(result.explain(), user, site)
-        tmp = policy_file.with_name(policy_file.name + ".console-tmp")
-        tmp.write_text(new_text)
-        os.replace(tmp, policy_file)  # atomic: the node never reads half a file
-        store.audit(
-            "console_policy_edit",
-            project=project,
-            user=user,
-            key="epsilon_budget",
-            old=policy().projects[project].epsilon_budget if project in policy().projects else None,
-            new=budget,
-            version=result.policy.version,
-        )
-        if policy_saved is not None:
-            policy_saved()
-        msg = f"saved {project} budget {budget:g}: policy version {result.policy.version}"
+            saved = write_policy_version(
+                policy_file,
+                lambda text: set_budget(text, project, budget),
+                site=site,
+                store=store,
+                user=user,
+                via="console",
+                project=project,
+                change={"key": "epsilon_budget", "old": old, "new": budget},
+                saved=policy_saved,
+            )
+        except PolicyEditError as err:
+            return _problem(str(err), user, site)
+        msg = f"saved {project} budget {budget:g}: policy version {saved.version}"
         return RedirectResponse("/?" + urlencode({"saved": msg}), status_code=303)
 
     @app.get("/policy")
@@ -377,6 +369,29 @@ def create_console(
             return Response("unknown decision", status_code=404)
         form = await _form(request)
         try:
+            pending = store.approvals.get(request_id)
+            if verdict == "approve" and pending.kind == "project":
+                # a project approval changes what may leave: a new policy version first
+                if policy_file is None:
+                    return Response(
+                        "this console cannot edit the policy: approve projects with "
+                        "`varde node approve --policy FILE`",
+                        status_code=409,
+                    )
+                write_policy_version(
+                    policy_file,
+                    lambda text: approve_project(text, pending.project),
+                    site=site,
+                    store=store,
+                    user=user,
+                    via="console",
+                    project=pending.project,
+                    change={
+                        "key": "approvals.approved_projects",
+                        "request": request_id,
+                    },
+                    saved=policy_saved,
+                )
             store.approvals.decide(
                 request_id,
                 approve=verdict == "approve",
@@ -385,6 +400,8 @@ def create_console(
             )
         except NotFound as err:
             return Response(err.message, status_code=404)
+        except PolicyEditError as err:
+            return _problem(str(err), user, site)
         except ValueError as err:
             return Response(str(err), status_code=422)
         return RedirectResponse("/approvals", status_code=303)

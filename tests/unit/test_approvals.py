@@ -14,6 +14,8 @@ from nodes.approvals import request_key
 from nodes.cli import node_admin
 from nodes.pipeline import NodeContext, handle
 from nodes.policy import ApprovalRules
+from nodes.reload import PolicyReloader
+from varde.launch import DEFAULT_POLICIES
 from varde.query import parse_query
 
 from ..conftest import make_work
@@ -41,10 +43,28 @@ def _cli(*args: str) -> Any:
     return runner.invoke(node_admin, list(args))
 
 
+@pytest.fixture
+def policy_file(node_ctx: NodeContext, tmp_path: Path) -> tuple[Path, PolicyReloader]:
+    """The node's policy file with approvals of new projects on, and the node's reloader."""
+    path = tmp_path / "oslo.yaml"
+    path.write_text((DEFAULT_POLICIES / "oslo.yaml").read_text())
+    reloader = PolicyReloader(node_ctx, path)
+    with path.open("a") as f:
+        f.write(
+            "approvals:\n  new_projects: true   # staff look at every new project\n"
+            "  message: The Oslo registry team decides within 2 days.\n"
+        )
+    assert reloader.check_once() == "reloaded"
+    return path, reloader
+
+
 def test_new_project_waits_then_runs_after_approval(
-    node_ctx: NodeContext, gateway_key: Ed25519PrivateKey, state: Path
+    node_ctx: NodeContext,
+    gateway_key: Ed25519PrivateKey,
+    state: Path,
+    policy_file: tuple[Path, PolicyReloader],
 ) -> None:
-    _rules(node_ctx, new_projects=True, message="The Oslo registry team decides within 2 days.")
+    path, reloader = policy_file
     rel = handle(node_ctx, make_work(gateway_key, COUNT, query_id="q1"))
     assert rel.status == "awaiting_approval"
     assert rel.cells == [] and rel.epsilon_charged == 0
@@ -66,19 +86,90 @@ def test_new_project_waits_then_runs_after_approval(
 
     res = _cli("pending", "--state-dir", str(state))
     assert req.id in res.output and "is new at this site" in res.output
-    res = _cli("approve", req.id, "--state-dir", str(state), "--by", "kari", "--reason", "IRB ok")
+    # a project approval is a policy change: the CLI needs the policy file
+    res = _cli("approve", req.id, "--state-dir", str(state), "--by", "kari")
+    assert res.exit_code == 2 and "pass --policy" in res.output
+    assert node_ctx.store.approvals.get(req.id).status == "pending"
+    before = path.read_text()
+    res = _cli(
+        "approve", req.id, "--state-dir", str(state), "--by", "kari", "--reason", "IRB ok",
+        "--policy", str(path),
+    )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert f"{req.id} approved" in res.output
+    # one line added, the staff's comments kept; the node's watcher puts it in force
+    added = [line for line in path.read_text().splitlines() if line not in before.splitlines()]
+    assert added == ["  approved_projects: [nsclc-feasibility]"]
+    assert "# staff look at every new project" in path.read_text()
+    assert reloader.check_once() == "reloaded"
+    assert node_ctx.policy.approvals.approved_projects == ["nsclc-feasibility"]
+    assert f"is now version {node_ctx.policy.version}" in res.output
 
     ok = handle(node_ctx, make_work(gateway_key, COUNT, query_id="q3"))
     assert ok.status == "ok" and ok.epsilon_charged == pytest.approx(0.5)
     other = {**COUNT, "statistic": {"kind": "histogram", "field": "stage"}}
     assert handle(node_ctx, make_work(gateway_key, other, query_id="q4")).status == "ok"
-    kinds = [e.kind for e in node_ctx.store.events() if e.kind != "work_received"]
-    assert kinds == ["approval_requested", "approval_granted", "released", "released"]
+    kinds = [
+        e.kind
+        for e in node_ctx.store.events()
+        if e.kind not in {"work_received", "policy_changed", "policy_loaded"}
+    ]
+    assert kinds == [
+        "approval_requested",
+        "cli_policy_edit",
+        "approval_granted",
+        "released",
+        "released",
+    ]
+    edit = node_ctx.store.events("cli_policy_edit")[0]
+    assert edit.project == "nsclc-feasibility"
+    assert edit.data["version"] == node_ctx.policy.version and edit.data["request"] == req.id
     granted = node_ctx.store.events("approval_granted")[0]
     assert granted.data["by"] == "kari" and granted.data["reason"] == "IRB ok"
     assert node_ctx.store.verify().ok
+
+
+def test_taking_a_project_out_of_the_policy_revokes_its_approval(
+    node_ctx: NodeContext,
+    gateway_key: Ed25519PrivateKey,
+    state: Path,
+    policy_file: tuple[Path, PolicyReloader],
+) -> None:
+    path, reloader = policy_file
+    assert handle(node_ctx, make_work(gateway_key, COUNT, query_id="q1")).status == (
+        "awaiting_approval"
+    )
+    (req,) = node_ctx.store.approvals.requests("pending")
+    res = _cli("approve", req.id, "--state-dir", str(state), "--policy", str(path))
+    assert res.exit_code == 0, res.output
+    reloader.check_once()
+    assert handle(node_ctx, make_work(gateway_key, COUNT, query_id="q2")).status == "ok"
+    # staff take the project out of the list by hand: the project waits again
+    path.write_text(path.read_text().replace("  approved_projects: [nsclc-feasibility]\n", ""))
+    assert reloader.check_once() == "reloaded"
+    other = {**COUNT, "privacy": {"mode": "dp", "epsilon": 0.25}}
+    rel = handle(node_ctx, make_work(gateway_key, other, query_id="q3"))
+    assert rel.status == "awaiting_approval" and req.id in rel.message
+    assert node_ctx.store.approvals.get(req.id).status == "pending"
+    assert node_ctx.store.events("approval_reopened")[0].data["request"] == req.id
+    assert [c.query_id for c in node_ctx.ledger.charges()] == ["q2"]
+
+
+def test_a_policy_the_approval_would_break_is_not_written(
+    node_ctx: NodeContext,
+    gateway_key: Ed25519PrivateKey,
+    state: Path,
+    policy_file: tuple[Path, PolicyReloader],
+) -> None:
+    path, _ = policy_file
+    handle(node_ctx, make_work(gateway_key, COUNT, query_id="q1"))
+    (req,) = node_ctx.store.approvals.requests("pending")
+    broken = path.read_text().replace("site: oslo", "site: oslo\nsurprise: 1")
+    path.write_text(broken)
+    res = _cli("approve", req.id, "--state-dir", str(state), "--policy", str(path))
+    assert res.exit_code == 2 and "surprise" in res.output
+    assert path.read_text() == broken  # nothing written ...
+    assert node_ctx.store.approvals.get(req.id).status == "pending"  # ... nothing decided
 
 
 def test_large_epsilon_waits_and_a_denial_carries_the_reason(

@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nodes.console import ConsoleServer, add_user, create_console, users_path
 from nodes.console.auth import check_password
 from nodes.pipeline import NodeContext, handle
-from nodes.policy import ApprovalRules
 from nodes.reload import PolicyReloader
 from varde.launch import DEFAULT_POLICIES, free_port
 
@@ -86,13 +85,14 @@ def test_budgets_show_spent_and_remaining(
 
 
 def test_approve_and_deny_from_the_console(
-    console: str, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+    console: str, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
-    node_ctx.set_policy(
-        node_ctx.policy.model_copy(
-            update={"approvals": ApprovalRules(new_projects=True, epsilon_above=0.4)}
-        )
-    )
+    path = tmp_path / "oslo.yaml"
+    reloader = PolicyReloader(node_ctx, path)
+    with path.open("a") as f:
+        f.write("approvals:\n  new_projects: true\n  epsilon_above: 0.4\n")
+    assert reloader.check_once() == "reloaded"
+    version = node_ctx.policy.version
     assert handle(node_ctx, make_work(gateway_key, COUNT, query_id="w1")).status == (
         "awaiting_approval"
     )
@@ -106,6 +106,21 @@ def test_approve_and_deny_from_the_console(
         assert client.post("/approvals/ap-nope/approve").status_code == 404
         resp = client.post(f"/approvals/{req.id}/approve")
         assert resp.status_code == 200 and "approved by kari (console)" in resp.text
+        # approving the project wrote a new policy version, now in force
+        assert "  approved_projects: [nsclc-feasibility]\n" in path.read_text()
+        assert node_ctx.policy.approvals.approved_projects == ["nsclc-feasibility"]
+        assert node_ctx.policy.version != version
+        (edit,) = node_ctx.store.events("console_policy_edit")
+        assert (edit.project, edit.data["user"], edit.data["request"]) == (
+            "nsclc-feasibility",
+            "kari",
+            req.id,
+        )
+        assert edit.data["version"] == node_ctx.policy.version
+        assert (
+            f"Version <code>{node_ctx.policy.version}</code> is in force"
+            in client.get("/policy").text
+        )
         rel = handle(node_ctx, make_work(gateway_key, COUNT, query_id="w2"))
         assert rel.status == "awaiting_approval" and second.id in rel.message
         assert req.id not in rel.message
