@@ -219,6 +219,54 @@ def test_approvals_end_to_end(staff_net: LocalNetwork) -> None:
     ]
 
 
+def test_project_approval_is_a_policy_version_the_running_node_loads(
+    staff_net: LocalNetwork,
+) -> None:
+    """Approving a project with the CLI edits the policy file; the node reloads it and serves."""
+    from typer.testing import CliRunner
+
+    from nodes.cli import node_admin
+
+    path = staff_net.policy_path(SITE)
+    text = (DEFAULT_POLICIES / f"{SITE}.yaml").read_text() + (
+        "\napprovals:\n  new_projects: true   # Bergen looks at every new project\n"
+    )
+    path.write_text(text)
+    version = check_policy_text(text).policy.version  # type: ignore[union-attr]
+    _wait_for(
+        lambda: any(e.data["version"] == version for e in _events(staff_net, "policy_changed"))
+    )
+    with VardeClient(staff_net.url, staff_net.token, timeout=60) as client:
+        waiting = client.query(_query(900))
+        assert waiting.status == 202
+        message = waiting.raw["sites"][0]["message"]
+        assert "project 'nsclc-feasibility' is new at this site" in message
+        request_id = message.split("(request ")[1].split(":")[0]
+        res = CliRunner().invoke(
+            node_admin,
+            ["approve", request_id, "--state-dir", str(staff_net.node_state(SITE)),
+             "--by", "ola", "--policy", str(path)],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        approved = check_policy_text(path.read_text()).policy
+        assert approved is not None
+        assert approved.approvals.approved_projects == ["nsclc-feasibility"]
+        assert "# Bergen looks at every new project" in path.read_text()
+        _wait_for(
+            lambda: any(
+                e.data["version"] == approved.version for e in _events(staff_net, "policy_changed")
+            )
+        )
+        (row,) = client.query(_query(900)).raw["sites"]
+        assert row["status"] == "ok" and row["epsilon_charged"] > 0
+    (edit,) = _events(staff_net, "cli_policy_edit")
+    assert (edit.project, edit.data["user"], edit.data["version"]) == (
+        "nsclc-feasibility",
+        "ola",
+        approved.version,
+    )
+
+
 def test_stopped_node_signs_its_whole_trail(staff_net: LocalNetwork) -> None:
     """SIGTERM (what a service manager sends) shuts down cleanly: a final signed checkpoint."""
     from typer.testing import CliRunner
