@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
             insecure=settings_in_force.flower_insecure,
         )
         app.state.varde_training = TrainingService(
-            submitter, settings_in_force.state_dir / "trainings"
+            submitter, settings_in_force.state_dir / "trainings", sessions=varde_state.sessions
         )
     return app
 

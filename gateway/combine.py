@@ -15,6 +15,13 @@
   several sites uses the normal approximation ``value ± 1.96·sd``.
 * In aggregate mode a network cell is suppressed if any site suppressed it
   (a partial total would be mislabelled as the network's).
+* The same rules hold in zCDP mode: every released number carries the sd of
+  its noise (``std``/``part_std``, Laplace or Gaussian alike), and independent
+  noise adds in variance. Sums of Gaussian noise are exactly Gaussian, so the
+  network interval ``value ± 1.96·sd`` is exact there. No statistic here needs
+  inverse-variance weighting: every network number is a total (or is computed
+  from pooled totals), and a total's best estimate is the sum of the sites'
+  unbiased noisy totals whatever their variances.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class NetworkRow(BaseModel):
     sites: list[str]
     epsilon_spent: dict[str, float]
     cells: list[Cell]
+    rho_spent: dict[str, float] = {}
+    """Under zCDP: the rho each site charged (``epsilon_spent`` is then all 0)."""
 
 
 def combine(query: Query, releases: list[SiteRelease]) -> NetworkRow | None:
@@ -57,6 +66,7 @@ def combine(query: Query, releases: list[SiteRelease]) -> NetworkRow | None:
             sites=[r.site for r in ok],
             epsilon_spent={r.site: r.epsilon_charged for r in ok},
             cells=_pool_survival(query.statistic, ok),
+            rho_spent=_rho(query, ok),
         )
     for i in range(n):
         site_cells = [r.cells[i] for r in ok]
@@ -70,7 +80,12 @@ def combine(query: Query, releases: list[SiteRelease]) -> NetworkRow | None:
         sites=[r.site for r in ok],
         epsilon_spent={r.site: r.epsilon_charged for r in ok},
         cells=cells,
+        rho_spent=_rho(query, ok),
     )
+
+
+def _rho(query: Query, ok: list[SiteRelease]) -> dict[str, float]:
+    return {r.site: r.rho_charged for r in ok} if query.rho else {}
 
 
 def _add(cells: list[Cell]) -> Cell:

@@ -69,7 +69,9 @@ class Dispatcher:
         if terms is None:
             return
         projects = dict(st.manifest.projects)
-        projects[project] = terms.model_copy(update={"epsilon_remaining": remaining})
+        # a release's budget_remaining is in the project's own measure
+        key = "rho_remaining" if terms.accounting == "zcdp" else "epsilon_remaining"
+        projects[project] = terms.model_copy(update={key: remaining})
         st.manifest = st.manifest.model_copy(update={"projects": projects})
 
     async def submit(

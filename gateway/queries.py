@@ -2,7 +2,8 @@
 
 The gateway refuses early what it can already see is hopeless (a friendly
 refusal from the sites' own published manifests: project not served, field not
-exposed, epsilon above the site's cap, budget the site reported as gone), so a
+exposed, epsilon or rho above the site's cap, a mode the project does not account
+in, budget the site reported as gone), so a
 researcher gets a precise 4xx and no site is bothered. Everything else is the
 site's decision: each node re-checks and charges its own ledger.
 """
@@ -36,8 +37,8 @@ from varde.errors import (
     VardeError,
 )
 from varde.estimates import Z95
-from varde.query import AggregatePrivacy, DPPrivacy, Query
-from varde.release import Manifest, SiteRelease, WorkItem
+from varde.query import AggregatePrivacy, DPPrivacy, Query, ZCDPPrivacy
+from varde.release import Manifest, ProjectTerms, SiteRelease, WorkItem
 
 
 class _QueryHead(BaseModel):
@@ -50,19 +51,33 @@ class _QueryHead(BaseModel):
     statistic: str
     mode: str
     epsilon_requested: float
+    rho_requested: float = 0.0
+    """In zCDP mode: the rho each site is asked to spend (``epsilon_requested`` is then 0)."""
     axes: list[tuple[str, list[str]]]
 
 
 class QueryResult(_QueryHead):
-    """What a researcher gets back: one row per site, the network row, budgets left."""
+    """What a researcher gets back: one row per site, the network row, budgets left.
+
+    ``budget_remaining`` is in each site's measure for the project, named in
+    ``budget_measure`` (``rho`` for a zCDP project; the site rows then carry
+    ``rho_charged``).
+    """
 
     sites: list[SiteRelease]
     network: NetworkRow | None
     budget_remaining: dict[str, float | None]
+    budget_measure: str = "epsilon"
 
 
 def precheck(manifest: Manifest | None, query: Query, site: str) -> tuple[str, str] | None:
-    """A refusal ``(status, message)`` the site's published manifest already implies."""
+    """A refusal ``(status, message)`` the site's published manifest already implies.
+
+    A DP query is compared in the measure the site's project accounts in:
+    epsilon for ``accounting: epsilon``, rho for ``accounting: zcdp``; a query
+    in the other mode is refused with the mode to use (the node would refuse
+    it too, and nothing is charged either way).
+    """
     if manifest is None:
         return None
     terms = manifest.projects.get(query.project)
@@ -76,22 +91,42 @@ def precheck(manifest: Manifest | None, query: Query, site: str) -> tuple[str, s
     hidden = sorted(query.fields_read() - set(manifest.fields))
     if hidden:
         return "policy_violation", f"site {site!r} does not expose field(s) {', '.join(hidden)}"
-    if isinstance(query.privacy, DPPrivacy):
-        eps = query.privacy.epsilon
-        if eps > terms.max_epsilon_per_query:
-            return (
-                "policy_violation",
-                f"epsilon {eps} is above the per-query cap {terms.max_epsilon_per_query} "
-                f"of project {query.project!r} at {site!r}",
-            )
-        if eps > terms.epsilon_remaining + 1e-9:
-            return (
-                "budget_exhausted",
-                f"project {query.project!r} has {terms.epsilon_remaining:.6g} epsilon left at "
-                f"{site!r}; the query needs {eps}",
-            )
-    elif isinstance(query.privacy, AggregatePrivacy) and not manifest.aggregate_mode:
+    if isinstance(query.privacy, DPPrivacy | ZCDPPrivacy):
+        return _precheck_budget(terms, query, site)
+    if isinstance(query.privacy, AggregatePrivacy) and not manifest.aggregate_mode:
         return "policy_violation", f"site {site!r} does not allow non-DP aggregate mode"
+    return None
+
+
+def _precheck_budget(terms: ProjectTerms, query: Query, site: str) -> tuple[str, str] | None:
+    """Mode, per-query cap and budget left of a DP or zCDP query, in the project's measure."""
+    zcdp = isinstance(query.privacy, ZCDPPrivacy)
+    if (terms.accounting == "zcdp") != zcdp:
+        ask = (
+            '{"mode": "zcdp", "rho": ...}'
+            if terms.accounting == "zcdp"
+            else ('{"mode": "dp", "epsilon": ...}')
+        )
+        return (
+            "policy_violation",
+            f"project {query.project!r} accounts in {terms.accounting} at {site!r}: "
+            f"ask with privacy {ask}",
+        )
+    word = "rho" if zcdp else "epsilon"
+    amount = query.rho if zcdp else query.epsilon
+    cap = (terms.max_rho_per_query or 0.0) if zcdp else terms.max_epsilon_per_query
+    if amount > cap:
+        return (
+            "policy_violation",
+            f"{word} {amount} is above the per-query cap {cap} of project "
+            f"{query.project!r} at {site!r}",
+        )
+    if amount > terms.remaining + 1e-9:
+        return (
+            "budget_exhausted",
+            f"project {query.project!r} has {terms.remaining:.6g} {word} left at "
+            f"{site!r}; the query needs {amount}",
+        )
     return None
 
 
@@ -235,10 +270,12 @@ async def run_query(
         statistic=query.statistic.kind,
         mode=query.privacy.mode,
         epsilon_requested=query.epsilon,
+        rho_requested=query.rho,
         axes=query.axes(),
         sites=ordered,
         network=combine(query, ordered),
         budget_remaining={r.site: r.budget_remaining for r in ordered},
+        budget_measure="rho" if isinstance(query.privacy, ZCDPPrivacy) else "epsilon",
     )
     await run_in_threadpool(
         _record,
@@ -265,6 +302,8 @@ class PreviewResult(_QueryHead):
     cells: int
     sites: list[SiteRelease]
     epsilon_planned: dict[str, float]
+    rho_planned: dict[str, float] = {}
+    """In zCDP mode: the rho each site would charge (``epsilon_planned`` is then 0)."""
     network_accuracy: dict[str, float]
     network_noise_std: dict[str, float]
 
@@ -287,10 +326,12 @@ async def preview_query(
         statistic=query.statistic.kind,
         mode=query.privacy.mode,
         epsilon_requested=query.epsilon,
+        rho_requested=query.rho,
         axes=query.axes(),
         cells=query.cell_count(),
         sites=ordered,
         epsilon_planned={r.site: r.epsilon_planned for r in ok},
+        rho_planned={r.site: r.rho_planned for r in ok} if query.rho else {},
         network_accuracy=accuracy,
         network_noise_std=std,
     )

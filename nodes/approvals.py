@@ -25,6 +25,16 @@ that project through); a query approval by a hash of project, researcher and
 the validated query (so a re-submission written differently but parsed to the
 same query matches). An approval stays valid: a repeat of a released question
 is answered from the release cache for free, so re-use releases nothing new.
+
+Training jobs (``approvals.training_jobs``) follow the same path, checked by
+the ClientApp (:func:`nodes.training.preflight.check_training_approval`): a
+job is keyed by project, researcher and the canonical job spec *without* the
+job id and without the server's choice of sites (``sites``, ``min_sites``: who
+else takes part changes nothing this site releases), so the researcher's
+re-submission of the same job, which gets a new job id, matches. Unlike a
+repeated query, a re-run *does* spend budget again: staff approve the job as
+described (model, features, rounds, epsilon), and each run of it pays its own
+rounds from the project's budget, which staff also control.
 """
 
 from __future__ import annotations
@@ -40,17 +50,26 @@ from sqlalchemy.exc import IntegrityError
 
 from nodes.audit import AuditLog, canonical_json
 from varde.envelope import utcnow
-from varde.errors import NotFound, PolicyViolation
+from varde.errors import NotFound, PolicyViolation, VardeError
 from varde.query import DPPrivacy, Query
 from varde.release import SiteRelease, WorkItem
+from varde.training import TrainingSpec
 
 if TYPE_CHECKING:
     from nodes.pipeline import NodeContext
     from nodes.policy import Policy
 
-__all__ = ["ApprovalBook", "ApprovalRequest", "approval_step", "request_key"]
+__all__ = [
+    "ApprovalBook",
+    "ApprovalRequest",
+    "AwaitingApproval",
+    "approval_step",
+    "describe_training",
+    "request_key",
+    "training_request_key",
+]
 
-RequestKind = Literal["project", "query"]
+RequestKind = Literal["project", "query", "training"]
 Status = Literal["pending", "approved", "denied"]
 
 _meta = MetaData()
@@ -124,6 +143,47 @@ def request_key(kind: RequestKind, query: Query, researcher: str) -> str:
     return "query:" + hashlib.sha256(body.encode()).hexdigest()
 
 
+class AwaitingApproval(VardeError):
+    """The work waits for a decision of the site's staff; nothing was computed or charged."""
+
+    status = 409
+    code = "awaiting_approval"
+
+
+def training_request_key(spec: TrainingSpec, researcher: str) -> str:
+    """The canonical key of a training job: the same job from the same researcher matches.
+
+    >>> from varde.training import TrainingPrivacy
+    >>> job = TrainingSpec(project="p", features=["sex"], rounds=2,
+    ...                    privacy=TrainingPrivacy(epsilon=1.0))
+    >>> elsewhere = job.model_copy(update={"sites": ["oslo", "bergen"], "min_sites": 2})
+    >>> training_request_key(job, "alice") == training_request_key(elsewhere, "alice")
+    True
+    >>> training_request_key(job, "alice") == training_request_key(job, "bob")
+    False
+    """
+    # exclude_none: a new optional field of the spec must not void earlier approvals
+    body = spec.model_dump(mode="json", exclude={"sites", "min_sites"}, exclude_none=True)
+    text = canonical_json({"project": spec.project, "researcher": researcher, "job": body})
+    return "training:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def describe_training(spec: TrainingSpec) -> str:
+    """What staff are asked to approve, in one line.
+
+    >>> from varde.training import TrainingPrivacy
+    >>> describe_training(TrainingSpec(project="p", features=["sex", "stage"], rounds=4,
+    ...                                privacy=TrainingPrivacy(epsilon=2.0)))
+    'logistic model of death_within_2y on sex, stage; 4 rounds; epsilon 2 for the whole job (delta 1e-06, clip 1)'
+    """  # noqa: E501
+    p = spec.privacy
+    return (
+        f"{spec.model} model of {spec.outcome} on {', '.join(spec.features)}; "
+        f"{spec.rounds} rounds; {p.budget_text()} for the whole job "
+        f"(delta {p.delta:g}, clip {p.clip:g})"
+    )
+
+
 class ApprovalBook:
     """Approval requests in the node's database, each change audited in its transaction."""
 
@@ -170,6 +230,48 @@ class ApprovalBook:
     ) -> ApprovalRequest:
         """Record a pending request (or return the one already recorded under ``key``)."""
         epsilon = query.privacy.epsilon if isinstance(query.privacy, DPPrivacy) else None
+        return self._record(
+            kind,
+            key,
+            project=query.project,
+            researcher=work.researcher,
+            query_id=work.query_id,
+            epsilon=epsilon,
+            body=query.model_dump(mode="json", exclude_none=True),
+            why=why,
+        )
+
+    def request_training(
+        self, key: str, *, spec: TrainingSpec, job_id: str, researcher: str, why: str
+    ) -> ApprovalRequest:
+        """Record a pending training-job request (or return the one already under ``key``).
+
+        ``query_id`` is ``training:<job id>`` of the run that asked first; the
+        job's epsilon (for all rounds) fills the epsilon column staff see.
+        """
+        return self._record(
+            "training",
+            key,
+            project=spec.project,
+            researcher=researcher,
+            query_id=f"training:{job_id}"[:64],
+            epsilon=spec.privacy.epsilon,
+            body=spec.model_dump(mode="json", exclude={"sites", "min_sites"}),
+            why=why,
+        )
+
+    def _record(
+        self,
+        kind: RequestKind,
+        key: str,
+        *,
+        project: str,
+        researcher: str,
+        query_id: str,
+        epsilon: float | None,
+        body: dict[str, object],
+        why: str,
+    ) -> ApprovalRequest:
         request_id = "ap-" + secrets.token_hex(4)
         try:
             with self.write_engine.begin() as conn:
@@ -179,11 +281,11 @@ class ApprovalBook:
                         key=key,
                         kind=kind,
                         status="pending",
-                        project=query.project,
-                        researcher=work.researcher,
-                        query_id=work.query_id,
+                        project=project,
+                        researcher=researcher,
+                        query_id=query_id,
                         epsilon=repr(epsilon) if epsilon is not None else "",
-                        query=canonical_json(query.model_dump(mode="json", exclude_none=True)),
+                        query=canonical_json(body),
                         why=why,
                         created_at=utcnow().isoformat(timespec="microseconds"),
                     )
@@ -191,12 +293,12 @@ class ApprovalBook:
                 self.log.append(
                     conn,
                     "approval_requested",
-                    query_id=work.query_id,
-                    project=query.project,
+                    query_id=query_id,
+                    project=project,
                     detail={
                         "request": request_id,
                         "kind": kind,
-                        "researcher": work.researcher,
+                        "researcher": researcher,
                         "epsilon": epsilon,
                         "why": why,
                     },

@@ -222,7 +222,8 @@ def _decide(
     typer.echo(
         f"{req.id} {verb} ({req.kind} request of {req.researcher} for {req.project}); "
         + (
-            "the researcher may now submit the same query again"
+            f"the researcher may now submit the same {'job' if req.kind == 'training' else 'query'}"
+            " again"
             if approve
             else f"the researcher will be told: {reason}"
         )

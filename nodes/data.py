@@ -40,6 +40,9 @@ class RegistryData:
     n_dropped: int
     max_rows_per_patient: int
     columns: dict[str, np.ndarray] = field(repr=False)
+    patient_keys: np.ndarray | None = field(default=None, repr=False)
+    """A stable 64-bit hash of each row's ``patient_id`` (never released): public,
+    data-independent splits by patient, such as training's held-out patients."""
 
     def column(self, name: str) -> np.ndarray:
         """The prepared array for ``name`` (``KeyError`` if the data lacks it)."""
@@ -72,6 +75,17 @@ def days_since_epoch(values: pd.Series) -> np.ndarray:
     return np.asarray(days, dtype=np.float64)
 
 
+def hash_patient_ids(ids: pd.Series) -> np.ndarray:
+    """A stable ``uint64`` hash of each patient id (pandas' SipHash with its fixed key).
+
+    >>> keys = hash_patient_ids(pd.Series(["a-P1", "a-P2", "a-P1"]))
+    >>> keys.dtype.name, bool(keys[0] == keys[2]), bool(keys[0] != keys[1])
+    ('uint64', True, True)
+    """
+    hashed = pd.util.hash_pandas_object(ids.astype(str), index=False, hash_key="0123456789123456")
+    return np.asarray(hashed.to_numpy(), dtype=np.uint64)
+
+
 def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> RegistryData:
     """Bound contributions and convert every schema column to its query-ready array."""
     missing = [f.name for f in FIELDS if f.name not in frame.columns]
@@ -91,7 +105,14 @@ def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> Reg
             cols[spec.name] = cat.codes.astype(np.int8 if small else np.int16)
         elif spec.kind is FieldKind.INTEGER:
             as_float = pd.to_numeric(series).astype("Float64")
-            cols[spec.name] = _narrow(as_float.to_numpy(dtype=np.float64, na_value=np.nan))
+            values = as_float.to_numpy(dtype=np.float64, na_value=np.nan)
+            # whole numbers are the schema's promise, and the canonical form relies on it
+            # (varde.canonical reads ">= 17.5" as ">= 18" to recognise rewritten repeats)
+            fractional = ~np.isnan(values) & (values != np.floor(values))
+            if fractional.any():
+                bad = sorted({float(v) for v in values[fractional]})[:5]
+                raise ValueError(f"integer column {spec.name!r} has non-whole values: {bad}")
+            cols[spec.name] = _narrow(values)
         elif spec.kind is FieldKind.DATE:
             cols[spec.name] = _narrow(days_since_epoch(series))
     return RegistryData(
@@ -100,6 +121,7 @@ def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> Reg
         n_dropped=len(frame) - len(bounded),
         max_rows_per_patient=max_rows_per_patient,
         columns=cols,
+        patient_keys=hash_patient_ids(bounded["patient_id"]),
     )
 
 

@@ -133,14 +133,17 @@ def discrete_laplace_std(scale: float) -> float:
 
 @dataclass(frozen=True)
 class ComposedPlan:
-    """``parts`` Laplace measurements composed by OpenDP; ``epsilon`` is the composition's map.
+    """``parts`` measurements composed by OpenDP; ``epsilon`` is the composition's map.
 
     Each part releases its own vector (one funnel step); all parts have the same
-    scale, so ``std`` and ``half_width`` are those of one part.
+    scale, so ``std`` and ``half_width`` are those of one part. The parts are
+    Laplace (pure DP: ``epsilon`` is an epsilon) or Gaussian (zCDP: ``epsilon``
+    holds the composed rho); OpenDP's ``make_composition`` adds the losses in
+    either measure.
     """
 
     composition: Any
-    part: LaplacePlan
+    part: LaplacePlan | GaussianPlan
     parts: int
     epsilon: float
 
@@ -188,57 +191,121 @@ def plan_composed_laplace(
 
 @dataclass(frozen=True)
 class GaussianPlan:
-    """A built, costed OpenDP discrete-Gaussian measurement over an integer vector (zCDP).
+    """A built, costed OpenDP Gaussian measurement over a vector (zCDP).
 
     ``rho`` is OpenDP's privacy map at the L2 sensitivity (zero-concentrated
-    divergence). The discrete Gaussian's sd is at most its ``scale``.
+    divergence). Integer vectors (counts) use the discrete Gaussian, whose sd
+    is at most its ``scale`` (equal to within 1e-6 for scale >= 1); real
+    vectors (sums, normalised means) the continuous Gaussian, whose sd is its
+    ``scale``.
     """
 
     measurement: Any
+    integer: bool
     sensitivity: float
     scale: float
     rho: float
 
     @property
+    def epsilon(self) -> float:
+        """The loss in the plan's own measure (rho), named like :class:`LaplacePlan`'s."""
+        return self.rho
+
+    @property
     def mechanism(self) -> str:
         """Human-readable mechanism name for the release."""
-        return "opendp.discrete_gaussian"
+        return "opendp.discrete_gaussian" if self.integer else "opendp.gaussian"
 
     @property
     def std(self) -> float:
-        """Standard deviation of one noise draw (the scale bounds it; equal for scale >= 1)."""
+        """Standard deviation of one noise draw (the scale; an upper bound when discrete)."""
         return self.scale
 
     @property
     def half_width(self) -> float:
-        """95% accuracy from OpenDP's helper."""
-        return float(dp.discrete_gaussian_scale_to_accuracy(self.scale, ALPHA))
+        """95% accuracy from OpenDP's helpers: ``P(|noise| > half_width) <= ALPHA``."""
+        if self.integer:
+            return float(dp.discrete_gaussian_scale_to_accuracy(self.scale, ALPHA))
+        return float(dp.gaussian_scale_to_accuracy(self.scale, ALPHA))
 
     def release(self, exact: np.ndarray) -> np.ndarray:
         """Invoke the measurement (noise drawn by OpenDP). Charge before calling."""
-        values = [int(v) for v in np.asarray(exact, dtype=np.int64)]
-        return np.asarray(self.measurement(values), dtype=np.int64)
+        if self.integer:
+            values = [int(v) for v in np.asarray(exact, dtype=np.int64)]
+            return np.asarray(self.measurement(values), dtype=np.int64)
+        fvalues = [float(v) for v in np.asarray(exact, dtype=np.float64)]
+        return np.asarray(self.measurement(fvalues), dtype=np.float64)
+
+
+def _build_gaussian(integer: bool, scale: float) -> Any:
+    if integer:
+        return dp.m.make_gaussian(
+            dp.vector_domain(dp.atom_domain(T=int)), dp.l2_distance(T=int), scale=scale
+        )
+    return dp.m.make_gaussian(
+        dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l2_distance(T=float), scale=scale
+    )
+
+
+def plan_gaussian(*, sensitivity: float, rho: float, integer: bool = True) -> GaussianPlan:
+    """The Gaussian measurement whose zCDP loss at L2 ``sensitivity`` is at most ``rho``.
+
+    The scale starts at ``sensitivity / sqrt(2 rho)`` (zCDP of the Gaussian:
+    ``rho = Delta_2^2 / (2 sigma^2)``) and is nudged up one ulp at a time
+    while OpenDP's map reports more than ``rho``. Cached like
+    :func:`plan_laplace`.
+
+    >>> plan = plan_gaussian(sensitivity=3, rho=0.5)
+    >>> plan.scale, plan.rho <= 0.5, plan.mechanism
+    (3.0, True, 'opendp.discrete_gaussian')
+    >>> plan = plan_gaussian(sensitivity=2.0, rho=0.5, integer=False)
+    >>> round(plan.scale, 9), plan.rho <= 0.5, plan.mechanism
+    (2.0, True, 'opendp.gaussian')
+    """
+    return _plan_gaussian(float(sensitivity), float(rho), bool(integer))
 
 
 @lru_cache(maxsize=256)
-def plan_gaussian(*, sensitivity: int, rho: float) -> GaussianPlan:
-    """The discrete-Gaussian measurement whose zCDP loss at L2 ``sensitivity`` is at most ``rho``.
-
-    >>> plan = plan_gaussian(sensitivity=3, rho=0.5)
-    >>> plan.scale, plan.rho <= 0.5
-    (3.0, True)
-    """
+def _plan_gaussian(sensitivity: float, rho: float, integer: bool) -> GaussianPlan:
     if not (math.isfinite(rho) and rho > 0):
         raise ValueError(f"rho must be a positive finite number, got {rho!r}")
-    if sensitivity < 1:
-        raise ValueError("sensitivity must be a positive integer")
+    if not (math.isfinite(sensitivity) and sensitivity > 0):
+        raise ValueError(f"sensitivity must be a positive finite number, got {sensitivity!r}")
+    d_in: int | float = int(sensitivity) if integer else float(sensitivity)
+    if integer and d_in != sensitivity:
+        raise ValueError("integer counts need an integer sensitivity")
     scale = sensitivity / math.sqrt(2.0 * rho)
     for _ in range(64):
-        meas: Any = dp.m.make_gaussian(
-            dp.vector_domain(dp.atom_domain(T=int)), dp.l2_distance(T=int), scale=scale
-        )
-        loss = float(meas.map(sensitivity))
+        meas = _build_gaussian(integer, scale)
+        loss = float(meas.map(d_in))
         if loss <= rho:
-            return GaussianPlan(meas, float(sensitivity), scale, loss)
+            return GaussianPlan(meas, integer, sensitivity, scale, loss)
         scale = math.nextafter(scale, math.inf)
     raise ArithmeticError(f"could not calibrate a Gaussian scale for rho={rho}")  # pragma: no cover
+
+
+def plan_composed_gaussian(
+    *, sensitivity: float, rho: float, parts: int, integer: bool = True
+) -> ComposedPlan:
+    """Split ``rho`` evenly over ``parts`` Gaussian releases, composed by OpenDP (zCDP).
+
+    The zCDP analogue of :func:`plan_composed_laplace`: OpenDP's
+    ``make_composition`` of zero-concentrated measurements maps ``d_in`` to
+    the sum of the parts' rho, which is what the ledger is charged.
+
+    >>> plan = plan_composed_gaussian(sensitivity=2, rho=1.0, parts=4)
+    >>> round(plan.part.scale, 9), plan.epsilon <= 1.0, plan.mechanism
+    (2.828427125, True, 'opendp.composition(4 x discrete_gaussian)')
+    """
+    if parts < 1:
+        raise ValueError("a composition needs at least one part")
+    target = float(rho) / parts
+    d_in: int | float = int(sensitivity) if integer else float(sensitivity)
+    for _ in range(64):
+        part = plan_gaussian(sensitivity=sensitivity, rho=target, integer=integer)
+        composition: Any = dp.c.make_composition([part.measurement] * parts)
+        loss = float(composition.map(d_in))
+        if loss <= rho:
+            return ComposedPlan(composition, part, parts, loss)
+        target = math.nextafter(target, 0.0)
+    raise ArithmeticError(f"could not split rho={rho} over {parts} parts")  # pragma: no cover

@@ -121,7 +121,7 @@ class NodeContext:
         )
 
     def remaining(self) -> dict[str, float]:
-        """Epsilon left per project under the policy in force (current period, from the ledger)."""
+        """Budget left per project in its own measure (rho for zcdp projects; current period)."""
         pol = self.policy
         return {name: self.left(name, p) for name, p in pol.projects.items()}
 

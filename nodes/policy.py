@@ -28,6 +28,8 @@ from varde.schema import FIELDS_BY_NAME
 StatisticKind = Literal[
     "count", "sum", "mean", "histogram", "crosstab", "funnel", "quantile", "survival"
 ]
+TrainingModel = Literal["logistic", "cox"]
+"""Federated training models a project may be allowed to train (``varde.training``)."""
 SAFE_MIN_CELL = 5
 SAFE_MAX_EPSILON_PER_QUERY = 5.0
 
@@ -72,6 +74,21 @@ class ProjectPolicy(_Strict):
         allow_inf_nan=False,
         description="Largest rho one query may ask for (required with zcdp accounting).",
     )
+    training: list[TrainingModel] = Field(
+        default=[],
+        description=(
+            "Federated training models this project may train here (logistic, cox); "
+            "empty: no training. Rounds pay from the project's budget like its queries "
+            "(epsilon, or rho with zcdp accounting; same budget period)."
+        ),
+    )
+
+    @field_validator("training")
+    @classmethod
+    def _training_once(cls, value: list[TrainingModel]) -> list[TrainingModel]:
+        if len(set(value)) != len(value):
+            raise ValueError("training models must not repeat")
+        return value
 
     @model_validator(mode="after")
     def _cap_within_budget(self) -> ProjectPolicy:
@@ -128,6 +145,13 @@ class ApprovalRules(_Strict):
         gt=0,
         allow_inf_nan=False,
         description="A DP query asking for more epsilon than this waits for its own approval.",
+    )
+    training_jobs: bool = Field(
+        default=False,
+        description=(
+            "Every training job waits until staff approve it (a re-submission of the same "
+            "job by the same researcher needs no new approval)."
+        ),
     )
     message: str = Field(
         default="",
@@ -266,23 +290,37 @@ class Policy(_Strict):
         return proj
 
     def manifest(self, remaining: dict[str, float]) -> Manifest:
-        """The public summary sent to the gateway (no rows, no counts)."""
+        """The public summary sent to the gateway (no rows, no counts).
+
+        ``remaining`` is what each project has left in its *own* measure (rho
+        for a zcdp project), as :meth:`nodes.pipeline.NodeContext.remaining`
+        reports it. A zcdp project's queries never spend epsilon, so its
+        ``epsilon_remaining`` is its epsilon budget.
+        """
         return Manifest(
             site=self.site,
             fields=list(self.fields),
             statistics=list(self.statistics),
-            projects={
-                name: ProjectTerms(
-                    epsilon_budget=p.epsilon_budget,
-                    max_epsilon_per_query=p.max_epsilon_per_query,
-                    epsilon_remaining=remaining.get(name, p.epsilon_budget),
-                )
-                for name, p in self.projects.items()
-            },
+            projects={name: _terms(p, remaining.get(name)) for name, p in self.projects.items()},
             aggregate_mode=self.aggregate.allowed,
             min_cell=self.aggregate.min_cell if self.aggregate.allowed else None,
             policy_version=self.version,
         )
+
+
+def _terms(p: ProjectPolicy, left: float | None) -> ProjectTerms:
+    """One project's public terms; ``left`` is in the project's own measure."""
+    zcdp = p.accounting == "zcdp"
+    return ProjectTerms(
+        epsilon_budget=p.epsilon_budget,
+        max_epsilon_per_query=p.max_epsilon_per_query,
+        epsilon_remaining=p.epsilon_budget if zcdp or left is None else left,
+        accounting=p.accounting,
+        rho_budget=p.rho_budget,
+        max_rho_per_query=p.max_rho_per_query,
+        rho_remaining=(p.rho_budget if left is None else left) if zcdp else 0.0,
+        training=list(p.training),
+    )
 
 
 class PolicyError(ValueError):

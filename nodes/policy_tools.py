@@ -339,10 +339,17 @@ def _project_changes(name: str, old: ProjectPolicy, new: ProjectPolicy) -> list[
                 "non-DP aggregates " + ("allowed" if new.aggregate_mode else "no longer allowed"),
             )
         )
+    out += _compare_set(f"{w}.training", list(old.training), list(new.training), "training models")
     return out + _other_fields(w, old, new, _PROJECT_HANDLED)
 
 
-_PROJECT_HANDLED = {"epsilon_budget", "max_epsilon_per_query", "researchers", "aggregate_mode"}
+_PROJECT_HANDLED = {
+    "epsilon_budget",
+    "max_epsilon_per_query",
+    "researchers",
+    "aggregate_mode",
+    "training",
+}
 _POLICY_HANDLED = {
     "site",
     "profile",
@@ -423,7 +430,8 @@ def diff_policies(old: Policy, new: Policy) -> list[PolicyChange]:
                 f"projects.{name}",
                 "more",
                 f"project added: budget {p.epsilon_budget:g}, "
-                f"max {p.max_epsilon_per_query:g} per query",
+                f"max {p.max_epsilon_per_query:g} per query"
+                + (f", trains {', '.join(p.training)}" if p.training else ""),
             )
         )
     for name in sorted(set(old.projects) - set(new.projects)):
@@ -469,6 +477,15 @@ def diff_policies(old: Policy, new: Policy) -> list[PolicyChange]:
                 "approvals.epsilon_above",
                 effect,
                 f"{_num(a_old.epsilon_above)} -> {_num(a_new.epsilon_above)}",
+            )
+        )
+    if a_old.training_jobs != a_new.training_jobs:
+        out.append(
+            PolicyChange(
+                "approvals.training_jobs",
+                "less" if a_new.training_jobs else "more",
+                "training jobs "
+                + ("wait for approval" if a_new.training_jobs else "start without approval"),
             )
         )
     if a_old.message != a_new.message:

@@ -51,18 +51,47 @@ most one row each in total ``k``.
   ``eps / m`` per step is the same noise as one vector Laplace at sensitivity
   ``m k``, but the split is OpenDP's accounting, not ours.
 
+zCDP (Gaussian family) needs **L2** sensitivities; each statistic is the same
+vector as above, so only the norm changes. If one patient's ``k`` rows fall
+``a_1, ..., a_r`` to cells (``sum a_j <= k``), a vector whose per-row change is
+at most ``b`` moves by at most ``b sqrt(sum a_j^2) <= b k`` (the worst case
+puts every row in one cell; spread over ``k`` cells it is ``b sqrt(k)``).
+Hence:
+
+* **Counts, quantile intervals, survival counts, one funnel step**: L2 ``k``
+  (``b = 1``), released with OpenDP's discrete Gaussian.
+* **Sum** of values clamped to ``[L, U]``: L2 ``k * max(|L|, |U|)`` (``b`` is
+  the largest absolute value), released with OpenDP's continuous Gaussian.
+* **Mean**, normalised ``[S/(k h), N/k]``: each half moves by at most
+  ``sqrt(sum a_j^2) / k <= 1`` (``b = h`` divided by ``k h``; ``b = 1``
+  divided by ``k``), so the whole vector by at most ``sqrt(1 + 1) = sqrt(2)``
+  (its L1 bound was 2). One Gaussian over the normalised vector: the sum and
+  the count get noise sd ``sigma k h`` and ``sigma k``.
+* **Funnel**: each step at L2 ``k``, one discrete Gaussian per step, composed
+  by OpenDP's ``make_composition`` (zCDP composes additively: the rho of the
+  steps adds up, and OpenDP's map says so).
+
 >>> count_sensitivity(3)
 3
 >>> sum_sensitivity(lower=-10.0, upper=4.0, max_rows=2)
 20.0
 >>> mean_half_width(lower=18.0, upper=90.0)
 36.0
+>>> sum_l2_sensitivity(lower=-10.0, upper=4.0, max_rows=2)
+20.0
+>>> round(MEAN_NORMALISED_L2_SENSITIVITY**2, 12)
+2.0
 """
 
 from __future__ import annotations
 
+import math
+
 MEAN_NORMALISED_SENSITIVITY = 2.0
 """L1 sensitivity of the normalised ``[S/(k h), N/k]`` vector used for means."""
+
+MEAN_NORMALISED_L2_SENSITIVITY = math.sqrt(2.0)
+"""L2 sensitivity of the same normalised vector (zCDP): ``sqrt(1^2 + 1^2)``."""
 
 
 def count_sensitivity(max_rows: int) -> int:
@@ -75,6 +104,21 @@ def count_sensitivity(max_rows: int) -> int:
 def count_l2_sensitivity(max_rows: int) -> int:
     """L2 sensitivity of a vector of counts over disjoint cells (zCDP, Gaussian)."""
     return count_sensitivity(max_rows)
+
+
+def quantile_l2_sensitivity(max_rows: int) -> int:
+    """L2 sensitivity of a quantile's interval counts (zCDP; disjoint cells)."""
+    return count_l2_sensitivity(max_rows)
+
+
+def survival_l2_sensitivity(max_rows: int) -> int:
+    """L2 sensitivity of the death/censoring counts (zCDP; disjoint cells)."""
+    return count_l2_sensitivity(max_rows)
+
+
+def funnel_step_l2_sensitivity(max_rows: int) -> int:
+    """L2 sensitivity of one funnel step's counts (zCDP); the steps compose in OpenDP."""
+    return count_l2_sensitivity(max_rows)
 
 
 def quantile_sensitivity(max_rows: int) -> int:
@@ -109,3 +153,11 @@ def mean_half_width(*, lower: float, upper: float) -> float:
     if not lower < upper:
         raise ValueError("lower must be < upper")
     return (upper - lower) / 2.0
+
+
+def sum_l2_sensitivity(*, lower: float, upper: float, max_rows: int) -> float:
+    """L2 sensitivity of a vector of clamped sums (zCDP): ``k max(|L|, |U|)``.
+
+    Equal to the L1 bound, because the worst case is one cell taking all ``k`` rows.
+    """
+    return sum_sensitivity(lower=lower, upper=upper, max_rows=max_rows)

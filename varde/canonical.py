@@ -16,14 +16,22 @@ Rewrites recognised (each is an identity under the cohort semantics of
 :mod:`nodes.cohort`, where a missing value satisfies no comparison):
 
 * ``and``/``or`` nested in the same operator are flattened; one-argument
-  ``and``/``or`` is its argument; arguments are deduplicated and sorted.
+  ``and``/``or`` is its argument; arguments are deduplicated and sorted (so
+  any permutation of commutative operands is one form).
 * ``not(not(p))`` is ``p``.
-* ``in`` values are deduplicated and sorted; ``in`` with one value is ``eq``;
-  inside an ``or``, ``eq``/``in`` terms on one field merge into one ``in``.
-* numbers are written one way (``18.0`` is ``18``).
-* inside an ``and``, every ``between``/``>=``/``<=`` on one numeric or date
-  field is intersected into one range: ``between`` if bounded on both sides
-  (and non-empty), else ``>=`` or ``<=``.
+* categorical ``in`` values are deduplicated and sorted; ``in`` with one value
+  is ``eq``; inside an ``or``, ``eq``/``in`` terms on one field merge into
+  one ``in``.
+* numbers are written one way (``18.0`` is ``18``), dates as ``YYYY-MM-DD``.
+* comparisons on integer and date fields (``eq``, ``in``, ``between``,
+  ``>=``, ``<=``) are read as the set of whole numbers they select (integer
+  fields hold whole numbers, enforced by :func:`nodes.data.prepare`; dates
+  are whole days): ``>= 17.5`` is ``>= 18``; ``between a b`` is ``>= a`` and
+  ``<= b``; ``between a a`` is ``eq a``; ``in [1, 2, 3]`` is ``between 1
+  3``. Inside an ``and`` the sets on one field are intersected (overlapping
+  ranges merge into one), inside an ``or`` united (overlapping or adjacent
+  ranges merge), and the result is written back one way: runs as
+  ``between``/``>=``/``<=``, single values gathered into one ``eq``/``in``.
 
 The canonical predicate is itself a valid :data:`~varde.query.Predicate`, so
 tests can check soundness by evaluating both on data.
@@ -49,6 +57,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from typing import Any
 
 from varde.query import (
@@ -80,12 +89,6 @@ def _scalar(field: str, value: Scalar) -> Scalar:
     return value
 
 
-def _order(field: str, value: Scalar) -> float:
-    if FIELDS_BY_NAME[field].kind is FieldKind.DATE:
-        return float(dt.date.fromisoformat(str(value)).toordinal())
-    return float(value)
-
-
 def _sort_key(pred: Predicate) -> str:
     return json.dumps(pred.model_dump(mode="json"), sort_keys=True)
 
@@ -97,56 +100,196 @@ def _in(field: str, values: list[Scalar]) -> Predicate:
     return In(op="in", field=field, values=unique)
 
 
+# ----------------------------------------------------------------- whole-number fields
+#
+# Every field a range can apply to (integer and date) holds whole numbers: integers by the
+# schema (nodes.data.prepare refuses anything else), dates as whole days. So a predicate on
+# such a field is a set of whole numbers, written here as a sorted list of disjoint,
+# non-adjacent inclusive intervals (None = unbounded). ``>= 17.5`` is ``>= 18``,
+# ``between 3 3`` is ``eq 3``, ``in [1, 2, 3]`` is ``between 1 3``, ``or(<= 5, >= 6)``
+# is every non-missing value. Missing values satisfy no comparison, so they are in no
+# interval, and union and intersection of the sets are exactly ``or`` and ``and``.
+
+Bound = int | None
+Interval = tuple[Bound, Bound]
+
+
+def _discrete(pred: Predicate) -> bool:
+    """A comparison on a whole-number field (integer or date)."""
+    return isinstance(pred, Eq | In | Between | Ge | Le) and FIELDS_BY_NAME[pred.field].kind in (
+        FieldKind.INTEGER,
+        FieldKind.DATE,
+    )
+
+
+def _num(field: str, value: Scalar) -> float:
+    """A value on the field's whole-number line (dates as ordinals)."""
+    if FIELDS_BY_NAME[field].kind is FieldKind.DATE:
+        return float(dt.date.fromisoformat(str(value)).toordinal())
+    return float(value)
+
+
+def _value(field: str, x: int) -> Scalar:
+    """The inverse of :func:`_num` for a whole number."""
+    if FIELDS_BY_NAME[field].kind is FieldKind.DATE:
+        return dt.date.fromordinal(x).isoformat()
+    return x
+
+
+def _intervals(pred: Predicate) -> list[Interval]:
+    """The whole numbers ``pred`` (a comparison on a whole-number field) selects."""
+    assert isinstance(pred, Eq | In | Between | Ge | Le)
+    f = pred.field
+    raw: list[tuple[float | None, float | None]]
+    if isinstance(pred, Eq):
+        raw = [(_num(f, pred.value), _num(f, pred.value))]
+    elif isinstance(pred, In):
+        raw = [(_num(f, v), _num(f, v)) for v in pred.values]
+    elif isinstance(pred, Between):
+        raw = [(_num(f, pred.low), _num(f, pred.high))]
+    elif isinstance(pred, Ge):
+        raw = [(_num(f, pred.value), None)]
+    else:
+        raw = [(None, _num(f, pred.value))]
+    return _union(
+        [
+            (None if lo is None else math.ceil(lo), None if hi is None else math.floor(hi))
+            for lo, hi in raw
+        ]
+    )
+
+
+def _union(intervals: list[Interval]) -> list[Interval]:
+    """Sorted, disjoint, non-adjacent intervals covering the same whole numbers; empties dropped."""
+    live = [(lo, hi) for lo, hi in intervals if lo is None or hi is None or lo <= hi]
+    live.sort(key=lambda iv: -math.inf if iv[0] is None else iv[0])
+    out: list[Interval] = []
+    for lo, hi in live:
+        if out:
+            plo, phi = out[-1]
+            if phi is None or lo is None or lo <= phi + 1:
+                out[-1] = (plo, None if phi is None or hi is None else max(phi, hi))
+                continue
+        out.append((lo, hi))
+    return out
+
+
+def _intersect(a: list[Interval], b: list[Interval]) -> list[Interval]:
+    out: list[Interval] = []
+    for alo, ahi in a:
+        for blo, bhi in b:
+            lo = blo if alo is None else alo if blo is None else max(alo, blo)
+            hi = bhi if ahi is None else ahi if bhi is None else min(ahi, bhi)
+            out.append((lo, hi))
+    return _union(out)
+
+
+def _emit(field: str, intervals: list[Interval]) -> list[Predicate]:
+    """Canonical disjuncts for a (canonical) interval list; ``[]`` when it selects nothing.
+
+    Single values gather into one ``eq``/``in``; longer runs are ``between``,
+    ``>=`` or ``<=``. Every non-missing value (one unbounded interval) is
+    ``<= 0`` or ``>= 1`` (for dates, around 1970-01-01), since no comparison
+    says "not missing" on its own.
+    """
+    points: list[Scalar] = []
+    out: list[Predicate] = []
+    for lo, hi in intervals:
+        if lo is not None and hi is not None:
+            if lo == hi:
+                points.append(_value(field, lo))
+            else:
+                out.append(
+                    Between(
+                        op="between", field=field, low=_value(field, lo), high=_value(field, hi)
+                    )
+                )
+        elif lo is not None:
+            out.append(Ge(op=">=", field=field, value=_value(field, lo)))
+        elif hi is not None:
+            out.append(Le(op="<=", field=field, value=_value(field, hi)))
+        else:
+            zero = dt.date(1970, 1, 1).toordinal() if _is_date(field) else 0
+            out.append(Le(op="<=", field=field, value=_value(field, zero)))
+            out.append(Ge(op=">=", field=field, value=_value(field, zero + 1)))
+    if points:
+        out.append(_in(field, points))
+    return out
+
+
+def _is_date(field: str) -> bool:
+    return FIELDS_BY_NAME[field].kind is FieldKind.DATE
+
+
+def _nothing(field: str) -> list[Predicate]:
+    """The canonical conjuncts of an empty selection on ``field``: ``>= 1`` and ``<= 0``."""
+    zero = dt.date(1970, 1, 1).toordinal() if _is_date(field) else 0
+    return [
+        Ge(op=">=", field=field, value=_value(field, zero + 1)),
+        Le(op="<=", field=field, value=_value(field, zero)),
+    ]
+
+
+def _any_of(args: list[Predicate]) -> Predicate:
+    unique = {_sort_key(a): a for a in args}
+    ordered = [unique[k] for k in sorted(unique)]
+    return ordered[0] if len(ordered) == 1 else Or(op="or", args=ordered)
+
+
+def _all_of(args: list[Predicate]) -> Predicate:
+    unique = {_sort_key(a): a for a in args}
+    ordered = [unique[k] for k in sorted(unique)]
+    return ordered[0] if len(ordered) == 1 else And(op="and", args=ordered)
+
+
+def _alone(pred: Predicate) -> Predicate:
+    """A lone comparison on a whole-number field, in canonical form."""
+    assert isinstance(pred, Eq | In | Between | Ge | Le)
+    disjuncts = _emit(pred.field, _intervals(pred))
+    return _any_of(disjuncts) if disjuncts else _all_of(_nothing(pred.field))
+
+
 def _merge_ranges(args: list[Predicate]) -> list[Predicate]:
-    """Intersect the ranges on each field among an ``and``'s arguments."""
-    lows: dict[str, Scalar] = {}
-    highs: dict[str, Scalar] = {}
+    """Inside an ``and``: intersect the comparisons on each whole-number field."""
+    sets: dict[str, list[Interval]] = {}
     rest: list[Predicate] = []
     for a in args:
-        bounds: list[tuple[str, Scalar]] = []
-        if isinstance(a, Between):
-            bounds = [("low", a.low), ("high", a.high)]
-        elif isinstance(a, Ge):
-            bounds = [("low", a.value)]
-        elif isinstance(a, Le):
-            bounds = [("high", a.value)]
+        if _discrete(a):
+            assert isinstance(a, Eq | In | Between | Ge | Le)
+            mine = _intervals(a)
+            sets[a.field] = mine if a.field not in sets else _intersect(sets[a.field], mine)
         else:
             rest.append(a)
-            continue
-        for side, value in bounds:
-            target = lows if side == "low" else highs
-            old = target.get(a.field)
-            v = _scalar(a.field, value)
-            if old is None:
-                target[a.field] = v
-            elif side == "low" and _order(a.field, v) > _order(a.field, old):
-                target[a.field] = v
-            elif side == "high" and _order(a.field, v) < _order(a.field, old):
-                target[a.field] = v
-    for name in sorted(set(lows) | set(highs)):
-        lo, hi = lows.get(name), highs.get(name)
-        if lo is not None and hi is not None and _order(name, lo) <= _order(name, hi):
-            rest.append(Between(op="between", field=name, low=lo, high=hi))
-            continue
-        if lo is not None:
-            rest.append(Ge(op=">=", field=name, value=lo))
-        if hi is not None:
-            rest.append(Le(op="<=", field=name, value=hi))
+    for name in sorted(sets):
+        disjuncts = _emit(name, sets[name])
+        rest.extend([_any_of(disjuncts)] if disjuncts else _nothing(name))
     return rest
 
 
 def _merge_alternatives(args: list[Predicate]) -> list[Predicate]:
-    """Merge an ``or``'s ``eq``/``in`` terms on one field into one ``in``."""
+    """Inside an ``or``: unite comparisons per whole-number field, ``eq``/``in`` per category.
+
+    A field whose comparisons select nothing drops out, unless nothing else is
+    left (then the ``or`` is that field's empty selection).
+    """
     values: dict[str, list[Scalar]] = {}
+    sets: dict[str, list[Interval]] = {}
     rest: list[Predicate] = []
     for a in args:
-        if isinstance(a, Eq):
+        if _discrete(a):
+            assert isinstance(a, Eq | In | Between | Ge | Le)
+            sets[a.field] = _union([*sets.get(a.field, []), *_intervals(a)])
+        elif isinstance(a, Eq):
             values.setdefault(a.field, []).append(a.value)
         elif isinstance(a, In):
             values.setdefault(a.field, []).extend(a.values)
         else:
             rest.append(a)
     rest.extend(_in(name, vals) for name, vals in sorted(values.items()))
+    for name in sorted(sets):
+        rest.extend(_emit(name, sets[name]))
+    if not rest:  # every alternative selected nothing
+        return [_all_of(_nothing(min(sets)))]
     return rest
 
 
@@ -159,28 +302,23 @@ def canonical_predicate(pred: Predicate) -> Predicate:
             c = canonical_predicate(a)
             flat.extend(c.args if isinstance(c, kind) else [c])
         merged = _merge_ranges(flat) if kind is And else _merge_alternatives(flat)
-        # merging can create new same-kind children only through recursion, never here,
-        # but it can create new duplicates: deduplicate after merging.
-        unique = {_sort_key(a): a for a in merged}
-        ordered = [unique[k] for k in sorted(unique)]
-        if len(ordered) == 1:
-            return ordered[0]
-        if kind is And:
-            return And(op="and", args=ordered)
-        return Or(op="or", args=ordered)
+        # merging can emit a same-kind child (a field's empty selection inside an ``and``,
+        # a field's several runs inside an ``or``): flatten again, then deduplicate and sort
+        again: list[Predicate] = []
+        for m in merged:
+            again.extend(m.args if isinstance(m, kind) else [m])
+        return _all_of(again) if kind is And else _any_of(again)
     if isinstance(pred, Not):
         inner = canonical_predicate(pred.arg)
         if isinstance(inner, Not):
             return inner.arg
         return Not(op="not", arg=inner)
+    if _discrete(pred):
+        return _alone(pred)
     if isinstance(pred, In):
         return _in(pred.field, list(pred.values))
     if isinstance(pred, Eq):
         return Eq(op="eq", field=pred.field, value=_scalar(pred.field, pred.value))
-    if isinstance(pred, Between):
-        return _merge_ranges([pred])[0]
-    if isinstance(pred, Ge | Le):
-        return _merge_ranges([pred])[0]
     assert isinstance(pred, StartsWith)
     return pred
 

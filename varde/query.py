@@ -465,9 +465,10 @@ class DPPrivacy(_Frozen):
 class ZCDPPrivacy(_Frozen):
     """Zero-concentrated DP: each site spends ``rho`` from a project it accounts in zCDP.
 
-    Released through OpenDP's (discrete) Gaussian mechanism; zCDP composes
-    tightly, which suits projects that ask many questions. Count, histogram and
-    crosstab only (for now).
+    Released through OpenDP's Gaussian mechanisms (discrete for counts,
+    continuous for sums and means) at the L2 sensitivity; zCDP composes
+    tightly, which suits projects that ask many questions. Every statistic
+    that has a DP release has a zCDP one.
     """
 
     mode: Literal["zcdp"]
@@ -517,12 +518,6 @@ class Query(_Frozen):
         if isinstance(self.statistic, Quantile) and isinstance(self.privacy, AggregatePrivacy):
             raise ValueError(
                 "quantiles are DP only: an exact quantile of a small group is one patient's value"
-            )
-        if isinstance(self.privacy, ZCDPPrivacy) and not isinstance(
-            self.statistic, Count | Histogram | Crosstab
-        ):
-            raise ValueError(
-                f"zCDP mode supports count, histogram and crosstab; not {self.statistic.kind!r}"
             )
         if isinstance(self.statistic, Survival):
             if isinstance(self.privacy, AggregatePrivacy):

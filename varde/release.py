@@ -96,11 +96,29 @@ class WorkItem(_Wire):
 
 
 class ProjectTerms(_Wire):
-    """The public part of a site's policy for one project."""
+    """The public part of a site's policy for one project.
+
+    ``accounting`` says which measure the project's queries spend: ``epsilon``
+    (pure DP, ``{"mode": "dp"}``) or ``zcdp`` (rho, ``{"mode": "zcdp"}``). The
+    gateway's friendly pre-check compares a query against the fields of that
+    measure; the rho fields default so that a manifest from a node that
+    predates zCDP still parses.
+    """
 
     epsilon_budget: float
     max_epsilon_per_query: float
     epsilon_remaining: float
+    training: list[str] = []
+    """Federated training models the project may train at the site (empty: none)."""
+    accounting: Literal["epsilon", "zcdp"] = "epsilon"
+    rho_budget: float = 0.0
+    max_rho_per_query: float | None = None
+    rho_remaining: float = 0.0
+
+    @property
+    def remaining(self) -> float:
+        """What is left in the project's own measure (epsilon, or rho under zCDP)."""
+        return self.rho_remaining if self.accounting == "zcdp" else self.epsilon_remaining
 
 
 class Manifest(_Wire):

@@ -23,14 +23,16 @@ def _ci(lo: object, hi: object, digits: int) -> str:
 
 
 def site_summary(res: QueryResponse) -> pd.DataFrame:
-    """One line per site: status, epsilon charged, budget left, mechanism, message."""
+    """One line per site: status, epsilon (rho under zCDP) charged, budget left, mechanism."""
     rows = []
+    zcdp = res.raw.get("mode") == "zcdp"
+    measure, charged = ("rho", "rho_charged") if zcdp else ("epsilon", "epsilon_charged")
     for s in res.raw["sites"]:
         rows.append(
             {
                 "site": s["site"],
                 "status": s["status"],
-                "epsilon": _num(s.get("epsilon_charged", 0.0), 2),
+                measure: _num(s.get(charged, 0.0), 2 if not zcdp else 4),
                 "budget left": _num(s.get("budget_remaining"), 2),
                 "mechanism": s.get("mechanism", "") or "-",
                 "note": (s.get("message") or "")[:70],

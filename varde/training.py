@@ -22,12 +22,25 @@ name every released coefficient.
 >>> sorted(spec.fields_read())
 ['age_at_diagnosis', 'sex', 'survival_days', 'vital_status']
 
-What a job costs each site per round (the first round is the dearest; the
-rounds sum to the job's epsilon):
+What a job costs each site per round (the first round is the dearest), then
+for the final DP evaluation on the site's held-out patients (by default a tenth
+of the job's epsilon); together they sum to the job's epsilon:
 
 >>> costs = round_costs(spec)
->>> costs[0] > costs[1], round(sum(costs), 6)
-(True, 1.0)
+>>> costs[0] > costs[1], round(costs[-1], 6), round(sum(costs), 6)
+(True, 0.1, 1.0)
+
+A job may instead state its budget as a zCDP ``rho``; each site charges in
+the measure its own project accounts in (:func:`round_costs`), so the gateway
+prices it per site exactly as the site will charge.
+
+A Cox model of overall survival has no intercept (the baseline hazard absorbs it):
+
+>>> cox = spec.model_copy(update={"model": "cox", "outcome": "overall_survival"})
+>>> design_columns(cox.features, cox.model)
+['sex=female', 'sex=male', 'age_at_diagnosis']
+>>> TrainingSpec.model_validate({**spec.model_dump(), "model": "cox", "outcome": None}).outcome
+'overall_survival'
 """
 
 from __future__ import annotations
@@ -42,8 +55,24 @@ from varde.schema import FIELDS_BY_NAME, FieldKind
 
 OUTCOME_FIELDS: dict[str, tuple[str, ...]] = {
     "death_within_2y": ("vital_status", "survival_days"),
+    "overall_survival": ("vital_status", "survival_days"),
 }
 """Fields each derived outcome reads at the node (checked against the site's policy)."""
+
+MODEL_OUTCOMES: dict[str, tuple[str, ...]] = {
+    "logistic": ("death_within_2y",),
+    "cox": ("overall_survival",),
+}
+"""Outcomes each model can be fitted to (the first is the default).
+
+``overall_survival`` is the pair (time = ``survival_days``, event = ``vital_status``
+is ``dead``): death from any cause, censored at last contact."""
+
+EVALUATION_SHARE = 0.1
+"""Default share of a job's epsilon spent on the final DP evaluation."""
+
+HOLDOUT_FRACTION = 0.2
+"""Default share of each site's patients held out of training for evaluation."""
 
 OUTCOME_HORIZON_DAYS = 730
 """``death_within_2y``: died at most this many days after diagnosis."""
@@ -52,6 +81,9 @@ MAX_DELTA = 1e-5
 """Largest delta a job may ask for; sites hold tens of thousands of patients, so
 ``1e-5`` is already well below ``1 / n`` and keeps the (epsilon, delta)
 guarantee meaningful."""
+
+MAX_RHO = 50.0
+"""Largest rho a job may ask for (about epsilon 100 at delta ``1e-6``, the epsilon cap)."""
 
 _FEATURE_KINDS = (FieldKind.CATEGORICAL, FieldKind.INTEGER)
 
@@ -65,28 +97,167 @@ class _Strict(BaseModel):
 class TrainingPrivacy(_Strict):
     """What each site may spend on the whole job, and how hard updates are clipped.
 
-    ``epsilon`` is per site for the whole job (all rounds): every site calibrates
-    its own noise to it and charges its own ledger round by round.
+    Exactly one of ``epsilon`` or ``rho`` (zCDP) is given, per site for the
+    whole job (all rounds and the final DP evaluation): every site calibrates
+    its own noise to it and charges its own ledger round by round, then once
+    for the evaluation, in the measure *its* project accounts in (see
+    :func:`round_costs`). The evaluation is carved out first
+    (``evaluation_epsilon``, default :data:`EVALUATION_SHARE` of ``epsilon``; or
+    ``evaluation_rho``, default that share of ``rho``), the rounds get the rest
+    (:func:`training_rho`).
+
+    Why a rho job: the rounds are Gaussian, whose natural guarantee is zCDP;
+    a researcher (or a site accounting in zCDP) can state the job's cost as rho
+    directly, with no (epsilon, delta) conversion. ``delta`` then only matters
+    where a site's project accounts in epsilon: there the job's rho is converted
+    at that delta.
+
+    >>> TrainingPrivacy(rho=0.5).evaluation_rho_budget()
+    0.05
+    >>> TrainingPrivacy(rho=0.5).evaluation_budget() == math.sqrt(2 * 0.05)
+    True
+    >>> from pydantic import ValidationError
+    >>> try:
+    ...     TrainingPrivacy(rho=0.5, epsilon=1.0)
+    ... except ValidationError as err:
+    ...     print(err.errors()[0]["msg"])
+    Value error, give exactly one of privacy.epsilon or privacy.rho (zCDP), not both
     """
 
-    epsilon: float = Field(gt=0, le=100, allow_inf_nan=False)
+    epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
+        description="Epsilon per site for the whole job (give this or rho).",
+    )
+    rho: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_RHO,
+        allow_inf_nan=False,
+        description="zCDP rho per site for the whole job (give this or epsilon).",
+    )
     delta: float = Field(default=1e-6, gt=0, le=MAX_DELTA, allow_inf_nan=False)
     clip: float = Field(
         default=1.0,
         gt=0,
         le=100,
         allow_inf_nan=False,
-        description="L2 bound on each row's gradient (per-example clipping).",
+        description=(
+            "L2 bound on each row's gradient (logistic); a Cox model clips each "
+            "block of patients' gradient to clip * sqrt(rows per block) (nodes/training/cox.py)."
+        ),
     )
+    evaluation_epsilon: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "Part of epsilon spent at the end on DP metrics over each site's held-out "
+            f"patients; default {EVALUATION_SHARE:g} x epsilon, 0 for no evaluation."
+        ),
+    )
+    evaluation_rho: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "With rho: part of rho spent at the end on DP metrics (pure-epsilon counts at "
+            f"epsilon sqrt(2 x evaluation_rho)); default {EVALUATION_SHARE:g} x rho, 0 for none."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _evaluation_within_budget(self) -> TrainingPrivacy:
+        if (self.epsilon is None) == (self.rho is None):
+            raise ValueError(
+                "give exactly one of privacy.epsilon or privacy.rho (zCDP), "
+                + ("not both" if self.epsilon is not None else "none was given")
+            )
+        if self.epsilon is not None:
+            if self.evaluation_rho is not None:
+                raise ValueError(
+                    "evaluation_rho goes with rho; with epsilon give evaluation_epsilon"
+                )
+            if self.evaluation_epsilon is not None and self.evaluation_epsilon >= self.epsilon:
+                raise ValueError("evaluation_epsilon must be smaller than epsilon")
+        if self.rho is not None:
+            if self.evaluation_epsilon is not None:
+                raise ValueError(
+                    "evaluation_epsilon goes with epsilon; with rho give evaluation_rho"
+                )
+            if self.evaluation_rho is not None and self.evaluation_rho >= self.rho:
+                raise ValueError("evaluation_rho must be smaller than rho")
+        return self
+
+    @property
+    def measure(self) -> Literal["epsilon", "rho"]:
+        """What the researcher stated the job's budget in."""
+        return "epsilon" if self.epsilon is not None else "rho"
+
+    def budget_text(self) -> str:
+        """``"epsilon 2"`` or ``"rho 0.5"``: the job's budget as the researcher gave it."""
+        return f"epsilon {self.epsilon:g}" if self.epsilon is not None else f"rho {self.rho:g}"
+
+    def evaluation_rho_budget(self) -> float:
+        """Rho set aside for the final evaluation (0: none).
+
+        For an epsilon job: its evaluation epsilon squared over two, what pure
+        epsilon-DP implies in zCDP (sites charge OpenDP's conversion,
+        :func:`rho_for_pure_epsilon`).
+        """
+        if self.rho is None:
+            return self.evaluation_budget() ** 2 / 2.0
+        if self.evaluation_rho is None:
+            return EVALUATION_SHARE * self.rho
+        return self.evaluation_rho
+
+    def evaluation_budget(self) -> float:
+        """Epsilon of the final evaluation's pure-DP counts (0: none).
+
+        For a rho job it is ``sqrt(2 evaluation_rho)``: an epsilon-DP release is
+        ``epsilon**2 / 2``-zCDP, so counts at that epsilon cost at most the rho
+        set aside (the site charges OpenDP's own conversion of the measurement
+        it builds, :func:`pure_release_rho`).
+        """
+        if self.epsilon is None:
+            return math.sqrt(2.0 * self.evaluation_rho_budget())
+        if self.evaluation_epsilon is None:
+            return EVALUATION_SHARE * self.epsilon
+        return self.evaluation_epsilon
+
+    def training_epsilon(self) -> float:
+        """Epsilon left for the training rounds of an epsilon job.
+
+        Raises:
+            ValueError: For a rho job (its rounds are :func:`training_rho`).
+        """
+        if self.epsilon is None:
+            raise ValueError("a rho job's rounds are priced in rho (training_rho)")
+        return self.epsilon - self.evaluation_budget()
 
 
 class TrainingSpec(_Strict):
     """A federated training job as the researcher submits it."""
 
     project: str = Field(min_length=1, max_length=80)
-    model: Literal["logistic"] = "logistic"
+    model: Literal["logistic", "cox"] = "logistic"
     features: list[str] = Field(min_length=1, max_length=40)
-    outcome: Literal["death_within_2y"] = "death_within_2y"
+    outcome: Literal["death_within_2y", "overall_survival"] = Field(
+        default="death_within_2y",
+        description="logistic: death_within_2y; cox: overall_survival (absent: the model's).",
+    )
+    holdout: float = Field(
+        default=HOLDOUT_FRACTION,
+        ge=0,
+        le=0.5,
+        allow_inf_nan=False,
+        description=(
+            "Share of each site's patients (a public hash of the patient id) kept out of "
+            "training and used only for the final DP evaluation."
+        ),
+    )
     rounds: int = Field(ge=1, le=100)
     local_steps: int = Field(
         default=10, ge=1, le=100, description="Noisy full-batch gradient steps per round."
@@ -102,6 +273,32 @@ class TrainingSpec(_Strict):
         description="The job fails when fewer sites than this still take part in a round.",
     )
     privacy: TrainingPrivacy
+    secure_aggregation: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "Flower SecAgg+ so the server sees only the sum of the sites' updates: "
+            "'auto' uses it when at least 3 sites take part, 'on' requires it (the job "
+            "fails with fewer than 3 sites), 'off' sends each site's noisy model in the clear."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_outcome(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("outcome") is None:
+            model = data.get("model", "logistic")
+            if model in MODEL_OUTCOMES:
+                data = {**data, "outcome": MODEL_OUTCOMES[model][0]}
+        return data
+
+    @model_validator(mode="after")
+    def _outcome_fits_model(self) -> TrainingSpec:
+        if self.outcome not in MODEL_OUTCOMES[self.model]:
+            allowed = ", ".join(MODEL_OUTCOMES[self.model])
+            raise ValueError(f"a {self.model} model needs outcome {allowed}, not {self.outcome!r}")
+        if self.privacy.evaluation_budget() > 0 and self.holdout == 0:
+            raise ValueError("an evaluation needs held-out patients: set holdout > 0")
+        return self
 
     @model_validator(mode="after")
     def _enough_sites(self) -> TrainingSpec:
@@ -132,18 +329,30 @@ class TrainingSpec(_Strict):
         return set(self.features) | set(OUTCOME_FIELDS[self.outcome])
 
     def n_coefficients(self) -> int:
-        """Length of the model vector (intercept included)."""
-        return len(design_columns(self.features))
+        """Length of the model vector (intercept included for logistic, none for Cox)."""
+        return len(design_columns(self.features, self.model))
+
+    def columns(self) -> list[str]:
+        """Public names of the model's coefficients (:func:`design_columns`)."""
+        return design_columns(self.features, self.model)
 
 
-def design_columns(features: list[str]) -> list[str]:
+def design_columns(features: list[str], model: str = "logistic") -> list[str]:
     """Public names of the model's coefficients, in order: intercept, then per feature.
 
     A categorical feature gives one indicator per schema category (a missing
     value sets none); an integer feature gives one column scaled to ``[-1, 1]``
     over the schema's public bounds.
+
+    A ``"cox"`` model has **no intercept column**: the partial likelihood
+    cancels any constant (the baseline hazard, one per site, absorbs it). For
+    the same reason each categorical feature's coefficients are identified only
+    up to a common constant: read them as contrasts between categories
+    (e.g. ``stage=IV`` minus ``stage=I`` is a log hazard ratio).
     """
-    names = ["intercept"]
+    if model not in MODEL_OUTCOMES:
+        raise ValueError(f"unknown model {model!r}")
+    names = [] if model == "cox" else ["intercept"]
     for name in features:
         spec = FIELDS_BY_NAME[name]
         if spec.kind is FieldKind.CATEGORICAL:
@@ -202,17 +411,79 @@ def calibrate_rho(epsilon: float, delta: float) -> float:
     return low
 
 
-def round_costs(spec: TrainingSpec) -> list[float]:
-    """The epsilon each round of ``spec`` charges at every site, first round first.
+def rho_for_pure_epsilon(epsilon: float) -> float:
+    """OpenDP's zCDP rho of an ``epsilon``-DP release (``make_pureDP_to_zCDP``; 0 for none).
 
-    Each round adds the same rho (``rho_job / rounds``, whatever a site's
-    contribution bound: the noise scales with it), and a round pays the increase
-    of the job's epsilon, so these sum to the job's epsilon.
+    Why a unit Laplace: its privacy map is ``d_in``, so ``d_in = epsilon`` makes
+    OpenDP convert exactly ``epsilon`` (it gives ``epsilon**2 / 2``). A site
+    converts the measurement it actually builds (:func:`pure_release_rho`).
     """
-    rho_round = calibrate_rho(spec.privacy.epsilon, spec.privacy.delta) / spec.rounds
+    if epsilon < 0 or not math.isfinite(epsilon):
+        raise ValueError(f"epsilon must be finite and >= 0, got {epsilon!r}")
+    if epsilon == 0:
+        return 0.0
+    unit = dp.m.make_laplace(
+        dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=1.0
+    )
+    return pure_release_rho(unit, epsilon)
+
+
+def pure_release_rho(measurement: Any, d_in: float) -> float:
+    """The rho OpenDP's ``make_pureDP_to_zCDP`` gives a pure-DP ``measurement`` at ``d_in``."""
+    converted: Any = dp.c.make_pureDP_to_zCDP(measurement)
+    return float(converted.map(d_in))
+
+
+def training_rho(spec: TrainingSpec) -> float:
+    """The zCDP rho of all the job's training rounds at one site.
+
+    A rho job: its rho less the evaluation's. An epsilon job: the largest rho
+    whose OpenDP conversion at the job's delta stays within the rounds' epsilon
+    (:func:`calibrate_rho`).
+    """
+    privacy = spec.privacy
+    if privacy.rho is not None:
+        return privacy.rho - privacy.evaluation_rho_budget()
+    return calibrate_rho(privacy.training_epsilon(), privacy.delta)
+
+
+def round_costs(spec: TrainingSpec, measure: Literal["epsilon", "rho"] = "epsilon") -> list[float]:
+    """What ``spec`` charges at every site whose project accounts in ``measure``.
+
+    Rounds first, then the final evaluation as an extra last entry, when the job
+    has one. Each round adds the same rho (``rho_training / rounds``, whatever a
+    site's contribution bound: the noise scales with it).
+
+    ``measure="epsilon"`` (a site with ``accounting: epsilon``): a round pays the
+    increase of the training's epsilon at the job's delta, so the rounds sum to
+    ``eps(training_rho)`` (for an epsilon job, at most
+    :meth:`TrainingPrivacy.training_epsilon`); the evaluation (pure epsilon-DP
+    counts, basic composition) pays :meth:`TrainingPrivacy.evaluation_budget`.
+    For an epsilon job all entries sum to its epsilon.
+
+    ``measure="rho"`` (``accounting: zcdp``): a round pays its rho, the evaluation
+    OpenDP's zCDP conversion of its pure-DP counts; for a rho job all entries sum
+    to its rho. An epsilon job costs its rounds' calibrated rho plus
+    ``evaluation_epsilon**2 / 2``: no (epsilon, delta) conversion is involved,
+    because the rounds' Gaussian noise *is* rho-zCDP by construction.
+
+    >>> job = TrainingSpec(project="p", features=["sex"], rounds=4,
+    ...                    privacy=TrainingPrivacy(rho=0.2))
+    >>> costs = round_costs(job, "rho")
+    >>> [round(c, 9) for c in costs], round(sum(costs), 9)
+    ([0.045, 0.045, 0.045, 0.045, 0.02], 0.2)
+    >>> round(sum(round_costs(job)[:-1]), 9) == round(epsilon_for_rho(0.18, 1e-6), 9)
+    True
+    """
+    rho_round = training_rho(spec) / spec.rounds
+    evaluation = spec.privacy.evaluation_budget()
+    if measure == "rho":
+        costs = [rho_round] * spec.rounds
+        return costs + [rho_for_pure_epsilon(evaluation)] if evaluation > 0 else costs
     delta = spec.privacy.delta
     cumulative = [epsilon_for_rho(rho_round * r, delta) for r in range(spec.rounds + 1)]
-    return [after - before for before, after in zip(cumulative, cumulative[1:], strict=False)]
+    costs = [after - before for before, after in zip(cumulative, cumulative[1:], strict=False)]
+    return costs + [evaluation] if evaluation > 0 else costs
 
 
 JobState = Literal["pending", "running", "finished", "failed"]
@@ -223,7 +494,40 @@ class SiteProgress(_Strict):
 
     rounds_completed: int = 0
     epsilon_spent: float = 0.0
+    """Epsilon the site's rounds charged (0 at a site whose project accounts in rho)."""
     refusal: str | None = None
+    measure: Literal["epsilon", "rho"] = "epsilon"
+    """The measure the site charged: its project's accounting (``rho`` for ``zcdp``)."""
+    rho_spent: float = 0.0
+    """Rho the site's rounds charged (0 at a site whose project accounts in epsilon)."""
+
+    @property
+    def spent(self) -> float:
+        """What the rounds charged, in :attr:`measure`."""
+        return self.rho_spent if self.measure == "rho" else self.epsilon_spent
+
+
+class EvaluationMetrics(_Strict):
+    """DP metrics of the final model on held-out patients (all post-processing of DP counts).
+
+    ``values``: logistic ``auc``, ``accuracy``, ``sensitivity``, ``specificity`` (at
+    threshold 0.5) and ``n`` (noisy held-out rows); Cox ``concordance``, ``n`` and
+    ``events``. ``epsilon``: what each contributing site paid for it (the most any
+    paid, for the network); ``rho``: the same for sites whose project accounts in rho.
+    """
+
+    values: dict[str, float]
+    epsilon: float
+    rho: float = 0.0
+    sites: list[str] = []
+
+
+class TrainingMetrics(_Strict):
+    """Evaluation of the final model: per site, pooled over the network, and refusals."""
+
+    network: EvaluationMetrics | None = None
+    sites: dict[str, EvaluationMetrics] = {}
+    refusals: dict[str, str] = {}
 
 
 class TrainingStatus(_Strict):
@@ -236,4 +540,7 @@ class TrainingStatus(_Strict):
     seconds_per_round: list[float] = []
     sites: dict[str, SiteProgress] = {}
     coefficients: dict[str, float] | None = None
+    metrics: TrainingMetrics | None = None
     detail: str | None = None
+    secure_aggregation: bool | None = None
+    """Whether rounds ran under SecAgg+ (``None`` until the job decided, before round 1)."""

@@ -1,4 +1,4 @@
-"""The gateway's own records (SQLAlchemy): accounts, projects, nodes, queries, audit.
+"""The gateway's own records (SQLAlchemy): accounts, projects, nodes, queries, trainings, audit.
 
 SQLite is the embedded default; PostgreSQL (``VARDE_DATABASE_URL``) for
 replicas. Nothing here is a patient row: only tokens' hashes, public keys,
@@ -104,6 +104,29 @@ class ReleaseRecord(Base):
     payload: Mapped[str] = mapped_column(Text)
     signature: Mapped[str] = mapped_column(String(200))
     received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrainingJob(Base):
+    """A federated training job as submitted, and what was last known of its progress.
+
+    Why stored: the job outlives the gateway process (its ServerApp runs under
+    the SuperLink), so a restart must still know who asked for what, where it
+    ran and how it ended. ``status`` is the last :class:`varde.training.TrainingStatus`
+    (JSON) the gateway saw; ``run_id`` is Flower's (an unsigned 64-bit integer,
+    kept as text because SQL integers are signed).
+    """
+
+    __tablename__ = "training_jobs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    researcher: Mapped[str] = mapped_column(String(100), index=True)
+    project: Mapped[str] = mapped_column(String(100), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sites: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    run_id: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class GatewayAudit(Base):

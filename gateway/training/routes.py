@@ -1,4 +1,4 @@
-"""``POST /v1/trainings`` and ``GET /v1/trainings/{id}``: federated training jobs.
+"""``POST /v1/trainings``, ``GET /v1/trainings[/{id}]``: federated training jobs.
 
 Registered in :mod:`gateway.app` with ``app.include_router(routes.router)``;
 the :class:`~gateway.training.service.TrainingService` is taken from
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import CurrentResearcher, State
-from gateway.training.service import TrainingService
+from gateway.training.service import TrainingJobInfo, TrainingService
 from varde.errors import Forbidden, NodeUnavailable
 from varde.release import Manifest
 from varde.training import TrainingSpec, TrainingStatus
@@ -56,9 +56,19 @@ async def post_training(
     )
 
 
+@router.get("", response_model=list[TrainingJobInfo])
+async def list_trainings(
+    service: Trainings,
+    researcher: CurrentResearcher,
+    limit: Annotated[int, Query(ge=1, le=500, description="At most this many jobs.")] = 50,
+) -> list[TrainingJobInfo]:
+    """Your training jobs, newest first, each with its state as of now."""
+    return await run_in_threadpool(service.jobs, researcher=researcher.name, limit=limit)
+
+
 @router.get("/{job_id}", response_model=TrainingStatus)
 async def get_training(
     job_id: str, service: Trainings, researcher: CurrentResearcher
 ) -> TrainingStatus:
-    """Progress of one of your jobs: round, epsilon spent and refusals per site, coefficients."""
-    return service.status(job_id, researcher=researcher.name)
+    """Progress of one of your jobs: round, epsilon or rho spent and refusals per site, model."""
+    return await run_in_threadpool(service.status, job_id, researcher=researcher.name)

@@ -6,6 +6,10 @@ OpenDP composes them (:func:`nodes.mechanisms.plan_composed_laplace`; the
 sensitivity argument is in :mod:`nodes.sensitivity`). Noise is independent
 per step, so released counts can rise from one step to the next; that is
 honest noise, and the interval of each row says how much.
+
+Under zCDP each step is a discrete Gaussian (L2 sensitivity ``k``) and
+OpenDP's ``make_composition`` adds the steps' rho
+(:func:`nodes.mechanisms.plan_composed_gaussian`).
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import numpy as np
 
 from nodes.cohort import evaluate
 from nodes.data import RegistryData
-from nodes.mechanisms import plan_composed_laplace
-from nodes.sensitivity import funnel_step_sensitivity
+from nodes.mechanisms import ComposedPlan, plan_composed_gaussian, plan_composed_laplace
+from nodes.sensitivity import funnel_step_l2_sensitivity, funnel_step_sensitivity
 from nodes.statistics.base import Exact, Plan, cell_index, cell_labels
 from varde.query import Count, Funnel, Query
 from varde.release import Cell
@@ -45,6 +49,19 @@ def plan_funnel(ex: Exact, stat: Funnel, *, epsilon: float, max_rows: int) -> Pl
     plan = plan_composed_laplace(
         sensitivity=funnel_step_sensitivity(max_rows), epsilon=epsilon, parts=m, integer=True
     )
+    return _funnel_plan(ex, plan)
+
+
+def plan_funnel_zcdp(ex: Exact, stat: Funnel, *, rho: float, max_rows: int) -> Plan:
+    """One discrete-Gaussian measurement per step, composed by OpenDP to ``rho`` (zCDP)."""
+    plan = plan_composed_gaussian(
+        sensitivity=funnel_step_l2_sensitivity(max_rows), rho=rho, parts=len(stat.steps)
+    )
+    return _funnel_plan(ex, plan)
+
+
+def _funnel_plan(ex: Exact, plan: ComposedPlan) -> Plan:
+    m = plan.parts
     hw, std = plan.part.half_width, plan.part.std
 
     def release() -> list[Cell]:

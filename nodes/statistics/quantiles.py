@@ -6,7 +6,9 @@ group_by cell); the quantiles are post-processing of those counts
 ``make_quantiles_from_counts``). The released cell for each requested alpha
 carries the interval counts in ``parts`` (``bin0``, ``bin1``, ...), so the
 gateway pools sites by adding counts and reading the pooled CDF: the correct
-network median, not an average of site medians.
+network median, not an average of site medians. Under zCDP the counts are
+one discrete-Gaussian vector (L2 sensitivity ``k``) and the same
+post-processing follows.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from nodes.data import RegistryData
-from nodes.mechanisms import plan_laplace
-from nodes.sensitivity import quantile_sensitivity
+from nodes.mechanisms import GaussianPlan, LaplacePlan, plan_gaussian, plan_laplace
+from nodes.sensitivity import quantile_l2_sensitivity, quantile_sensitivity
 from nodes.statistics.base import Exact, Plan, cell_index, cell_labels
 from varde.estimates import bin_part, quantiles_from_counts
 from varde.query import Count, Quantile, Query
@@ -48,6 +50,16 @@ def exact_quantile(data: RegistryData, rows: np.ndarray, query: Query) -> Exact:
 def plan_quantile(ex: Exact, stat: Quantile, *, epsilon: float, max_rows: int) -> Plan:
     """One discrete-Laplace vector over all interval counts; quantiles are post-processing."""
     plan = plan_laplace(sensitivity=quantile_sensitivity(max_rows), epsilon=epsilon, integer=True)
+    return _quantile_plan(ex, stat, plan)
+
+
+def plan_quantile_zcdp(ex: Exact, stat: Quantile, *, rho: float, max_rows: int) -> Plan:
+    """One discrete-Gaussian vector over all interval counts (zCDP); same post-processing."""
+    plan = plan_gaussian(sensitivity=quantile_l2_sensitivity(max_rows), rho=rho)
+    return _quantile_plan(ex, stat, plan)
+
+
+def _quantile_plan(ex: Exact, stat: Quantile, plan: LaplacePlan | GaussianPlan) -> Plan:
     n_bins, n_alpha = len(stat.candidates) - 1, len(stat.alphas)
     std = plan.std
 

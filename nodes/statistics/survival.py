@@ -8,6 +8,8 @@ discrete-Laplace vector (:mod:`nodes.sensitivity`). The curve, its bands
 (:func:`varde.estimates.survival_from_counts`). The counts travel in the
 ``parts`` of each group's ``median`` cell, so the gateway can pool sites by
 adding counts before estimating, the only correct way to pool a survival curve.
+Under zCDP the same counts are one discrete-Gaussian vector (L2 sensitivity
+``k``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from nodes.data import RegistryData
-from nodes.mechanisms import plan_laplace
-from nodes.sensitivity import survival_sensitivity
+from nodes.mechanisms import GaussianPlan, LaplacePlan, plan_gaussian, plan_laplace
+from nodes.sensitivity import survival_l2_sensitivity, survival_sensitivity
 from nodes.statistics.base import Exact, Plan, cell_index, cell_labels
 from varde.estimates import survival_cells, survival_parts
 from varde.query import DAYS_PER_MONTH, Count, Query, Survival
@@ -48,6 +50,16 @@ def exact_survival(data: RegistryData, rows: np.ndarray, query: Query) -> Exact:
 def plan_survival(ex: Exact, stat: Survival, *, epsilon: float, max_rows: int) -> Plan:
     """One discrete-Laplace vector over all counts; the curve is post-processing."""
     plan = plan_laplace(sensitivity=survival_sensitivity(max_rows), epsilon=epsilon, integer=True)
+    return _survival_plan(ex, stat, plan)
+
+
+def plan_survival_zcdp(ex: Exact, stat: Survival, *, rho: float, max_rows: int) -> Plan:
+    """One discrete-Gaussian vector over all counts (zCDP); the curve is post-processing."""
+    plan = plan_gaussian(sensitivity=survival_l2_sensitivity(max_rows), rho=rho)
+    return _survival_plan(ex, stat, plan)
+
+
+def _survival_plan(ex: Exact, stat: Survival, plan: LaplacePlan | GaussianPlan) -> Plan:
     months = stat.months()
     m, per_group = len(months), len(stat.labels())
     keys = survival_parts(m)

@@ -28,10 +28,13 @@ by adding rho, which is tight for the Gaussian mechanism; Laplace noise over
 ``d`` coordinates would need the L1 sensitivity (up to ``sqrt(d)`` larger) and
 compose loosely over the many steps training needs.
 
-Why the ledger is charged in **epsilon** and not in rho: the site's policy
-states its budgets in epsilon, and training must pay from the *same* account as
-queries, or a project could spend its query budget and its training budget
-twice over. So each round charges the *increment* of the job's (epsilon, delta)
+Which account pays: training must pay from the *same* account as the
+project's queries, or a project could spend its query budget and its training
+budget twice over. A project with ``accounting: zcdp`` states its budget in
+rho, and a round then simply charges its rho (exact for the Gaussian, no
+conversion, whether the researcher stated the job in epsilon or rho). A
+project with ``accounting: epsilon`` (the default) states it in epsilon, so
+there each round charges the *increment* of the job's (epsilon, delta)
 guarantee, ``eps(rho_after) - eps(rho_before)``, where ``eps`` is OpenDP's own
 zCDP-to-approximate-DP conversion (``make_zCDP_to_approxDP`` then
 ``make_fix_delta``) at the job's delta. The increments telescope: after ``r``
@@ -42,11 +45,14 @@ taken from the server. Delta is fixed per job (at most
 :data:`varde.training.MAX_DELTA`); the ledger keeps no delta account yet, so
 deltas of several jobs add up by basic composition.
 
-Calibration: the job's rho is the largest for which OpenDP's conversion stays
-within the researcher's epsilon (:func:`calibrate_rho`: bisection starting
-from the closed-form Bun-Steinke inverse, which OpenDP's tighter conversion
-always beats), so a full job never charges more than the epsilon asked for and
-wastes little of it.
+Calibration: a job stated in rho trains at its rho less the evaluation's
+(:func:`varde.training.training_rho`). For a job stated in epsilon, the
+training rho is the largest for which OpenDP's
+conversion stays within the researcher's epsilon less the part kept for the
+final DP evaluation (:meth:`varde.training.TrainingPrivacy.training_epsilon`;
+:func:`calibrate_rho`: bisection starting from the closed-form Bun-Steinke
+inverse, which OpenDP's tighter conversion always beats), so a full job never
+charges more than the epsilon asked for and wastes little of it.
 
 >>> rho = rho_for_epsilon(1.0, 1e-6)
 >>> round(rho, 6)
@@ -70,7 +76,13 @@ import numpy as np
 import opendp.prelude as dp
 from numpy.typing import NDArray
 
-from varde.training import TrainingSpec, calibrate_rho, epsilon_for_rho, rho_for_epsilon
+from varde.training import (
+    TrainingSpec,
+    calibrate_rho,
+    epsilon_for_rho,
+    rho_for_epsilon,
+    training_rho,
+)
 
 __all__ = [
     "NoisePlan",
@@ -110,7 +122,7 @@ class NoisePlan:
 
 
 def plan_noise(spec: TrainingSpec, *, max_rows_per_patient: int) -> NoisePlan:
-    """Calibrate the Gaussian noise so the whole job costs at most ``spec.privacy.epsilon``.
+    """Calibrate the Gaussian noise so the whole job costs at most its epsilon (or rho).
 
     The site computes this itself from the job and its *own* contribution bound;
     nothing about the noise is taken from the server.
@@ -120,7 +132,7 @@ def plan_noise(spec: TrainingSpec, *, max_rows_per_patient: int) -> NoisePlan:
     clip = spec.privacy.clip
     sensitivity = max_rows_per_patient * math.sqrt(2.0) * clip
     total_steps = spec.rounds * spec.local_steps
-    rho_step = calibrate_rho(spec.privacy.epsilon, spec.privacy.delta) / total_steps
+    rho_step = training_rho(spec) / total_steps
     scale = sensitivity / math.sqrt(2.0 * rho_step)
     size = spec.n_coefficients() + 1
     space = (

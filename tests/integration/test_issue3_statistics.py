@@ -310,4 +310,13 @@ def test_zcdp_query_on_an_epsilon_project_is_refused_by_every_site(network: Loca
     resp = _post(network, "/v1/queries", body)
     assert resp.status_code == 403, resp.text
     assert "accounts in epsilon" in resp.text
+    mean = {
+        **body,
+        "statistic": {"kind": "mean", "field": "age_at_diagnosis", "lower": 0, "upper": 100},
+    }
+    pre = _post(network, "/v1/queries/preview", mean)
+    assert pre.status_code == 200, pre.text
+    for row in pre.json()["sites"]:
+        assert row["status"] == "policy_violation"
+        assert f"accounts in epsilon at {row['site']!r}" in row["message"]
     assert charges_everywhere(network) == before

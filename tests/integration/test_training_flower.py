@@ -1,14 +1,19 @@
-"""Federated training on Flower's deployment engine: one SuperLink, three SuperNodes, 127.0.0.1.
+"""Federated training on Flower's deployment engine: one SuperLink, four SuperNodes, 127.0.0.1.
 
 Real processes (``flower-superlink``, ``flower-supernode``, the ClientApp and ServerApp
-processes they start), real ledgers, OpenDP noise. Two jobs share the federation:
+processes they start), real ledgers, OpenDP noise, Flower's SecAgg+. Jobs share the
+federation:
 
-* the AUC job: a generous epsilon, all three sites; the federated logistic model must
-  reach an AUC within 0.03 of the same model fitted centrally on the pooled data;
-* the refusal job: Trondheim does not expose ``pdl1_tps`` and refuses, Bergen's budget
-  runs out after one round, and Tromso's SuperNode is killed once the job is running;
-  the job still finishes with what the others paid for, and each ledger holds exactly
-  the rounds the job reports (a killed site's ledger is consistent whatever it paid).
+* the AUC job: a generous epsilon, three sites, so SecAgg+ is on (``auto``); the
+  federated logistic model must reach an AUC within 0.03 of the same model fitted
+  centrally on the pooled data;
+* the pre-flight job: Trondheim does not expose ``pdl1_tps``, so the job stops before
+  round 1 with Trondheim's reason, and no ledger anywhere is charged;
+* the dropout job (SecAgg+, four sites): after round 1, Tromso's SuperNode is killed and
+  a query spends Bergen's budget; round 2 then has two sites left, below the SecAgg+
+  threshold of three, so the job fails cleanly (bounded by the round timeout), and each
+  ledger holds exactly the rounds the job reports (lost rounds are paid, never refunded);
+* the gateway service job: two sites, so the rounds run in the clear (``auto``).
 
 Tromso takes no part in the AUC job (``sites`` leaves it out, and it says so).
 """
@@ -57,9 +62,9 @@ FIELDS = [
     "vital_status",
     "survival_days",
 ]
-# Project "refusals": Bergen can pay for round 1 of the refusal job (about 2.7) but not
-# round 2 (about 1.3 more); project "outcomes" has room for the AUC job everywhere.
-REFUSAL_BUDGETS = {"oslo": 50.0, "bergen": 3.0, "trondheim": 50.0, "tromso": 50.0}
+# Project "refusals" has room for every job at every site (Bergen's runs out mid-job only
+# because a query spends it); project "outcomes" has room for the AUC job everywhere.
+REFUSAL_BUDGETS = {"oslo": 50.0, "bergen": 50.0, "trondheim": 50.0, "tromso": 50.0}
 AUC_SPEC = TrainingSpec(
     project="outcomes",
     features=["age_at_diagnosis", "sex", "stage", "cancer_type"],
@@ -89,7 +94,7 @@ class Federation:
         *,
         round_timeout_s: float = 60,
         timeout_s: float,
-        once_running: Callable[[], None] | None = None,
+        after_round_1: Callable[[], None] | None = None,
     ) -> TrainingStatus:
         progress = self.root / f"{job_id}.json"
         self.fed.submit(
@@ -110,9 +115,9 @@ class Federation:
                 status = TrainingStatus.model_validate_json(progress.read_text())
                 if status.state in ("finished", "failed"):
                     return status
-                if once_running is not None:
-                    once_running()
-                    once_running = None
+                if after_round_1 is not None and status.round >= 1:
+                    after_round_1()
+                    after_round_1 = None
             time.sleep(0.5)
         logs = (self.fed.home / "superlink.log").read_text()[-3000:]
         pytest.fail(f"job {job_id} did not finish within {timeout_s:g} s; superlink log:\n{logs}")
@@ -141,12 +146,21 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
                 "fields": fields,
                 "statistics": ["count"],
                 "projects": {
-                    "outcomes": {"epsilon_budget": 50.0, "max_epsilon_per_query": 6.0},
+                    "outcomes": {
+                        "epsilon_budget": 50.0,
+                        "max_epsilon_per_query": 6.0,
+                        "training": ["logistic", "cox"],
+                    },
                     "refusals": {
                         "epsilon_budget": REFUSAL_BUDGETS[site],
                         "max_epsilon_per_query": 3.0,
+                        "training": ["logistic", "cox"],
                     },
-                    "service": {"epsilon_budget": 5.0, "max_epsilon_per_query": 5.0},
+                    "service": {
+                        "epsilon_budget": 5.0,
+                        "max_epsilon_per_query": 5.0,
+                        "training": ["logistic", "cox"],
+                    },
                 },
             }
             (d / "policy.yaml").write_text(yaml.safe_dump(policy))
@@ -193,8 +207,9 @@ def fit_central(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def test_federated_auc_is_close_to_central(federation: Federation) -> None:
-    status = federation.train(AUC_SPEC, "auc-job", timeout_s=150)
+    status = federation.train(AUC_SPEC, "auc-job", timeout_s=200)
     assert status.state == "finished", status.detail
+    assert status.secure_aggregation is True  # three sites: on by default
     assert status.round == AUC_SPEC.rounds
     assert status.coefficients is not None
     assert list(status.coefficients) == design_columns(AUC_SPEC.features)
@@ -202,10 +217,18 @@ def test_federated_auc_is_close_to_central(federation: Federation) -> None:
         progress = status.sites[site]
         assert progress.refusal is None
         assert progress.rounds_completed == AUC_SPEC.rounds
-        assert progress.epsilon_spent == pytest.approx(10.0, rel=1e-6)
+        # Every round's charge, as the site reported it in the clear under SecAgg+.
+        assert progress.epsilon_spent == pytest.approx(
+            AUC_SPEC.privacy.training_epsilon(), rel=1e-6
+        )
         with Ledger.in_directory(federation.state[site]) as ledger:
-            assert ledger.spent("outcomes") == pytest.approx(10.0, rel=1e-6)
-            assert len(ledger.charges("outcomes")) == AUC_SPEC.rounds
+            paid = {c.query_id: c.amount for c in ledger.charges("outcomes")}
+            assert len(paid) == AUC_SPEC.rounds + 1  # the rounds, then the DP evaluation
+            evaluation = paid["evaluation:auc-job"]
+            assert evaluation == pytest.approx(AUC_SPEC.privacy.evaluation_budget())
+            assert ledger.spent("outcomes") == pytest.approx(
+                progress.epsilon_spent + evaluation, abs=1e-8
+            )
     assert status.sites["tromso"].refusal == (
         "policy_violation: site 'tromso' is not among the job's sites"
     )
@@ -227,14 +250,28 @@ def test_federated_auc_is_close_to_central(federation: Federation) -> None:
     federated = np.array(list(status.coefficients.values()))
     auc_central, auc_federated = auc(xt @ central, yt), auc(xt @ federated, yt)
     print(
-        f"\nAUC central {auc_central:.4f}  federated (eps=10 per site) {auc_federated:.4f}  "
+        f"\nAUC central {auc_central:.4f}  federated with SecAgg+ (eps=10 per site) "
+        f"{auc_federated:.4f}  "
         f"seconds per round {[round(s, 1) for s in status.seconds_per_round]}"
     )
     assert auc_central > 0.75  # the outcome is predictable at all
     assert abs(auc_central - auc_federated) <= 0.03
+    # The DP evaluation on the sites' held-out patients (epsilon 1 of the 10, 20 public bins).
+    assert status.metrics is not None and status.metrics.network is not None
+    dp_auc = status.metrics.network.values["auc"]
+    print(f"DP held-out AUC {dp_auc:.4f} (sites: {sorted(status.metrics.sites)})")
+    assert abs(dp_auc - auc_federated) <= 0.05
 
 
-def test_refusing_exhausted_and_killed_sites(federation: Federation) -> None:
+def ledger_counts(federation: Federation, project: str) -> dict[str, tuple[float, int]]:
+    counts = {}
+    for site in ALL_SITES:
+        with Ledger.in_directory(federation.state[site]) as ledger:
+            counts[site] = (ledger.spent(project), len(ledger.charges(project)))
+    return counts
+
+
+def test_preflight_refusal_stops_the_job_before_any_charge(federation: Federation) -> None:
     spec = TrainingSpec(
         project="refusals",
         features=["age_at_diagnosis", "pdl1_tps"],
@@ -242,52 +279,67 @@ def test_refusing_exhausted_and_killed_sites(federation: Federation) -> None:
         local_steps=5,
         privacy=TrainingPrivacy(epsilon=4.0),
     )
-    before = {}
-    for site in ALL_SITES:
-        with Ledger.in_directory(federation.state[site]) as ledger:
-            before[site] = (ledger.spent("refusals"), len(ledger.charges("refusals")))
-    status = federation.train(
-        spec,
-        "refusal-job",
-        round_timeout_s=30,
-        timeout_s=120,
-        once_running=lambda: Processes.kill(federation.supernodes["tromso"]),
-    )
-    assert status.state == "finished", status.detail
-    oslo, bergen, trondheim = (status.sites[s] for s in SITES)
-    assert oslo.rounds_completed == 2 and oslo.refusal is None
-    assert trondheim.rounds_completed == 0
-    assert trondheim.refusal == (
+    before = ledger_counts(federation, "refusals")
+    status = federation.train(spec, "preflight-job", round_timeout_s=30, timeout_s=60)
+    assert status.state == "failed"
+    assert status.round == 0 and status.coefficients is None
+    assert status.detail is not None and status.detail.startswith("pre-flight refused")
+    assert status.sites["trondheim"].refusal == (
         "policy_violation: site 'trondheim' does not expose field(s) pdl1_tps"
     )
+    for site in ("oslo", "bergen", "tromso"):
+        assert status.sites[site].refusal is None
+    assert ledger_counts(federation, "refusals") == before  # nothing charged anywhere
+
+
+def test_killed_and_exhausted_sites_under_secagg(federation: Federation) -> None:
+    spec = TrainingSpec(
+        project="refusals",
+        features=["age_at_diagnosis", "stage"],
+        rounds=2,
+        local_steps=5,
+        privacy=TrainingPrivacy(epsilon=4.0),
+    )
+    before = ledger_counts(federation, "refusals")
+
+    def kill_and_spend() -> None:
+        Processes.kill(federation.supernodes["tromso"])
+        with Ledger.in_directory(federation.state["bergen"]) as ledger:
+            left = ledger.remaining("refusals", REFUSAL_BUDGETS["bergen"])
+            ledger.charge(project="refusals", amount=left - 1e-3, budget=50.0, query_id="a-query")
+
+    started = time.monotonic()
+    status = federation.train(
+        spec, "dropout-job", round_timeout_s=30, timeout_s=200, after_round_1=kill_and_spend
+    )
+    elapsed = time.monotonic() - started
+    print(f"\ndropout job: {status.detail} after {elapsed:.0f} s; {status.sites}")
+    assert status.secure_aggregation is True
+    assert status.state == "failed"
+    assert status.round == 1
+    assert status.detail is not None
+    assert status.detail.startswith("round 2: secure aggregation could not complete")
+    bergen = status.sites["bergen"]
     assert bergen.rounds_completed == 1
     assert bergen.refusal is not None and bergen.refusal.startswith("budget_exhausted:")
-    # A site that never answered in this job is known to the server only by its Flower node id.
-    silent_names = [name for name in status.sites if name not in SITES]
-    assert len(silent_names) == 1, status.sites
-    assert silent_names[0].startswith("node-")
-    silent = status.sites[silent_names[0]]
-    assert silent.rounds_completed == 0
-    # The SuperLink notices the node is gone ("Node Unavailable"), or the round times out.
-    assert silent.refusal is not None
-    assert "Node Unavailable" in silent.refusal or silent.refusal == "no reply within 30 s"
+    tromso = status.sites["tromso"]
+    assert tromso.rounds_completed == 1
+    assert tromso.refusal is not None
+    # The SuperLink notices the node is gone ("Node Unavailable"), or the stage times out.
+    assert "Node Unavailable" in tromso.refusal or "no reply within 30 s" in tromso.refusal
+    # Oslo and Trondheim paid for round 2 before masking it; the round was lost.
+    for site in ("oslo", "trondheim"):
+        assert status.sites[site].rounds_completed == 2 and status.sites[site].refusal is None
     for site in ALL_SITES:
+        spent, count = before[site]
         with Ledger.in_directory(federation.state[site]) as ledger:
-            spent, count = before[site]
-            assert ledger.spent("refusals") == pytest.approx(
-                sum(c.amount for c in ledger.charges("refusals")), abs=1e-8
+            charges = [c for c in ledger.charges("refusals") if c.query_id.startswith("training:")]
+            job = [c for c in charges if json.loads(c.note)["job"] == "dropout-job"]
+            assert len(job) == status.sites[site].rounds_completed
+            assert sum(c.amount for c in job) == pytest.approx(
+                status.sites[site].epsilon_spent, abs=1e-8
             )
-            charges = ledger.charges("refusals")
-            if site == "tromso":  # killed: it may or may not have paid before it died
-                assert len(charges) - count in (0, 1)
-                continue
-            assert len(charges) - count == status.sites[site].rounds_completed
             assert ledger.spent("refusals") <= REFUSAL_BUDGETS[site]
-            if status.sites[site].rounds_completed:
-                assert ledger.spent("refusals") - spent == pytest.approx(
-                    status.sites[site].epsilon_spent, abs=1e-8
-                )
-                assert json.loads(charges[-1].note)["job"] == "refusal-job"
 
 
 def test_gateway_service_validates_then_runs_a_job(federation: Federation) -> None:
@@ -327,11 +379,18 @@ def test_gateway_service_validates_then_runs_a_job(federation: Federation) -> No
         time.sleep(0.5)
         status = service.status(status.id, researcher="alice")
     assert status.state == "finished", status.detail
+    assert status.secure_aggregation is False  # two sites: the sum would hide nothing
+    print(f"\nseconds per round without SecAgg+ (2 sites): {status.seconds_per_round}")
     assert {s: p.rounds_completed for s, p in status.sites.items() if p.refusal is None} == {
         "oslo": 1,
         "bergen": 1,
     }
     for site in ALL_SITES:
         with Ledger.in_directory(federation.state[site]) as ledger:
-            expected = 1.0 if site in ("oslo", "bergen") else 0.0
-            assert ledger.spent("service") == pytest.approx(expected, rel=1e-6)
+            if site in ("oslo", "bergen"):
+                spent = status.sites[site].epsilon_spent
+                assert spec.privacy.training_epsilon() - 1e-6 <= spent <= 1.0 + 1e-6
+                evaluation = spec.privacy.evaluation_budget()  # the final DP evaluation
+                assert ledger.spent("service") == pytest.approx(spent + evaluation, abs=1e-8)
+            else:
+                assert ledger.spent("service") == 0.0

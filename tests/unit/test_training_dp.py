@@ -15,7 +15,7 @@ from nodes.training.dp import (
     plan_noise,
     rho_for_epsilon,
 )
-from varde.training import TrainingPrivacy, TrainingSpec
+from varde.training import TrainingPrivacy, TrainingSpec, training_rho
 
 
 def spec(**changes: object) -> TrainingSpec:
@@ -65,11 +65,13 @@ def test_plan_is_calibrated_with_opendp_map() -> None:
     s = spec()
     plan = plan_noise(s, max_rows_per_patient=3)
     assert plan.sensitivity == pytest.approx(3 * math.sqrt(2) * 1.0)
-    rho_job = calibrate_rho(2.0, 1e-6)
+    # A tenth of the job's epsilon is kept for the final DP evaluation by default.
+    rho_job = calibrate_rho(1.8, 1e-6)
+    assert training_rho(s) == pytest.approx(rho_job)
     # OpenDP's map of one step, times the steps of a round, times the rounds: the job's rho.
     assert plan.rho_per_round * s.rounds == pytest.approx(rho_job, rel=1e-6)
     assert plan.scale == pytest.approx(plan.sensitivity / math.sqrt(2 * rho_job / 20))
-    assert epsilon_for_rho(plan.rho_per_round * s.rounds, 1e-6) == pytest.approx(2.0, rel=1e-6)
+    assert epsilon_for_rho(plan.rho_per_round * s.rounds, 1e-6) == pytest.approx(1.8, rel=1e-6)
 
 
 def test_noise_has_the_calibrated_scale() -> None:

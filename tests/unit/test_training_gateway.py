@@ -30,14 +30,24 @@ JOB = {
 }
 
 
-def manifest(site: str, *, fields: list[str] = FIELDS, left: float = 10.0, cap: float = 2.0):
+def manifest(
+    site: str,
+    *,
+    fields: list[str] = FIELDS,
+    left: float = 10.0,
+    cap: float = 2.0,
+    training: tuple[str, ...] = ("logistic", "cox"),
+):
     return Manifest(
         site=site,
         fields=fields,
         statistics=["count"],
         projects={
             "outcomes": ProjectTerms(
-                epsilon_budget=10.0, max_epsilon_per_query=cap, epsilon_remaining=left
+                epsilon_budget=10.0,
+                max_epsilon_per_query=cap,
+                epsilon_remaining=left,
+                training=list(training),
             )
         },
     )
@@ -103,10 +113,12 @@ def client(tmp_path: Path, manifests: dict[str, Manifest], submitter: FakeSubmit
 
 
 def test_round_costs_sum_to_the_job_epsilon() -> None:
-    costs = round_costs(TrainingSpec.model_validate(JOB))
-    assert len(costs) == 4
+    spec = TrainingSpec.model_validate(JOB)
+    costs = round_costs(spec)
+    evaluation = spec.privacy.evaluation_budget()
+    assert len(costs) == 4 + (evaluation > 0)  # the rounds, then the final evaluation
     assert sum(costs) == pytest.approx(2.0, rel=1e-6)
-    assert costs == sorted(costs, reverse=True)
+    assert costs[:4] == sorted(costs[:4], reverse=True)
 
 
 def test_check_job_names_every_refusing_site(manifests: dict[str, Manifest]) -> None:
@@ -124,6 +136,14 @@ def test_check_job_names_every_refusing_site(manifests: dict[str, Manifest]) -> 
         check_job(spec.model_copy(update={"sites": ["bergen"]}), manifests)
     with pytest.raises(PolicyViolation, match="above the per-query cap"):
         check_job(spec.model_copy(update={"rounds": 1}), {"oslo": manifest("oslo", cap=1.5)})
+    eval_heavy = spec.model_copy(
+        update={
+            "rounds": 10,
+            "privacy": spec.privacy.model_copy(update={"evaluation_epsilon": 1.0}),
+        }
+    )
+    with pytest.raises(PolicyViolation, match="the final evaluation costs epsilon 1, above the"):
+        check_job(eval_heavy, {"oslo": manifest("oslo", cap=0.5)})
     with pytest.raises(NodeUnavailable, match="'tromso' is not connected"):
         check_job(spec.model_copy(update={"sites": ["tromso"]}), manifests)
     with pytest.raises(NodeUnavailable):
@@ -157,6 +177,27 @@ def test_post_starts_a_validated_job_and_get_reports_progress(
     assert res.status_code == 200
     assert res.json()["round"] == 2
     assert res.json()["sites"]["oslo"]["epsilon_spent"] == 1.3
+
+
+def test_a_site_that_does_not_allow_the_model_refuses_the_job(
+    client: Client, submitter: FakeSubmitter, manifests: dict[str, Manifest]
+) -> None:
+    manifests["bergen"] = manifest("bergen", training=("cox",))
+    manifests["oslo"] = manifest("oslo", training=())
+    res = client.post("/v1/trainings", json=JOB)
+    assert res.status_code == 403
+    detail = res.json()["detail"]
+    assert (
+        "site 'bergen' does not allow training 'logistic' models for project 'outcomes' "
+        "(allowed there: cox)" in detail
+    )
+    assert "site 'oslo' does not allow training 'logistic'" in detail
+    assert "(allowed there: none)" in detail
+    assert "trondheim" not in detail
+    assert submitter.calls == []
+    # Leaving the refusing sites out is a job the others take.
+    res = client.post("/v1/trainings", json={**JOB, "sites": ["trondheim"]})
+    assert res.status_code == 202, res.text
 
 
 def test_refused_job_starts_nothing(

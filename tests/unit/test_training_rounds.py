@@ -10,12 +10,19 @@ import pytest
 
 from nodes.data import RegistryData, prepare
 from nodes.ledger import Ledger
+from nodes.periods import period_key
 from nodes.policy import Policy
 from nodes.synth import generate_registry
 from nodes.training import rounds
 from nodes.training.dp import epsilon_for_rho, plan_noise
-from nodes.training.features import design, encode_features, outcome_death_within_2y
+from nodes.training.features import (
+    design,
+    encode_features,
+    holdout_mask,
+    outcome_death_within_2y,
+)
 from nodes.training.rounds import job_history, run_round
+from varde.envelope import utcnow
 from varde.errors import BudgetExhausted, PolicyViolation
 from varde.schema import FIELDS_BY_NAME
 from varde.training import TrainingPrivacy, TrainingSpec, design_columns
@@ -42,6 +49,7 @@ def make_policy(
                     "epsilon_budget": budget,
                     "max_epsilon_per_query": cap,
                     "researchers": researchers,
+                    "training": ["logistic", "cox"],
                 }
             },
         }
@@ -97,8 +105,13 @@ def test_design_matches_public_columns_and_outcome(data: RegistryData) -> None:
     assert (y[known & dead & (days <= 730)] == 1).all()
     assert (y[known & (days > 730)] == 0).all()
     assert not known[~dead & (days < 730)].any()  # censored before two years
+    held = holdout_mask(data, spec.holdout)
+    assert 0.17 < held.mean() < 0.23  # a fifth of the patients, by a public hash
     xs, ys = design(data, spec)
-    assert len(xs) == len(ys) == known.sum()
+    assert len(xs) == len(ys) == (known & ~held).sum()
+    xh, _ = design(data, spec, "holdout")
+    assert len(xh) == (known & held).sum()
+    assert (holdout_mask(data, spec.holdout) == held).all()  # the same split every time
 
 
 def test_round_is_charged_before_training_and_totals_telescope(
@@ -120,7 +133,8 @@ def test_round_is_charged_before_training_and_totals_telescope(
     plan = plan_noise(spec, max_rows_per_patient=2)
     total = epsilon_for_rho(plan.rho_per_round * spec.rounds, spec.privacy.delta)
     assert ledger.spent("p") == pytest.approx(total, abs=1e-8)
-    assert total == pytest.approx(3.0, rel=1e-6)  # the whole job costs what was asked
+    # The rounds cost what was asked, less the tenth kept for the final evaluation.
+    assert total == pytest.approx(2.7, rel=1e-6)
     assert results[0].epsilon_charged > results[1].epsilon_charged > results[2].epsilon_charged
     assert results[-1].epsilon_job == pytest.approx(total)
     assert results[-1].epsilon_remaining == pytest.approx(20.0 - total, abs=1e-8)
@@ -196,3 +210,43 @@ def test_wrong_weight_shape_is_an_error(data: RegistryData, ledger: Ledger) -> N
             weights=np.zeros(3),
         )
     assert ledger.charges() == []
+
+
+def test_cox_round_is_charged_before_training_and_totals_telescope(
+    data: RegistryData, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, policy = make_spec(model="cox"), make_policy()
+    seen: list[float] = []
+    real = rounds.noisy_cox_descent
+
+    def spy(*args: object, **kwargs: object):
+        seen.append(ledger.spent("p"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rounds, "noisy_cox_descent", spy)
+    results = [play(data, ledger, spec, policy) for _ in range(spec.rounds)]
+    assert seen == pytest.approx([c.spent_after for c in ledger.charges("p")])
+    assert results[-1].weights.shape == (spec.n_coefficients(),)
+    assert np.isfinite(results[-1].weights).all()
+    assert results[0].num_examples == pytest.approx((~holdout_mask(data, 0.2)).sum(), rel=0.2)
+    assert ledger.spent("p") == pytest.approx(2.7, rel=1e-6)
+
+
+def test_training_pays_from_the_current_budget_period_like_queries(
+    data: RegistryData, ledger: Ledger
+) -> None:
+    """A quarterly budget is one account for queries and training: no second, lifetime purse."""
+    policy = make_policy(budget=3.5, cap=3.0)
+    quarterly = policy.projects["p"].model_copy(update={"budget_period": "quarter"})
+    policy = policy.model_copy(update={"projects": {"p": quarterly}})
+    period = period_key("quarter", utcnow())
+    # a query already spent 1.0 of this quarter's 3.5
+    ledger.charge(project="p", amount=1.0, budget=3.5, query_id="q1", period=period)
+    spec = make_spec(rounds=1, privacy=TrainingPrivacy(epsilon=2.0, evaluation_epsilon=0.0))
+    done = play(data, ledger, spec.model_copy(update={"holdout": 0.0}), policy)
+    assert {c.period for c in ledger.charges("p")} == {period}
+    assert done.epsilon_remaining == pytest.approx(3.5 - 1.0 - done.epsilon_charged, abs=1e-8)
+    assert ledger.spent("p", period=period) == pytest.approx(1.0 + done.epsilon_charged, abs=1e-8)
+    # the quarter cannot pay for another such job, whatever the lifetime account says
+    with pytest.raises(BudgetExhausted):
+        play(data, ledger, spec.model_copy(update={"holdout": 0.0}), policy, job="j2")

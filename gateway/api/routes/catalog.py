@@ -83,7 +83,11 @@ def get_sites(state: State, _researcher: CurrentResearcher) -> list[SiteInfo]:
 
 @router.get("/budgets")
 def get_budgets(state: State, researcher: CurrentResearcher) -> dict[str, Any]:
-    """Per project of yours and per site: budget, cap and epsilon left (as last reported)."""
+    """Per project of yours and per site: budget, cap and what is left (as last reported).
+
+    ``accounting`` names the measure the project spends at that site; a zcdp
+    project also shows its rho budget, cap and rho left.
+    """
     with state.sessions() as s:
         sites = enrolled_sites(s)
     out: dict[str, Any] = {}
@@ -96,9 +100,19 @@ def get_budgets(state: State, researcher: CurrentResearcher) -> dict[str, Any]:
                 None
                 if terms is None
                 else {
+                    "accounting": terms.accounting,
                     "epsilon_budget": terms.epsilon_budget,
                     "max_epsilon_per_query": terms.max_epsilon_per_query,
                     "epsilon_remaining": terms.epsilon_remaining,
+                    **(
+                        {
+                            "rho_budget": terms.rho_budget,
+                            "max_rho_per_query": terms.max_rho_per_query,
+                            "rho_remaining": terms.rho_remaining,
+                        }
+                        if terms.accounting == "zcdp"
+                        else {}
+                    ),
                 }
             )
         out[project] = per_site

@@ -1,0 +1,188 @@
+"""The gateway reads rho for zCDP projects: manifest, pre-check, preview, budgets, result rows.
+
+A real gateway app (in process, SQLite in a temp dir) with manifests as the
+sites' own policies build them; no node is connected, so anything the
+pre-check lets through comes back ``unavailable`` and nothing is charged
+anywhere by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.admin import add_project, add_researcher
+from gateway.app import create_app
+from gateway.core.config import Settings
+from gateway.core.db import Node
+from gateway.queries import precheck
+from gateway.state import GatewayState
+from nodes.policy import Policy
+from varde.query import parse_query
+from varde.release import Manifest
+
+P = "nsclc-feasibility"
+SURVIVAL = {"kind": "survival", "interval_months": 3, "horizon_months": 24}
+
+
+def policy_with(oslo_policy: Policy, site: str, **terms: Any) -> Policy:
+    proj = oslo_policy.projects[P].model_copy(update=terms)
+    return oslo_policy.model_copy(update={"site": site, "projects": {P: proj}})
+
+
+def zcdp_manifest(oslo_policy: Policy, left: float = 0.4) -> Manifest:
+    pol = policy_with(
+        oslo_policy, "bergen", accounting="zcdp", rho_budget=0.5, max_rho_per_query=0.25
+    )
+    return pol.manifest({P: left})
+
+
+def q(privacy: dict[str, Any], statistic: dict[str, Any] | None = None) -> Any:
+    return parse_query(
+        {"project": P, "statistic": statistic or {"kind": "count"}, "privacy": privacy}
+    )
+
+
+def test_manifest_carries_the_accounting_and_rho(oslo_policy: Policy) -> None:
+    terms = zcdp_manifest(oslo_policy).projects[P]
+    assert terms.accounting == "zcdp"
+    assert (terms.rho_budget, terms.max_rho_per_query, terms.rho_remaining) == (0.5, 0.25, 0.4)
+    assert terms.remaining == 0.4
+    assert terms.epsilon_remaining == terms.epsilon_budget  # queries spend rho, not epsilon
+    eps = oslo_policy.manifest({P: 7.5}).projects[P]
+    assert eps.accounting == "epsilon" and eps.remaining == eps.epsilon_remaining == 7.5
+    assert eps.rho_remaining == 0.0 and eps.max_rho_per_query is None
+
+
+@pytest.mark.parametrize(
+    ("privacy", "statistic", "want"),
+    [
+        ({"mode": "zcdp", "rho": 0.2}, SURVIVAL, None),
+        (
+            {"mode": "zcdp", "rho": 0.3},
+            None,
+            (
+                "policy_violation",
+                "rho 0.3 is above the per-query cap 0.25 of project 'nsclc-feasibility' "
+                "at 'bergen'",
+            ),
+        ),
+        (
+            {"mode": "zcdp", "rho": 0.25},
+            {"kind": "mean", "field": "age_at_diagnosis", "lower": 0, "upper": 100},
+            (
+                "budget_exhausted",
+                "project 'nsclc-feasibility' has 0.2 rho left at 'bergen'; the query needs 0.25",
+            ),
+        ),
+        (
+            {"mode": "dp", "epsilon": 0.1},
+            None,
+            (
+                "policy_violation",
+                "project 'nsclc-feasibility' accounts in zcdp at 'bergen': "
+                'ask with privacy {"mode": "zcdp", "rho": ...}',
+            ),
+        ),
+    ],
+)
+def test_precheck_compares_rho_for_a_zcdp_project(
+    oslo_policy: Policy,
+    privacy: dict[str, Any],
+    statistic: dict[str, Any] | None,
+    want: tuple[str, str] | None,
+) -> None:
+    manifest = zcdp_manifest(oslo_policy, left=0.2)
+    assert precheck(manifest, q(privacy, statistic), "bergen") == want
+
+
+def test_precheck_refuses_zcdp_to_an_epsilon_project(oslo_policy: Policy) -> None:
+    manifest = oslo_policy.manifest({P: 10.0})
+    # rho 0.5 is below the epsilon cap 1.0: the old pre-check compared them and let it through
+    assert precheck(manifest, q({"mode": "zcdp", "rho": 0.5}), "oslo") == (
+        "policy_violation",
+        "project 'nsclc-feasibility' accounts in epsilon at 'oslo': "
+        'ask with privacy {"mode": "dp", "epsilon": ...}',
+    )
+
+
+# ---------------------------------------------------------------- through the HTTP API
+
+
+class Api:
+    def __init__(self, state: GatewayState, token: str) -> None:
+        self.app = create_app(state=state)
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def call(self, method: str, url: str, body: Any = None) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                return await c.request(method, url, json=body, headers=self.headers)
+
+        return asyncio.run(go())
+
+
+@pytest.fixture
+def api(tmp_path: Path, oslo_policy: Policy) -> Api:
+    state = GatewayState.open(Settings(state_dir=tmp_path))
+    add_project(state.sessions, P)
+    token = add_researcher(state.sessions, "alice", [P])
+    with state.sessions() as s:
+        s.add_all([Node(site="bergen", public_key="x"), Node(site="oslo", public_key="y")])
+        s.commit()
+    state.dispatcher._site("bergen").manifest = zcdp_manifest(oslo_policy)
+    state.dispatcher._site("oslo").manifest = oslo_policy.manifest({P: 9.0})
+    return Api(state, token)
+
+
+def test_budgets_show_rho_for_zcdp_projects(api: Api) -> None:
+    resp = api.call("GET", "/v1/budgets")
+    assert resp.status_code == 200, resp.text
+    sites = resp.json()["projects"][P]
+    assert sites["bergen"] == {
+        "accounting": "zcdp",
+        "epsilon_budget": 10.0,
+        "max_epsilon_per_query": 1.0,
+        "epsilon_remaining": 10.0,
+        "rho_budget": 0.5,
+        "max_rho_per_query": 0.25,
+        "rho_remaining": 0.4,
+    }
+    assert sites["oslo"]["accounting"] == "epsilon" and "rho_remaining" not in sites["oslo"]
+    assert sites["oslo"]["epsilon_remaining"] == 9.0
+
+
+def test_preview_and_query_refuse_the_wrong_mode_per_site(api: Api) -> None:
+    body = {
+        "project": P,
+        "statistic": SURVIVAL,
+        "privacy": {"mode": "zcdp", "rho": 0.2},
+    }
+    pre = api.call("POST", "/v1/queries/preview", body)
+    assert pre.status_code == 200, pre.text
+    rows = {r["site"]: r for r in pre.json()["sites"]}
+    assert pre.json()["rho_requested"] == 0.2 and pre.json()["epsilon_requested"] == 0.0
+    assert rows["oslo"]["status"] == "policy_violation"
+    assert "accounts in epsilon at 'oslo'" in rows["oslo"]["message"]
+    assert rows["bergen"]["status"] == "unavailable"  # passed the pre-check; not connected
+    # rho above bergen's cap: every site refuses, a 4xx naming each site's reason
+    resp = api.call("POST", "/v1/queries", {**body, "privacy": {"mode": "zcdp", "rho": 0.3}})
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["error"] == "policy_violation"
+    text = resp.json()["detail"]
+    assert "bergen: rho 0.3 is above the per-query cap 0.25" in text
+    assert "oslo: project 'nsclc-feasibility' accounts in epsilon at 'oslo'" in text
+
+
+def test_a_zcdp_release_updates_the_gateways_rho_view(api: Api, oslo_policy: Policy) -> None:
+    disp = api.app.state.varde.dispatcher
+    disp.note_budget("bergen", P, 0.15)
+    disp.note_budget("oslo", P, 8.0)
+    bergen, oslo = disp.manifest("bergen").projects[P], disp.manifest("oslo").projects[P]
+    assert bergen.rho_remaining == 0.15 and bergen.epsilon_remaining == 10.0
+    assert oslo.epsilon_remaining == 8.0 and oslo.rho_remaining == 0.0

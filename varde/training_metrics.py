@@ -1,0 +1,206 @@
+"""Evaluation metrics of a trained model, from DP counts only: public bins, pooling maths.
+
+Why counts: every site releases one table of counts over **public** bins of
+its held-out rows (through OpenDP, paid from its ledger, see
+:mod:`nodes.training.evaluation`), and every metric here is post-processing of
+those noisy tables. A held-out row falls in exactly one cell, so one patient
+(at most ``k`` rows) moves a table by at most ``k`` in L1, whatever the model.
+
+* **Logistic**: a histogram of the predicted probability over
+  :data:`SCORE_BINS` equal bins of ``[0, 1]``, one per outcome class. The AUC is
+  the Mann-Whitney statistic of the two histograms (pairs in the same bin count
+  one half), and since 0.5 is a bin edge the confusion matrix at threshold 0.5
+  is a sum of bins: one release gives both.
+* **Cox**: counts by (censored/event, time bin, risk bin), with time bins on a
+  public grid (:data:`TIME_EDGES_DAYS`) and risk bins splitting the linear
+  predictor's public range (:func:`risk_bounds`, from the released
+  coefficients and the schema's domain). Harrell's concordance is estimated on
+  the pairs the bins can order: an event in an earlier time bin against any row
+  in a later one (pairs in the same time bin are left out; pairs in the same
+  risk bin count one half). The model is stratified by site, so the network
+  concordance pools the sites' *within-site* pairs (sums of numerators and
+  denominators), which is also what a central stratified model is judged on.
+
+Noisy counts can be negative and are used **as released**, not clamped at 0:
+the metrics are ratios of sums of products of counts from *different* cells
+(independent noise), so numerator and denominator stay unbiased, whereas
+clamping would add positive mass to every empty cell and pull AUC and
+concordance towards 0.5. Only the final ratio is clamped to ``[0, 1]``.
+
+>>> neg = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+>>> pos = [0] * 19 + [5]
+>>> m = logistic_metrics(np.array([neg, pos]))
+>>> m["auc"], m["accuracy"], m["sensitivity"], m["specificity"]
+(1.0, 0.5, 1.0, 0.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from varde.schema import FIELDS_BY_NAME, FieldKind
+
+SCORE_BINS = 20
+"""Equal-width bins of predicted probability (even, so 0.5 is an edge)."""
+
+RISK_BINS = 20
+"""Equal-width bins of a Cox model's linear predictor over its public range."""
+
+TIME_EDGES_DAYS: tuple[int, ...] = tuple(round(365.25 * q / 4) for q in range(21)) + tuple(
+    round(365.25 * year) for year in range(6, 11)
+)
+"""Left edges of the public time bins: quarters for five years, then years to ten, then
+one open bin."""
+
+Floats = NDArray[np.float64]
+
+
+def score_bins(probability: Floats) -> NDArray[np.int64]:
+    """Bin index of each predicted probability (``[i/B, (i+1)/B)``, the last bin closed)."""
+    index = np.floor(np.asarray(probability, dtype=np.float64) * SCORE_BINS).astype(np.int64)
+    return np.clip(index, 0, SCORE_BINS - 1)
+
+
+def time_bins(days: Floats) -> NDArray[np.int64]:
+    """Public time bin of each survival time in days."""
+    edges = np.asarray(TIME_EDGES_DAYS, dtype=np.float64)
+    index = np.searchsorted(edges, np.asarray(days, dtype=np.float64), side="right") - 1
+    return np.clip(index, 0, len(edges) - 1).astype(np.int64)
+
+
+def risk_bounds(coefficients: Sequence[float], features: list[str]) -> tuple[float, float]:
+    """The smallest and largest Cox linear predictor over the schema's whole domain.
+
+    Public: it reads only the released coefficients and the schema (a categorical
+    feature contributes one of its categories' coefficients, or 0 when missing;
+    an integer feature contributes its coefficient times a value in ``[-1, 1]``).
+
+    >>> risk_bounds([0.0, 0.5, 2.0], ["sex", "age_at_diagnosis"])
+    (-2.0, 2.5)
+    """
+    beta = [float(b) for b in coefficients]
+    low = high = 0.0
+    at = 0
+    for name in features:
+        spec = FIELDS_BY_NAME[name]
+        if spec.kind is FieldKind.CATEGORICAL:
+            block = [0.0, *beta[at : at + len(spec.categories)]]
+            at += len(spec.categories)
+            low, high = low + min(block), high + max(block)
+        else:
+            low, high = low - abs(beta[at]), high + abs(beta[at])
+            at += 1
+    if at != len(beta):
+        raise ValueError(f"{len(beta)} coefficients do not fit features {features}")
+    return low, high
+
+
+def risk_bins(linear_predictor: Floats, bounds: tuple[float, float]) -> NDArray[np.int64]:
+    """Risk bin of each linear predictor: :data:`RISK_BINS` equal bins of ``bounds``."""
+    low, high = bounds
+    width = (high - low) / RISK_BINS if high > low else 1.0
+    index = np.floor((np.asarray(linear_predictor, dtype=np.float64) - low) / width)
+    return np.clip(index, 0, RISK_BINS - 1).astype(np.int64)
+
+
+def logistic_table_shape() -> tuple[int, int]:
+    """``(outcome class, score bin)``."""
+    return (2, SCORE_BINS)
+
+
+def cox_table_shape() -> tuple[int, int, int]:
+    """``(censored/event, time bin, risk bin)``."""
+    return (2, len(TIME_EDGES_DAYS), RISK_BINS)
+
+
+def _table(table: NDArray[np.generic], shape: tuple[int, ...]) -> Floats:
+    values = np.asarray(table, dtype=np.float64)
+    if values.shape != shape:
+        raise ValueError(f"expected a table of shape {shape}, got {values.shape}")
+    return values
+
+
+def _ratio(numerator: float, denominator: float, empty: float) -> float:
+    """``numerator / denominator`` clamped to ``[0, 1]``; ``empty`` when nothing to divide by."""
+    if denominator <= 0 or not math.isfinite(numerator / denominator):
+        return empty
+    return min(max(numerator / denominator, 0.0), 1.0)
+
+
+def logistic_metrics(table: NDArray[np.generic]) -> dict[str, float]:
+    """AUC and confusion-matrix metrics at 0.5 from a (noisy) ``(2, SCORE_BINS)`` table.
+
+    Row 0 counts held-out survivors (label 0), row 1 deaths within two years.
+    A metric whose denominator is empty (or noisy below 0) is reported as 0.5
+    (AUC) or 0, never NaN.
+    """
+    neg, pos = _table(table, logistic_table_shape())
+    n_neg, n_pos = float(neg.sum()), float(pos.sum())
+    below = np.cumsum(neg) - neg  # negatives in strictly lower bins
+    concordant = float((pos * (below + 0.5 * neg)).sum())
+    auc = _ratio(concordant, n_neg * n_pos, 0.5) if n_neg > 0 and n_pos > 0 else 0.5
+    half = SCORE_BINS // 2
+    tp, fn = float(pos[half:].sum()), float(pos[:half].sum())
+    tn, fp = float(neg[:half].sum()), float(neg[half:].sum())
+    total = tp + fn + tn + fp
+    return {
+        "auc": auc,
+        "accuracy": _ratio(tp + tn, total, 0.0),
+        "sensitivity": _ratio(tp, tp + fn, 0.0),
+        "specificity": _ratio(tn, tn + fp, 0.0),
+        "n": max(total, 0.0),
+        "positives": max(n_pos, 0.0),
+    }
+
+
+def concordance_parts(table: NDArray[np.generic]) -> tuple[float, float]:
+    """``(concordant + ties / 2, comparable)`` pairs of a (noisy) Cox count table.
+
+    A pair is comparable when one row had its event in an earlier time bin than
+    the other's time bin; it is concordant when the earlier event has the higher
+    risk bin (ties: one half).
+    """
+    counts = _table(table, cox_table_shape())
+    events = counts[1]
+    rows = counts.sum(axis=0)
+    # later[a, s]: rows in time bins after a, with risk bin s.
+    later = np.cumsum(rows[::-1], axis=0)[::-1]
+    later = np.vstack([later[1:], np.zeros((1, later.shape[1]))])
+    lower = np.cumsum(later, axis=1) - later  # rows with a strictly lower risk bin
+    concordant = float((events * (lower + 0.5 * later)).sum())
+    comparable = float((events * later.sum(axis=1, keepdims=True)).sum())
+    return concordant, comparable
+
+
+def cox_metrics(tables: Sequence[NDArray[np.generic]]) -> dict[str, float]:
+    """Concordance pooled over sites' *within-site* pairs, with noisy row and event counts."""
+    concordant = comparable = n = events = 0.0
+    for table in tables:
+        c, p = concordance_parts(table)
+        counts = _table(table, cox_table_shape())
+        concordant, comparable = concordant + c, comparable + p
+        n, events = n + float(counts.sum()), events + float(counts[1].sum())
+    return {
+        "concordance": _ratio(concordant, comparable, 0.5),
+        "n": max(n, 0.0),
+        "events": max(events, 0.0),
+    }
+
+
+def pooled_metrics(model: str, tables: Sequence[NDArray[np.generic]]) -> dict[str, float]:
+    """Network metrics from every site's table: summed histograms (logistic), pooled pairs (Cox)."""
+    if model == "cox":
+        return cox_metrics(tables)
+    total = np.zeros(logistic_table_shape())
+    for table in tables:
+        total = total + _table(table, logistic_table_shape())
+    return logistic_metrics(total)
+
+
+def table_shape(model: str) -> tuple[int, ...]:
+    """Shape of the count table one site releases for ``model``."""
+    return cox_table_shape() if model == "cox" else logistic_table_shape()
