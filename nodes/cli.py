@@ -182,7 +182,7 @@ def _decide(
     by: str,
     policy_file: Path | None = None,
 ) -> None:
-    from nodes.policy_edits import approve_project, write_policy_version
+    from nodes.policy_edits import record_project_approval
     from nodes.store import NodeStore
     from varde.errors import NotFound
 
@@ -198,18 +198,14 @@ def _decide(
                     f"{request_id} approves project {pending.project!r}, which is written into "
                     "the policy: pass --policy policies/<site>.yaml (the file the node runs with)"
                 )
-            version = write_policy_version(
+            version = record_project_approval(
                 policy_file,
-                lambda text: approve_project(text, pending.project),
+                project=pending.project,
+                request_id=request_id,
                 site=None,
                 store=store,
                 user=by,
                 via="cli",
-                project=pending.project,
-                change={
-                    "key": "approvals.approved_projects",
-                    "request": request_id,
-                },
             ).version
         req = store.approvals.decide(request_id, approve=approve, by=by, reason=reason)
     except (NotFound, ValueError, OSError) as err:  # PolicyEditError is a ValueError

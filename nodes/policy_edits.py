@@ -41,7 +41,13 @@ from nodes.policy import Policy
 from nodes.policy_tools import check_policy_text, set_scalar
 from nodes.store import NodeStore
 
-__all__ = ["PolicyEditError", "approve_project", "set_budget", "write_policy_version"]
+__all__ = [
+    "PolicyEditError",
+    "approve_project",
+    "record_project_approval",
+    "set_budget",
+    "write_policy_version",
+]
 
 
 class PolicyEditError(ValueError):
@@ -141,3 +147,33 @@ def write_policy_version(
     if saved is not None:
         saved()
     return result.policy
+
+
+def record_project_approval(
+    path: Path,
+    *,
+    project: str,
+    request_id: str,
+    site: str | None,
+    store: NodeStore,
+    user: str,
+    via: str,
+    saved: Callable[[], object] | None = None,
+) -> Policy:
+    """Write staff's approval of ``project`` (request ``request_id``) as a new policy version.
+
+    The console and ``varde node approve --policy`` both call this *before*
+    recording the decision, so a policy that would not validate leaves the
+    request pending and the file untouched.
+    """
+    return write_policy_version(
+        path,
+        lambda text: approve_project(text, project),
+        site=site,
+        store=store,
+        user=user,
+        via=via,
+        project=project,
+        change={"key": "approvals.approved_projects", "request": request_id},
+        saved=saved,
+    )

@@ -345,10 +345,13 @@ class VardeClient:
         return QueryResponse(self._check(resp), resp.status_code)
 
     def budgets(self) -> pd.DataFrame:
-        """Epsilon budget, cap and remainder per project and site."""
+        """Budget, cap and remainder per project and site (``accounting`` says in what).
+
+        A site that does not serve a project has ``accounting`` ``"not served"``.
+        """
         data = self._check(self._http.get("/v1/budgets"))["projects"]
         rows = [
-            {"project": p, "site": s, **(terms or {"epsilon_budget": None})}
+            {"project": p, "site": s, **(terms or {"accounting": "not served"})}
             for p, sites in data.items()
             for s, terms in sites.items()
         ]

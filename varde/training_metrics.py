@@ -102,7 +102,9 @@ def risk_bounds(coefficients: Sequence[float], features: list[str]) -> tuple[flo
 def risk_bins(linear_predictor: Floats, bounds: tuple[float, float]) -> NDArray[np.int64]:
     """Risk bin of each linear predictor: :data:`RISK_BINS` equal bins of ``bounds``."""
     low, high = bounds
-    width = (high - low) / RISK_BINS if high > low else 1.0
+    width = (high - low) / RISK_BINS
+    if not (math.isfinite(width) and width > 0):  # equal or subnormal bounds: one bin wide
+        width = 1.0
     index = np.floor((np.asarray(linear_predictor, dtype=np.float64) - low) / width)
     return np.clip(index, 0, RISK_BINS - 1).astype(np.int64)
 

@@ -28,7 +28,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from nodes.console.auth import Sessions, check_password
 from nodes.ledger import Ledger
 from nodes.policy import Policy
-from nodes.policy_edits import PolicyEditError, approve_project, set_budget, write_policy_version
+from nodes.policy_edits import (
+    PolicyEditError,
+    record_project_approval,
+    set_budget,
+    write_policy_version,
+)
 from nodes.store import NodeStore
 from varde.errors import NotFound
 
@@ -378,18 +383,14 @@ def create_console(
                         "`varde node approve --policy FILE`",
                         status_code=409,
                     )
-                write_policy_version(
+                record_project_approval(
                     policy_file,
-                    lambda text: approve_project(text, pending.project),
+                    project=pending.project,
+                    request_id=request_id,
                     site=site,
                     store=store,
                     user=user,
                     via="console",
-                    project=pending.project,
-                    change={
-                        "key": "approvals.approved_projects",
-                        "request": request_id,
-                    },
                     saved=policy_saved,
                 )
             store.approvals.decide(

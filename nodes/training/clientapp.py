@@ -40,6 +40,7 @@ turn it into an opaque exception).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from nodes.data import load_registry
+from nodes.data import RegistryData, load_registry
 from nodes.ledger import Ledger
-from nodes.policy import load_policy
+from nodes.policy import Policy, load_policy
 from nodes.training.preflight import approval_gate, preflight
 from nodes.training.rounds import RoundResult, run_round
 from varde.errors import InvalidQuery, PolicyViolation, VardeError
@@ -162,7 +163,18 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"site": ConfigRecord({"site": site})}), reply_to=msg)
 
 
-def _train(context: Context, site: str, job: _Job, weights: NDArray[Any]) -> RoundResult:
+@dataclass(frozen=True)
+class _Site:
+    """What a training or evaluation message needs at this site, from its own node-config."""
+
+    policy: Policy
+    data: RegistryData
+    state_dir: Path
+    approved: Callable[[], bool]
+
+
+def _site(context: Context, site: str, job: _Job) -> _Site:
+    """Load the site's policy and registry, and its staff-approval check of ``job``."""
     policy = load_policy(Path(_node_setting(context, "policy")), site=site)
     data = load_registry(
         Path(_node_setting(context, "data")),
@@ -177,16 +189,21 @@ def _train(context: Context, site: str, job: _Job, weights: NDArray[Any]) -> Rou
         researcher=job.researcher,
         state_dir=state_dir,
     )
-    with Ledger.in_directory(state_dir) as ledger:
+    return _Site(policy, data, state_dir, gate)
+
+
+def _train(context: Context, site: str, job: _Job, weights: NDArray[Any]) -> RoundResult:
+    here = _site(context, site, job)
+    with Ledger.in_directory(here.state_dir) as ledger:
         return run_round(
-            data=data,
-            policy=policy,
+            data=here.data,
+            policy=here.policy,
             ledger=ledger,
             spec=job.spec,
             job_id=job.job_id,
             researcher=job.researcher,
             weights=weights.astype(np.float64),
-            approved=gate,
+            approved=here.approved,
         )
 
 
@@ -280,33 +297,20 @@ def evaluate(msg: Message, context: Context) -> Message:
     from nodes.training.evaluation import evaluate_model
 
     site = _node_setting(context, "site")
-    state_dir = Path(_node_setting(context, "state-dir"))
     weights = msg.content.array_records["arrays"].to_numpy_ndarrays()[0]
     try:
         job = _job(msg.content.config_records["config"], site)
-        policy = load_policy(Path(_node_setting(context, "policy")), site=site)
-        data = load_registry(
-            Path(_node_setting(context, "data")),
-            site=site,
-            max_rows_per_patient=policy.privacy_unit.max_tumours_per_patient,
-        )
-        gate = approval_gate(
-            policy=policy,
-            spec=job.spec,
-            job_id=job.job_id,
-            researcher=job.researcher,
-            state_dir=state_dir,
-        )
-        with Ledger.in_directory(state_dir) as ledger:
+        here = _site(context, site, job)
+        with Ledger.in_directory(here.state_dir) as ledger:
             result = evaluate_model(
-                data=data,
-                policy=policy,
+                data=here.data,
+                policy=here.policy,
                 ledger=ledger,
                 spec=job.spec,
                 job_id=job.job_id,
                 researcher=job.researcher,
                 weights=np.asarray(weights, dtype=np.float64),
-                approved=gate,
+                approved=here.approved,
             )
     except VardeError as err:
         return _refusal(msg, site, err)

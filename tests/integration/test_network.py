@@ -225,6 +225,8 @@ def test_catalog_endpoints(network: LocalNetwork, client: VardeClient) -> None:
     budgets = client.budgets()
     row = budgets[(budgets.project == "nsclc-feasibility") & (budgets.site == "oslo")].iloc[0]
     assert row.epsilon_budget == 10.0 and row.epsilon_remaining <= 10.0
+    unserved = budgets[(budgets.project == "breast-outcomes") & (budgets.site == "trondheim")]
+    assert list(unserved.accounting) == ["not served"]
     assert httpx.get(f"{network.url}/docs").status_code == 200
     paths = httpx.get(f"{network.url}/openapi.json").json()["paths"]
     assert {"/v1/queries", "/v1/schema", "/v1/budgets", "/v1/nodes/poll"} <= set(paths)
