@@ -344,6 +344,41 @@ class VardeClient:
         resp = self._http.post("/v1/queries", json=body)
         return QueryResponse(self._check(resp), resp.status_code)
 
+    def preview(self, spec: dict[str, Any] | Query) -> pd.DataFrame:
+        """What a query would cost at each site and how accurate it would be; nothing is charged.
+
+        One row per site and a ``network`` row: ``status`` (a site that would
+        refuse says why in ``message``), ``epsilon`` (or ``rho`` in zCDP mode)
+        it would charge, and per released part (``count``, ``sum``) the noise
+        standard deviation ``std_<part>`` and the 95% half-width ``pm95_<part>``
+        of every number. Ask this before a funnel or a many-cell table.
+        """
+        body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, Query) else spec
+        data = self._check(self._http.post("/v1/queries/preview", json=body))
+        rows: list[dict[str, Any]] = []
+        for site in data["sites"]:
+            row: dict[str, Any] = {
+                "site": site["site"],
+                "status": site["status"],
+                "epsilon": site.get("epsilon_planned", 0.0),
+                "rho": site.get("rho_planned", 0.0),
+            }
+            row.update({f"std_{k}": v for k, v in site.get("noise_std", {}).items()})
+            row.update({f"pm95_{k}": v for k, v in site.get("accuracy", {}).items()})
+            row["message"] = site.get("message", "")
+            rows.append(row)
+        network: dict[str, Any] = {
+            "site": "network",
+            "status": "ok" if data["network_noise_std"] else "refused",
+            "epsilon": sum(data["epsilon_planned"].values()),
+            "rho": sum(data.get("rho_planned", {}).values()),
+            "message": f"{data['cells']} number(s) per site",
+        }
+        network.update({f"std_{k}": v for k, v in data["network_noise_std"].items()})
+        network.update({f"pm95_{k}": v for k, v in data["network_accuracy"].items()})
+        rows.append(network)
+        return pd.DataFrame(rows)
+
     def budgets(self) -> pd.DataFrame:
         """Budget, cap and remainder per project and site (``accounting`` says in what).
 

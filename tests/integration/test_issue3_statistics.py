@@ -98,6 +98,17 @@ def test_preview_then_funnel(network: LocalNetwork) -> None:
         # eps 0.6 over 3 steps by composition: scale k * 3 / 0.6 per step
         assert row["noise_scales"]["count"] == pytest.approx(KS[row["site"]] * 3 / 0.6)
 
+    # the researcher's SDK gives the same as a table, and charges nothing either
+    with VardeClient(network.url, network.token, timeout=60) as client:
+        table = client.preview(FUNNEL).set_index("site")
+    assert charges_everywhere(network) == before
+    assert list(table.index) == [*[s["site"] for s in preview["sites"]], "network"]
+    assert (table.status == "ok").all()
+    assert table.loc["network", "epsilon"] == pytest.approx(0.6 * len(network.sites))
+    assert table.loc["network", "pm95_count"] == pytest.approx(preview["network_accuracy"]["count"])
+    for row in preview["sites"]:
+        assert table.loc[row["site"], "pm95_count"] == pytest.approx(row["accuracy"]["count"])
+
     res = _post(network, "/v1/queries", FUNNEL)
     assert res.status_code == 200, res.text
     raw = res.json()
