@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
             home=settings_in_force.state_dir / "flwr",
             superlink=settings_in_force.flower_superlink,
             insecure=settings_in_force.flower_insecure,
+            root_certificates=settings_in_force.flower_root_certificates,
         )
         app.state.varde_training = TrainingService(
             submitter, settings_in_force.state_dir / "trainings", sessions=varde_state.sessions

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -76,6 +77,12 @@ def schema(
     typer.echo(render_markdown())
 
 
+SuperLinkFile = Annotated[
+    Path | None,
+    typer.Option(exists=True, dir_okay=False, help="With --with-superlink: TLS (PEM); see above."),
+]
+
+
 @gateway_app.command("serve")
 def gateway_serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
@@ -86,31 +93,100 @@ def gateway_serve(
     ] = None,
     log_level: Annotated[str, typer.Option()] = "warning",
     flower_superlink: Annotated[
-        str | None, typer.Option(help="host:port of a Flower SuperLink: enables /v1/trainings.")
+        str | None,
+        typer.Option(help="host:port of a Flower SuperLink run elsewhere: enables /v1/trainings."),
     ] = None,
     flower_insecure: Annotated[bool, typer.Option(help="Plain text to the SuperLink.")] = False,
+    with_superlink: Annotated[
+        bool,
+        typer.Option(
+            "--with-superlink",
+            help="Start a Flower SuperLink beside the gateway (on --host, at --superlink-port) "
+            "and train through it: enables /v1/trainings; stopped with the gateway. Plain text "
+            "on 127.0.0.1 only: another --host needs --superlink-certfile/-keyfile/-ca-certfile.",
+        ),
+    ] = False,
+    superlink_port: Annotated[
+        int,
+        typer.Option(min=0, max=65535, help="With --with-superlink: its port (0: a free one)."),
+    ] = 9092,
+    superlink_certfile: SuperLinkFile = None,
+    superlink_keyfile: SuperLinkFile = None,
+    superlink_ca_certfile: SuperLinkFile = None,
 ) -> None:
     """Serve the gateway API (one process: the long-poll queues live in it)."""
     import uvicorn
 
     from gateway.app import create_app
     from gateway.core.config import Settings
+    from gateway.training.deployment import LocalFederation, TLSFiles
 
-    settings = Settings(
-        state_dir=state_dir,
-        database_url=database_url,
-        flower_superlink=flower_superlink,
-        flower_insecure=flower_insecure,
-    )
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=log_level,
-        workers=1,
-        ws="none",
-        timeout_graceful_shutdown=3,
-    )
+    tls_files = [superlink_certfile, superlink_keyfile, superlink_ca_certfile]
+    federation: LocalFederation | None = None
+    if with_superlink:
+        if flower_superlink:
+            _fail(ValueError("give either --with-superlink or --flower-superlink, not both"))
+        tls = None
+        if superlink_certfile and superlink_keyfile and superlink_ca_certfile:
+            tls = TLSFiles(superlink_certfile, superlink_keyfile, superlink_ca_certfile)
+        elif any(tls_files):
+            _fail(
+                ValueError(
+                    "TLS for the SuperLink needs all of --superlink-certfile, "
+                    "--superlink-keyfile and --superlink-ca-certfile"
+                )
+            )
+        federation = LocalFederation(
+            home=(state_dir / "superlink").resolve(), port=superlink_port, host=host, tls=tls
+        )
+        try:
+            federation.start_superlink()
+        except (ValueError, RuntimeError, TimeoutError) as err:
+            federation.stop()
+            _fail(err)
+        flower_superlink = federation.address
+        flower_insecure = tls is None
+        typer.echo(
+            f"Flower SuperLink on {host}:{federation.port} (log {federation.home}/superlink.log); "
+            f"nodes join with: varde node run ... --flower-superlink <this host>:{federation.port}"
+            + (" --flower-insecure" if tls is None else " --flower-root-certificates <CA file>"),
+            err=True,
+        )
+    elif any(tls_files):
+        _fail(ValueError("--superlink-certfile/-keyfile/-ca-certfile go with --with-superlink"))
+    # uvicorn re-raises SIGTERM after its graceful shutdown; as KeyboardInterrupt it unwinds
+    # through ``finally`` below, so the SuperLink is stopped with the gateway.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        settings = Settings(
+            state_dir=state_dir,
+            database_url=database_url,
+            flower_superlink=flower_superlink,
+            flower_insecure=flower_insecure,
+            flower_root_certificates=(
+                federation.tls.ca_certfile
+                if federation is not None and federation.tls is not None
+                else None
+            ),
+        )
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level=log_level,
+            workers=1,
+            ws="none",
+            timeout_graceful_shutdown=3,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if federation is not None:
+            federation.stop()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @node_app.command("run")
@@ -127,13 +203,36 @@ def node_run(
     console_port: Annotated[
         int | None, typer.Option(help="Also serve the staff console on 127.0.0.1 at this port.")
     ] = None,
+    flower_superlink: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of the gateway's Flower SuperLink: also run a Flower SuperNode "
+            "(federated training, connecting out only) with this node's policy, data and ledger."
+        ),
+    ] = None,
+    flower_insecure: Annotated[
+        bool, typer.Option(help="Plain text to the SuperLink (127.0.0.1 only).")
+    ] = False,
+    flower_root_certificates: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="CA (PEM) of a TLS SuperLink."),
+    ] = None,
 ) -> None:
     """Run a node: enroll if needed, then long-poll the gateway and answer work."""
     from nodes.policy import PolicyError
-    from nodes.runner import run_node
+    from nodes.runner import SuperNodeSettings, run_node
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        supernode = None
+        if flower_superlink is not None:
+            supernode = SuperNodeSettings(
+                flower_superlink,
+                insecure=flower_insecure,
+                root_certificates=flower_root_certificates,
+            )
+        elif flower_insecure or flower_root_certificates is not None:
+            raise ValueError("--flower-insecure/--flower-root-certificates need --flower-superlink")
         run_node(
             policy_path=policy,
             gateway_url=gateway,
@@ -143,6 +242,7 @@ def node_run(
             site=site,
             workers=workers,
             console_port=console_port,
+            supernode=supernode,
         )
     except (PolicyError, VardeError, FileNotFoundError, RuntimeError, ValueError) as err:
         _fail(err)
@@ -280,11 +380,21 @@ def _print_training(result: Any, out: Any) -> None:
     if not evaluation.empty:
         table = Table(title="Evaluation on held-out patients (DP)")
         table.add_column("scope")
-        columns = [str(c) for c in evaluation.columns if c != "refusal"]
+        names = [str(c) for c in evaluation.columns]
+        columns = [c for c in names if c != "refusal" and not c.endswith("_pm95")]
         for col in columns:
-            table.add_column(col, justify="right")
+            table.add_column(col + (" (±95%)" if f"{col}_pm95" in names else ""), justify="right")
+
+        def shown(row: Any, col: str) -> str:
+            pm = row.get(f"{col}_pm95")
+            if pm is None or pm != pm:  # absent or NaN
+                return _cell(row[col])
+            value = float(row[col])
+            digits = 0 if abs(value) >= 10 else 3
+            return f"{value:.{digits}f}±{float(pm):.{digits}f}"
+
         for scope, row in evaluation.iterrows():
-            table.add_row(str(scope), *(_cell(row[c]) for c in columns))
+            table.add_row(str(scope), *(shown(row, c) for c in columns))
         out.print(table)
         if "refusal" in evaluation.columns:
             for scope, why in evaluation["refusal"].dropna().items():
@@ -447,12 +557,20 @@ def demo(
     workdir: Annotated[Path, typer.Option("--dir", help="Where data and state go.")] = Path(
         ".demo"
     ),
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train",
+            help="Also run a Flower SuperLink and SuperNodes, and train a small federated model "
+            "after the queries (about a minute more).",
+        ),
+    ] = False,
 ) -> None:
     """Start a gateway and three nodes on 127.0.0.1 and run example queries."""
     from varde.demo import run_demo
 
     try:
-        run_demo(workdir=workdir, rows=rows, seed=seed, once=once)
+        run_demo(workdir=workdir, rows=rows, seed=seed, once=once, train=train)
     except (RuntimeError, VardeError) as err:
         _fail(err)
 

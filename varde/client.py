@@ -187,7 +187,8 @@ class TrainingResult:
         """DP evaluation of the final model on held-out patients: ``network`` and each site.
 
         One row per scope (the pooled ``network`` row first), one column per
-        metric (``auc``, ``accuracy``, ... or ``concordance``), plus the
+        metric (``auc``, ``accuracy``, ... or ``concordance``) and its 95% noise
+        half-width ``<metric>_pm95`` (from the DP noise alone), plus the
         ``epsilon`` the evaluation cost (and ``rho``, when a site's project accounts
         in zCDP) and, for a site that refused to evaluate, its ``refusal``. Empty
         until the job has evaluated.
@@ -201,7 +202,10 @@ class TrainingResult:
         with_rho = any(m.rho > 0 for _, m in scopes)
         rows: dict[str, dict[str, Any]] = {}
         for scope, m in scopes:
-            rows[scope] = {**m.values, "epsilon": m.epsilon} | ({"rho": m.rho} if with_rho else {})
+            pm95 = {f"{k}_pm95": 1.96 * se for k, se in m.std_errors.items() if k in m.values}
+            rows[scope] = {**m.values, **pm95, "epsilon": m.epsilon} | (
+                {"rho": m.rho} if with_rho else {}
+            )
         for site, why in sorted(found.refusals.items()):
             rows.setdefault(site, {})["refusal"] = why
         return pd.DataFrame.from_dict(rows, orient="index")

@@ -3,6 +3,11 @@
 Used by ``varde demo``, the integration tests and the benchmark, so all three
 exercise exactly what a deployment runs (``varde gateway serve``, ``varde node
 run``), with enrollment tokens, signed long-polls and SQLite ledgers.
+
+With ``training=True`` the gateway also runs a Flower SuperLink
+(``--with-superlink``) and every node a Flower SuperNode connecting out to it
+(``--flower-superlink``), all plain text on 127.0.0.1: ``POST /v1/trainings``
+then works as in a deployment.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ class LocalNetwork:
     inprocess_gateway: bool = False
     database_url: str | None = None
     app_state: Any = None
+    training: bool = False
+    """Also run a Flower SuperLink beside the gateway and a SuperNode beside each node."""
+    superlink_port: int = 0
+    _federation: Any = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _server: Any = None
     _thread: threading.Thread | None = None
@@ -82,7 +91,17 @@ class LocalNetwork:
     def _settings(self) -> Any:
         from gateway.core.config import Settings
 
-        return Settings(state_dir=self.gateway_state, database_url=self.database_url)
+        return Settings(
+            state_dir=self.gateway_state,
+            database_url=self.database_url,
+            flower_superlink=f"127.0.0.1:{self.superlink_port}" if self.training else None,
+            flower_insecure=self.training,
+        )
+
+    @property
+    def superlink(self) -> str:
+        """``host:port`` of the SuperLink (with ``training``)."""
+        return f"127.0.0.1:{self.superlink_port}"
 
     def ensure_data(self) -> None:
         """Generate each site's registry once per (rows, seed); reuse it afterwards."""
@@ -141,6 +160,8 @@ class LocalNetwork:
         self.token = add_researcher(sessions, self.researcher, projects)
         engine.dispose()
         self.port = self.port or free_port()
+        if self.training:
+            self.superlink_port = self.superlink_port or free_port()
         if self.inprocess_gateway:
             self._serve_inprocess(timeout)
             return
@@ -156,6 +177,11 @@ class LocalNetwork:
                 "--state-dir",
                 str(self.gateway_state),
                 *(["--database-url", self.database_url] if self.database_url else []),
+                *(
+                    ["--with-superlink", "--superlink-port", str(self.superlink_port)]
+                    if self.training
+                    else []
+                ),
             ),
         )
         deadline = time.monotonic() + timeout
@@ -176,6 +202,13 @@ class LocalNetwork:
 
         from gateway.app import create_app
 
+        if self.training:
+            from gateway.training.deployment import LocalFederation
+
+            self._federation = LocalFederation(
+                home=self.gateway_state / "superlink", port=self.superlink_port
+            )
+            self._federation.start_superlink()
         app = create_app(self._settings())
         self.app_state = app.state.varde
         config = uvicorn.Config(
@@ -208,6 +241,22 @@ class LocalNetwork:
         finally:
             engine.dispose()
 
+    def _node_args(self, site: str, *extra: str) -> list[str]:
+        return _varde(
+            "node",
+            "run",
+            "--policy",
+            str(self.policy_path(site)),
+            "--gateway",
+            self.url,
+            "--data",
+            str(self.data_files[site]),
+            "--state-dir",
+            str(self.node_state(site)),
+            *(["--flower-superlink", self.superlink, "--flower-insecure"] if self.training else []),
+            *extra,
+        )
+
     def start_node(self, site: str) -> None:
         """Enroll (fresh state) and start one node process."""
         state = self.node_state(site)
@@ -215,43 +264,12 @@ class LocalNetwork:
             shutil.rmtree(state)
         self._spawn(
             site,
-            _varde(
-                "node",
-                "run",
-                "--policy",
-                str(self.policy_path(site)),
-                "--gateway",
-                self.url,
-                "--data",
-                str(self.data_files[site]),
-                "--state-dir",
-                str(state),
-                "--enroll-token",
-                self.enrollment_token(site),
-                "--site",
-                site,
-            ),
+            self._node_args(site, "--enroll-token", self.enrollment_token(site), "--site", site),
         )
 
     def restart_node(self, site: str) -> None:
         """Start a stopped node again with its existing state (ledger, keys)."""
-        self._spawn(
-            site,
-            _varde(
-                "node",
-                "run",
-                "--policy",
-                str(self.policy_path(site)),
-                "--gateway",
-                self.url,
-                "--data",
-                str(self.data_files[site]),
-                "--state-dir",
-                str(self.node_state(site)),
-                "--site",
-                site,
-            ),
-        )
+        self._spawn(site, self._node_args(site, "--site", site))
 
     def wait_connected(self, sites: list[str] | None = None, timeout: float = 120.0) -> None:
         """Block until the gateway sees every site in ``sites`` connected."""
@@ -302,6 +320,9 @@ class LocalNetwork:
             self._server.should_exit = True
             self._thread.join(timeout=15)
             self._server = None
+        if self._federation is not None:
+            self._federation.stop()
+            self._federation = None
 
     def __enter__(self) -> LocalNetwork:
         return self.start()

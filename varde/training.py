@@ -520,6 +520,9 @@ class EvaluationMetrics(_Strict):
     epsilon: float
     rho: float = 0.0
     sites: list[str] = []
+    std_errors: dict[str, float] = {}
+    """Per metric, the standard error the DP noise adds (delta method over the released
+    counts, :func:`varde.training_metrics.metric_std_errors`); 95% is about +-1.96 of it."""
 
 
 class TrainingMetrics(_Strict):

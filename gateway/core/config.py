@@ -29,6 +29,9 @@ class Settings(BaseModel):
     flower_insecure: bool = Field(
         default=False, description="Plain-text to the SuperLink (loopback only: tests, demo)."
     )
+    flower_root_certificates: Path | None = Field(
+        default=None, description="CA certificate (PEM) of a TLS SuperLink."
+    )
 
     @property
     def db_url(self) -> str:
@@ -49,4 +52,7 @@ def get_settings() -> Settings:
         database_url=os.environ.get("VARDE_DATABASE_URL") or None,
         flower_superlink=os.environ.get("VARDE_FLOWER_SUPERLINK") or None,
         flower_insecure=os.environ.get("VARDE_FLOWER_INSECURE", "") == "1",
+        flower_root_certificates=(
+            Path(ca) if (ca := os.environ.get("VARDE_FLOWER_ROOT_CERTIFICATES")) else None
+        ),
     )

@@ -11,28 +11,42 @@ every process runs in this environment.
 The FAB is only a ``pyproject.toml`` naming ``gateway.training.serverapp:app``
 and ``nodes.training.clientapp:app``: sites run their installed code.
 
-Each process starts in its own session, so :meth:`Processes.stop` ends it and
-what it forks into its group by that one process-group id. Flower's SuperExec
-helpers detach into sessions of their own; they watch their parent's pid
-(``--parent-pid``) and exit within seconds of it, taking their ClientApp and
-ServerApp processes with them.
+The process handling itself (sessions, process groups, ``FLWR_HOME``, ports)
+is :mod:`varde.flower`, shared with the node, which starts its SuperNode with it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import tomli_w
+
+from varde.flower import (
+    Processes,
+    TLSFiles,
+    flower_env,
+    free_port,
+    is_loopback,
+    start_superlink,
+    start_supernode,
+    tool,
+)
+
+__all__ = [
+    "APP_NAME",
+    "FlwrSubmitter",
+    "LocalFederation",
+    "Processes",
+    "TLSFiles",
+    "flower_env",
+    "free_port",
+    "write_app",
+]
 
 APP_NAME = "varde-training"
 
@@ -82,111 +96,19 @@ def write_app(
     return directory
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def flower_env(home: Path) -> dict[str, str]:
-    """Environment for every Flower process: state under ``home``, nothing phoned home."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "FLWR_HOME": str(home / "flwr"),
-            "UV_CACHE_DIR": str(home / "uv-cache"),
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            # Flower starts its helpers (flower-superexec, flwr-clientapp) by name.
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-        }
-    )
-    return env
-
-
-def _tool(name: str) -> str:
-    """The console script ``name`` of this environment (next to its Python)."""
-    return str(Path(sys.executable).with_name(name))
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:g} s")
-
-
-@dataclass
-class Processes:
-    """Processes started here, each the leader of its own process group."""
-
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    logs: list[IO[bytes]] = field(default_factory=list)
-
-    def start(
-        self, args: list[str], *, env: Mapping[str, str], log: Path
-    ) -> subprocess.Popen[bytes]:
-        """Start ``args`` in a new session, output to ``log``."""
-        handle = log.open("wb")
-        self.logs.append(handle)
-        proc = subprocess.Popen(
-            args,
-            env=dict(env),
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def kill(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-        """End ``proc`` and its process group: SIGTERM, then SIGKILL after ``timeout_s``."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=timeout_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # Helpers of the group may outlive the leader by a moment; make sure they go.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def stop(self) -> None:
-        """Stop every process (newest first) and close the logs."""
-        for proc in reversed(self.procs):
-            self.kill(proc)
-        self.procs.clear()
-        for handle in self.logs:
-            handle.close()
-        self.logs.clear()
-
-
 @dataclass
 class FlwrSubmitter:
     """Submits runs to one SuperLink with ``flwr run`` (what the gateway uses).
 
     ``$FLWR_HOME/config.toml`` (under ``home``) names the SuperLink as the
-    connection ``varde``; ``insecure`` is for loopback only (tests, the demo).
+    connection ``varde``; ``insecure`` is for loopback only (tests, the demo);
+    ``root_certificates`` is the CA that signed a TLS SuperLink's certificate.
     """
 
     home: Path
     superlink: str
     insecure: bool = False
+    root_certificates: Path | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -198,6 +120,8 @@ class FlwrSubmitter:
         flwr_home = Path(self.env["FLWR_HOME"])
         flwr_home.mkdir(parents=True, exist_ok=True)
         connection: dict[str, object] = {"address": self.superlink, "insecure": self.insecure}
+        if self.root_certificates is not None and not self.insecure:
+            connection["root-certificates"] = str(self.root_certificates)
         (flwr_home / "config.toml").write_text(
             tomli_w.dumps({"superlink": {"default": "varde", "varde": connection}})
         )
@@ -208,7 +132,7 @@ class FlwrSubmitter:
         config_file = self.home / f"run-config-{time.monotonic_ns()}.toml"
         config_file.write_text(tomli_w.dumps(dict(run_config)))
         done = subprocess.run(
-            [_tool("flwr"), "run", str(app_dir), "varde", "--run-config", str(config_file)]
+            [tool("flwr"), "run", str(app_dir), "varde", "--run-config", str(config_file)]
             + ["--format", "json"],
             env=self.env,
             capture_output=True,
@@ -224,10 +148,17 @@ class FlwrSubmitter:
 
 @dataclass
 class LocalFederation:
-    """A SuperLink and its SuperNodes on 127.0.0.1 (tests, benchmarks, the demo)."""
+    """A SuperLink (and, in tests and benchmarks, its SuperNodes) run from this process.
+
+    ``varde gateway serve --with-superlink`` runs one beside the gateway: ``host``
+    is the gateway's bind address; anything but loopback needs ``tls``.
+    Tests and benchmarks also start the SuperNodes here, on 127.0.0.1.
+    """
 
     home: Path
     port: int = 0
+    host: str = "127.0.0.1"
+    tls: TLSFiles | None = None
     processes: Processes = field(default_factory=Processes)
 
     @property
@@ -235,54 +166,52 @@ class LocalFederation:
         """Environment of every process of this federation."""
         return flower_env(self.home)
 
+    @property
+    def address(self) -> str:
+        """Where this machine reaches the SuperLink (``host:port``)."""
+        local = is_loopback(self.host) or self.host in ("0.0.0.0", "::", "")
+        host = "127.0.0.1" if local else self.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
     def start_superlink(self, timeout_s: float = 30.0) -> None:
-        """Start the SuperLink; ``flwr`` (see :meth:`submitter`) is pointed at it."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        """Start the SuperLink; ``flwr`` (see :meth:`submitter`) is pointed at it.
+
+        Raises ValueError for plain text on a non-loopback ``host``.
+        """
         self.port = self.port or free_port()
-        self.submitter().write_config()
-        proc = self.processes.start(
-            [
-                _tool("flower-superlink"),
-                "--insecure",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--disable-runtime-dependency-installation",
-            ],
-            env=self.env,
-            log=self.home / "superlink.log",
+        start_superlink(
+            self.processes,
+            self.home,
+            host=self.host,
+            port=self.port,
+            tls=self.tls,
+            timeout_s=timeout_s,
         )
-        _wait_port(self.port, proc, timeout_s)
+        self.submitter().write_config()
 
     def start_supernode(
         self, name: str, node_config: Mapping[str, str], timeout_s: float = 30.0
     ) -> subprocess.Popen[bytes]:
         """Start one SuperNode; ``node_config`` is what its ClientApp reads (paths, site)."""
-        runtime_port = free_port()
-        config = " ".join(f"{key}={json.dumps(value)}" for key, value in node_config.items())
-        proc = self.processes.start(
-            [
-                _tool("flower-supernode"),
-                "--insecure",
-                "--superlink",
-                f"127.0.0.1:{self.port}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(runtime_port),
-                "--node-config",
-                config,
-            ],
-            env=self.env,
+        return start_supernode(
+            self.processes,
+            self.home,
+            superlink=self.address,
+            node_config=node_config,
+            insecure=self.tls is None,
+            root_certificates=self.tls.ca_certfile if self.tls is not None else None,
             log=self.home / f"supernode-{name}.log",
+            timeout_s=timeout_s,
         )
-        _wait_port(runtime_port, proc, timeout_s)
-        return proc
 
     def submitter(self) -> FlwrSubmitter:
-        """A submitter for this federation's SuperLink (insecure: loopback only)."""
-        return FlwrSubmitter(home=self.home, superlink=f"127.0.0.1:{self.port}", insecure=True)
+        """A submitter for this federation's SuperLink (plain text only without TLS)."""
+        return FlwrSubmitter(
+            home=self.home,
+            superlink=self.address,
+            insecure=self.tls is None,
+            root_certificates=self.tls.ca_certfile if self.tls is not None else None,
+        )
 
     def submit(self, app_dir: Path, run_config: Mapping[str, object], timeout_s: float = 60) -> int:
         """Submit the app to this federation with ``flwr run``; Flower's run id."""

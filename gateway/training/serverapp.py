@@ -118,7 +118,12 @@ from varde.training import (
     TrainingSpec,
     TrainingStatus,
 )
-from varde.training_metrics import pooled_metrics, table_shape
+from varde.training_metrics import (
+    count_noise_variance,
+    metric_std_errors,
+    pooled_metrics,
+    table_shape,
+)
 
 app = ServerApp()
 
@@ -547,7 +552,8 @@ def evaluate_final(
     exchange = Exchange(None, messages, list(grid.send_and_receive(messages, timeout=timeout_s)))
     per_site: dict[str, EvaluationMetrics] = {}
     refusals: dict[str, str] = {}
-    tables = []
+    tables: list[np.ndarray] = []
+    variances: list[float] = []
     paid = paid_rho = 0.0
     answered: set[int] = set()
     for reply in exchange.replies:
@@ -565,7 +571,10 @@ def evaluate_final(
         if table.shape != table_shape(spec.model):
             refusals[name] = f"sent a table of shape {table.shape}"
             continue
+        mechanism = str(reply.content.config_records["site"].get("mechanism", ""))
+        variance = count_noise_variance(mechanism, float(str(replied.get("noise-scale", 0.0))))
         tables.append(table)
+        variances.append(variance)
         paid = max(paid, charged)
         paid_rho = max(paid_rho, charged_rho)
         per_site[name] = EvaluationMetrics(
@@ -573,6 +582,7 @@ def evaluate_final(
             epsilon=charged,
             rho=charged_rho,
             sites=[name],
+            std_errors=metric_std_errors(spec.model, [table], [variance]),
         )
     for node in nodes:
         if node not in answered:
@@ -584,6 +594,7 @@ def evaluate_final(
             epsilon=paid,
             rho=paid_rho,
             sites=sorted(per_site),
+            std_errors=metric_std_errors(spec.model, tables, variances),
         )
     metrics = TrainingMetrics(network=network, sites=per_site, refusals=refusals)
     return status.model_copy(update={"metrics": metrics})
