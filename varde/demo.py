@@ -80,6 +80,73 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ),
 ]
 
+FUNNEL: dict[str, Any] = {
+    "project": "nsclc-feasibility",
+    "cohort": {"op": "startswith", "field": "topography", "prefix": "C34"},
+    "statistic": {
+        "kind": "funnel",
+        "steps": [
+            {"label": "stage IV", "criterion": {"op": "eq", "field": "stage", "value": "IV"}},
+            {
+                "label": "ALK or ROS1 positive",
+                "criterion": {
+                    "op": "or",
+                    "args": [
+                        {"op": "eq", "field": "alk", "value": "positive"},
+                        {"op": "eq", "field": "ros1", "value": "positive"},
+                    ],
+                },
+            },
+            {
+                "label": "age 18-75",
+                "criterion": {"op": "between", "field": "age_at_diagnosis", "low": 18, "high": 75},
+            },
+        ],
+    },
+    "privacy": {"mode": "dp", "epsilon": 0.6},
+}
+"""Trial-feasibility attrition; its cost and error are previewed before it runs."""
+
+STATISTICS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "Feasibility funnel: lung cancer -> stage IV -> ALK/ROS1+ -> age 18-75 (epsilon split "
+        "over the steps by OpenDP's composition)",
+        FUNNEL,
+    ),
+    (
+        "Overall survival of stage IV lung cancer, yearly to 5 years (Kaplan-Meier from each "
+        "site's DP event and censoring counts; median in months)",
+        {
+            "project": "nsclc-feasibility",
+            "cohort": {
+                "op": "and",
+                "args": [
+                    {"op": "startswith", "field": "topography", "prefix": "C34"},
+                    {"op": "eq", "field": "stage", "value": "IV"},
+                ],
+            },
+            "statistic": {"kind": "survival", "interval_months": 12, "horizon_months": 60},
+            "privacy": {"mode": "dp", "epsilon": 0.5},
+        },
+    ),
+    (
+        "Median age at diagnosis of lung cancer, pooled across sites (from DP counts, not an "
+        "average of site medians)",
+        {
+            "project": "nsclc-feasibility",
+            "cohort": {"op": "startswith", "field": "topography", "prefix": "C34"},
+            "statistic": {
+                "kind": "quantile",
+                "field": "age_at_diagnosis",
+                "candidates": list(range(18, 101)),
+                "alphas": [0.25, 0.5, 0.75],
+            },
+            "privacy": {"mode": "dp", "epsilon": 0.3},
+        },
+    ),
+]
+"""Shown after :data:`EXAMPLES` (issue 3's statistics); the funnel is previewed first."""
+
 TRAINING: dict[str, Any] = {
     "project": "nsclc-feasibility",
     "model": "logistic",  # 2-year mortality
@@ -128,10 +195,16 @@ def run_demo(*, workdir: Path, rows: int, seed: int, once: bool, train: bool = F
             f"({time.perf_counter() - started:.1f} s).\n"
         )
         with VardeClient(net.url, net.token) as client:
-            for title, spec in EXAMPLES:
+            for title, spec in EXAMPLES + STATISTICS:
                 typer.echo("=" * 100)
                 typer.echo(title)
                 typer.echo("-" * 100)
+                if spec is FUNNEL:
+                    typer.echo("Preview (nothing charged): epsilon and 95% error per number")
+                    preview = client.preview(spec)
+                    cols = [c for c in preview.columns if c in ("site", "status", "epsilon")]
+                    cols += [c for c in preview.columns if c.startswith("pm95_")]
+                    typer.echo(preview[cols].round(2).to_string(index=False) + "\n")
                 t0 = time.perf_counter()
                 try:
                     res = client.query(spec)

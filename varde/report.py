@@ -44,11 +44,12 @@ def site_summary(res: QueryResponse) -> pd.DataFrame:
 def render(res: QueryResponse, *, digits: int | None = None) -> str:
     """Values per site and for the network, then the per-site privacy summary.
 
-    Counts print as whole numbers, sums and means with one decimal.
+    Counts print as whole numbers, sums and means with one decimal, survival
+    probabilities (and median months) with two.
     """
     raw = res.raw
     if digits is None:
-        digits = 1 if raw["statistic"] in ("mean", "sum") else 0
+        digits = {"mean": 1, "sum": 1, "survival": 2}.get(raw["statistic"], 0)
     axes = res.axes
     ok = [s for s in raw["sites"] if s["status"] == "ok"]
     net = raw.get("network")
