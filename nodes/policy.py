@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nodes.periods import BudgetPeriod
 from varde.errors import BudgetExhausted, PolicyViolation
-from varde.query import DPPrivacy, Query, ZCDPPrivacy
+from varde.query import MAX_CELLS, DPPrivacy, Query, Survival, ZCDPPrivacy
 from varde.release import Manifest, ProjectTerms
 from varde.schema import FIELDS_BY_NAME
 
@@ -160,6 +160,28 @@ class ApprovalRules(_Strict):
     )
 
 
+class QueryLimits(_Strict):
+    """How fine a question this site answers, whatever the project (DataSHIELD-style filters).
+
+    Why: a very fine survival grid or a table of thousands of cells spreads the
+    same budget over many small counts; a site may decide that its registry is
+    too small for that, independently of any epsilon.
+    """
+
+    min_survival_interval_months: int = Field(
+        default=1,
+        ge=1,
+        le=60,
+        description="Shortest survival interval (months) this site releases counts for.",
+    )
+    max_cells: int = Field(
+        default=MAX_CELLS,
+        ge=1,
+        le=MAX_CELLS,
+        description="Most numbers one query may release from this site.",
+    )
+
+
 class Policy(_Strict):
     """The whole policy of one site."""
 
@@ -183,6 +205,9 @@ class Policy(_Strict):
     )
     approvals: ApprovalRules = Field(
         default=ApprovalRules(), description="Work that waits for a staff decision."
+    )
+    limits: QueryLimits = Field(
+        default=QueryLimits(), description="How fine a question this site answers."
     )
 
     @field_validator("fields")
@@ -228,6 +253,21 @@ class Policy(_Strict):
         """A short content hash, so releases and manifests name the policy they obeyed."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
+    def _within_limits(self, query: Query) -> None:
+        stat = query.statistic
+        floor = self.limits.min_survival_interval_months
+        if isinstance(stat, Survival) and stat.interval_months < floor:
+            raise PolicyViolation(
+                f"survival grid too fine for site {self.site!r}: intervals of "
+                f"{stat.interval_months} month(s) asked, at least {floor} allowed here"
+            )
+        released = query.released_count()
+        if released > self.limits.max_cells:
+            raise PolicyViolation(
+                f"the query would release {released} numbers from site {self.site!r}, which "
+                f"releases at most {self.limits.max_cells} per query"
+            )
+
     def authorize(self, query: Query, *, researcher: str) -> ProjectPolicy:
         """Check ``query`` against this policy; raise :class:`PolicyViolation` saying why not.
 
@@ -249,6 +289,7 @@ class Policy(_Strict):
             raise PolicyViolation(
                 f"site {self.site!r} does not expose field(s) {', '.join(hidden)}"
             )
+        self._within_limits(query)
         if isinstance(query.privacy, DPPrivacy | ZCDPPrivacy):
             wanted = "zcdp" if isinstance(query.privacy, ZCDPPrivacy) else "epsilon"
             if proj.accounting != wanted:

@@ -32,6 +32,7 @@ from nodes.policy import (
     Policy,
     PrivacyUnit,
     ProjectPolicy,
+    QueryLimits,
 )
 
 __all__ = [
@@ -359,6 +360,7 @@ _POLICY_HANDLED = {
     "projects",
     "aggregate",
     "approvals",
+    "limits",
 }
 
 
@@ -490,6 +492,21 @@ def diff_policies(old: Policy, new: Policy) -> list[PolicyChange]:
         )
     if a_old.message != a_new.message:
         out.append(PolicyChange("approvals.message", "neutral", "message to researchers changed"))
+    out += _compare_set(
+        "approvals.approved_projects",
+        a_old.approved_projects,
+        a_new.approved_projects,
+        "approved project(s)",
+    )
+    out += _compare_number(
+        "limits.min_survival_interval_months",
+        old.limits.min_survival_interval_months,
+        new.limits.min_survival_interval_months,
+        higher_is_more=False,
+    )
+    out += _compare_number(
+        "limits.max_cells", old.limits.max_cells, new.limits.max_cells, higher_is_more=True
+    )
     return out + _other_fields("", old, new, _POLICY_HANDLED)
 
 
@@ -522,6 +539,7 @@ _DOC_MODELS: list[tuple[str, type[BaseModel]]] = [
     ("projects.<name>", ProjectPolicy),
     ("aggregate", AggregateMode),
     ("approvals", ApprovalRules),
+    ("limits", QueryLimits),
 ]
 
 

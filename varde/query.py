@@ -527,14 +527,19 @@ class Query(_Frozen):
             clash = self.statistic.fields() & set(self.group_by)
             if clash:
                 raise ValueError(f"survival cannot group by its own field(s) {sorted(clash)}")
+        n = self.released_count()
+        if n > MAX_CELLS:
+            raise ValueError(f"the query would release {n} cells; at most {MAX_CELLS} are allowed")
+        return self
+
+    def released_count(self) -> int:
+        """How many noisy numbers one site releases for this query (what its limits cap)."""
         n = self.cell_count()
         if isinstance(self.statistic, Quantile):  # released: one count per interval per group
             n = n // len(self.statistic.alphas) * (len(self.statistic.candidates) - 1)
         if isinstance(self.statistic, Survival):  # released: deaths, censorings per interval
             n = n // len(self.statistic.labels()) * (2 * len(self.statistic.months()) + 1)
-        if n > MAX_CELLS:
-            raise ValueError(f"the query would release {n} cells; at most {MAX_CELLS} are allowed")
-        return self
+        return n
 
     def axes(self) -> list[tuple[str, list[str]]]:
         """The public axes of the released table: group_by keys, then the statistic's own."""

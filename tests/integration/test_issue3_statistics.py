@@ -285,8 +285,41 @@ def test_network_survival_matches_lifelines_on_the_pooled_rows(network: LocalNet
     assert median["ci_low"] <= median["value"] <= median["ci_high"]
 
 
+def test_survival_grid_too_fine_for_a_sites_policy_is_refused_there_uncharged(
+    network: LocalNetwork,
+) -> None:
+    """Trondheim's policy releases survival on quarterly intervals or coarser (limits)."""
+    before = charges_everywhere(network)
+    body = {
+        "project": "nsclc-feasibility",
+        "cohort": {"op": "eq", "field": "cancer_type", "value": "colorectal"},
+        "statistic": {"kind": "survival", "interval_months": 1, "horizon_months": 12},
+        "privacy": {"mode": "dp", "epsilon": 0.2},
+    }
+    pre = _post(network, "/v1/queries/preview", body)
+    assert pre.status_code == 200, pre.text
+    rows = {r["site"]: r for r in pre.json()["sites"]}
+    assert rows["trondheim"]["status"] == "policy_violation"
+    assert rows["trondheim"]["message"] == (
+        "survival grid too fine for site 'trondheim': intervals of 1 month(s) asked, "
+        "at least 3 allowed here"
+    )
+    res = _post(network, "/v1/queries", body)
+    assert res.status_code == 200, res.text
+    rows = {r["site"]: r for r in res.json()["sites"]}
+    assert rows["trondheim"]["status"] == "policy_violation"
+    assert {s: rows[s]["status"] for s in rows if s != "trondheim"} == dict.fromkeys(
+        set(rows) - {"trondheim"}, "ok"
+    )
+    after = charges_everywhere(network)
+    assert after["trondheim"] == before["trondheim"]  # refused there: nothing charged
+    assert all(after[s] == before[s] + 1 for s in after if s != "trondheim")
+    # the network curve pools only the sites that answered
+    assert res.json()["network"]["sites"] == sorted(set(rows) - {"trondheim"})
+
+
 BAD_SURVIVAL: list[tuple[str, Any, str]] = [
-    ("grid too fine", {"kind": "survival", "interval_months": 0}, "greater than or equal to 1"),
+    ("interval zero", {"kind": "survival", "interval_months": 0}, "greater than or equal to 1"),
     ("horizon too long", {"kind": "survival", "horizon_months": 600}, "less than or equal to 240"),
     ("ragged grid", {"kind": "survival", "interval_months": 7}, "multiple of"),
 ]

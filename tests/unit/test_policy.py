@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from nodes.policy import Policy, PolicyError, load_policy
 from varde.errors import BudgetExhausted, PolicyViolation
@@ -146,3 +147,30 @@ def test_researcher_restriction() -> None:
     with pytest.raises(PolicyViolation, match="'alice' is not allowed"):
         policy.authorize(query, researcher="alice")
     assert policy.authorize(query, researcher="bob").epsilon_budget == 1
+
+
+def test_query_limits_of_a_site() -> None:
+    """A site's limits refuse too fine a survival grid and too many cells, saying which."""
+    policy = Policy.model_validate(
+        {
+            **GOOD,
+            "fields": ["sex", "stage", "age_at_diagnosis", "vital_status", "survival_days"],
+            "statistics": ["count", "survival", "crosstab"],
+            "limits": {"min_survival_interval_months": 3, "max_cells": 100},
+        }
+    )
+    base = {"project": "p1", "privacy": {"mode": "dp", "epsilon": 0.5}}
+
+    def ask(statistic: dict[str, object]) -> None:
+        policy.authorize(parse_query({**base, "statistic": statistic}), researcher="alice")
+
+    ask({"kind": "survival", "interval_months": 3, "horizon_months": 36})  # 2 x 12 + 1 = 25
+    with pytest.raises(PolicyViolation, match="intervals of 1 month"):
+        ask({"kind": "survival", "interval_months": 1, "horizon_months": 12})
+    with pytest.raises(PolicyViolation, match="would release 121 numbers .* at most 100"):
+        ask({"kind": "survival", "interval_months": 3, "horizon_months": 180})
+    ask({"kind": "crosstab", "fields": ["sex", "stage"]})
+    with pytest.raises(ValidationError, match="min_survival_interval_months"):
+        Policy.model_validate({**GOOD, "limits": {"min_survival_interval_months": 0}})
+    with pytest.raises(ValidationError, match="max_cells"):
+        Policy.model_validate({**GOOD, "limits": {"max_cells": 10**6}})
