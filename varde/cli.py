@@ -376,6 +376,8 @@ def _print_training(result: Any, out: Any) -> None:
     for site, row in result.sites.iterrows():
         if row["refusal"]:
             out.print(f"{site} stopped: {row['refusal']}", soft_wrap=True)
+    if status.guarantee:
+        out.print(f"Privacy of the coefficients: {status.guarantee}", soft_wrap=True)
     evaluation = result.metrics
     if not evaluation.empty:
         table = Table(title="Evaluation on held-out patients (DP)")

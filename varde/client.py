@@ -131,6 +131,11 @@ class TrainingResult:
         return self.status.state == "finished"
 
     @property
+    def guarantee(self) -> str | None:
+        """The coefficients' privacy guarantee per site, in words (None before round 1)."""
+        return self.status.guarantee
+
+    @property
     def coefficients(self) -> pd.Series:
         """The released model, by public design column (empty before round 1 ends)."""
         return pd.Series(self.status.coefficients or {}, name="coefficient", dtype=float)

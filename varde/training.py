@@ -46,6 +46,7 @@ A Cox model of overall survival has no intercept (the baseline hazard absorbs it
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import opendp.prelude as dp
@@ -546,4 +547,45 @@ class TrainingStatus(_Strict):
     metrics: TrainingMetrics | None = None
     detail: str | None = None
     secure_aggregation: bool | None = None
+    guarantee: str | None = None
+    """The privacy guarantee of the released coefficients, per site (:func:`privacy_guarantee`)."""
     """Whether rounds ran under SecAgg+ (``None`` until the job decided, before round 1)."""
+
+
+def privacy_guarantee(spec: TrainingSpec, sites: Mapping[str, SiteProgress]) -> str:
+    """What the released coefficients guarantee each site's patients, in words.
+
+    Why this is the guarantee: the coefficients are post-processing of every
+    round's noisy update, so a site's guarantee is the *cumulative* loss its
+    ledger was charged for the rounds it took part in: ``(epsilon_spent,
+    delta)``-DP where the project accounts in epsilon (OpenDP's conversion of
+    the rounds' composed rho), ``rho_spent``-zCDP where it accounts in rho.
+
+    >>> spec = TrainingSpec(project="p", features=["sex"], rounds=2,
+    ...                     privacy=TrainingPrivacy(epsilon=1.0, delta=1e-6))
+    >>> text = privacy_guarantee(spec, {
+    ...     "oslo": SiteProgress(rounds_completed=2, epsilon_spent=0.9),
+    ...     "bergen": SiteProgress(rounds_completed=2, measure="rho", rho_spent=0.02)})
+    >>> text.split(", for")[0]
+    'bergen: 0.02-zCDP; oslo: (0.9, 1e-06)-DP'
+    >>> "after 2 round(s)" in text
+    True
+    """
+    parts = []
+    rounds = 0
+    for name, site in sorted(sites.items()):
+        if site.rounds_completed == 0:
+            continue
+        rounds = max(rounds, site.rounds_completed)
+        if site.measure == "rho":
+            parts.append(f"{name}: {site.rho_spent:.4g}-zCDP")
+        else:
+            parts.append(f"{name}: ({site.epsilon_spent:.4g}, {spec.privacy.delta:g})-DP")
+    if not parts:
+        return "nothing released yet"
+    return (
+        "; ".join(parts)
+        + ", for each patient of that site (all of a patient's rows), after "
+        + f"{rounds} round(s); noise drawn by OpenDP at each site and paid from its ledger "
+        + "before release"
+    )

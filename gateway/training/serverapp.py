@@ -117,6 +117,7 @@ from varde.training import (
     TrainingMetrics,
     TrainingSpec,
     TrainingStatus,
+    privacy_guarantee,
 )
 from varde.training_metrics import (
     count_noise_variance,
@@ -689,6 +690,7 @@ def run_job(grid: Grid, run_config: dict[str, object]) -> TrainingStatus:
                 "round": server_round,
                 "seconds_per_round": list(durations),
                 "coefficients": dict(zip(columns, map(float, weights), strict=True)),
+                "guarantee": privacy_guarantee(spec, status.sites),
             }
         )
         write_status(progress, status)

@@ -250,6 +250,10 @@ def test_budget_spent_mid_job_is_reported_and_the_rest_train(tmp_path: Path) -> 
     assert bergen.rounds_completed == 1
     assert bergen.refusal is not None and bergen.refusal.startswith("budget_exhausted:")
     assert_ledgers_match(sites, status)
+    # the released coefficients state each site's guarantee: what its ledger paid
+    assert status.guarantee is not None
+    assert f"bergen: ({bergen.epsilon_spent:.4g}, 1e-06)-DP" in status.guarantee
+    assert f"oslo: ({oslo.epsilon_spent:.4g}, 1e-06)-DP" in status.guarantee
     # The final DP evaluation ran at the sites still in, each paying its own share.
     metrics = status.metrics
     assert metrics is not None and metrics.network is not None
