@@ -90,6 +90,7 @@ def _start_console(
     port: int,
     policy_path: Path,
     reloader: PolicyReloader,
+    training: Callable[[], str | None] = lambda: None,
 ) -> ConsoleServer:
     """The staff console on 127.0.0.1 only: never reachable through the gateway."""
     from nodes.console import ConsoleServer, create_console, users_path  # web stack: on demand
@@ -101,6 +102,7 @@ def _start_console(
         policy=lambda: ctx.policy,
         users=users_path(state_dir),
         connected=agent.connected.is_set,
+        training=training,
         policy_file=policy_path,
         policy_saved=reloader.check_once,  # a budget saved in the console is in force at once
     )
@@ -282,14 +284,18 @@ def run_node(
     )
     agent = Agent(ctx, gateway_url, workers=workers)
     reloader = PolicyReloader(ctx, policy_path).start()  # edits apply without a restart
+    flower: SuperNode | None = None
+
+    def training_state() -> str | None:
+        return flower.state if flower is not None else None
+
     console = (
-        _start_console(ctx, agent, state_dir, console_port, policy_path, reloader)
+        _start_console(ctx, agent, state_dir, console_port, policy_path, reloader, training_state)
         if console_port
         else None
     )
     stop = stop or threading.Event()
     _stop_on_sigterm()
-    flower: SuperNode | None = None
     try:
         if supernode is not None:
             flower = SuperNode(

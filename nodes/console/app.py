@@ -133,6 +133,7 @@ def create_console(
     policy: Callable[[], Policy],
     users: Path,
     connected: Callable[[], bool | None] = lambda: None,
+    training: Callable[[], str | None] = lambda: None,
     policy_file: Path | None = None,
     policy_saved: Callable[[], object] | None = None,
 ) -> FastAPI:
@@ -145,6 +146,7 @@ def create_console(
         policy: Returns the policy in force (the node's, swapped on reload).
         users: The staff users file (see :func:`nodes.console.auth.add_user`).
         connected: Whether the node's long-poll to the gateway is up (None: unknown).
+        training: The state of the node's Flower SuperNode (None: training not configured).
         policy_file: The policy file; when given, staff may change budgets here
             (the edit is validated exactly like ``varde policy check``).
         policy_saved: Called after the console wrote the policy file (the node
@@ -226,7 +228,13 @@ def create_console(
             notice + f'<p>Gateway connection: <strong id="connection">{conn}</strong>. '
             f'Policy in force: <code id="policy-version">{_e(pol.version)}</code>. '
             f'<a href="/approvals">Pending approvals: <strong id="pending">{pending}</strong></a>'
-            "</p><h2>Budgets (epsilon)</h2>"
+            "</p>"
+            + (
+                f'<p>Training (Flower SuperNode): <strong id="training">{_e(flower)}</strong></p>'
+                if (flower := training()) is not None
+                else ""
+            )
+            + "<h2>Budgets (epsilon)</h2>"
             + _table(
                 "budgets",
                 ["project", "budget", "spent", "remaining", "max per query", "spent over time", ""],

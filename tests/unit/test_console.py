@@ -188,3 +188,27 @@ def test_budget_change_writes_a_validated_policy_version(
     assert (edit["user"], edit["old"], edit["new"]) == ("kari", 10.0, 12.5)
     (changed_entry,) = node_ctx.store.events("policy_changed")
     assert changed_entry.data["version"] == edit["version"] == node_ctx.policy.version
+
+
+def test_overview_shows_the_training_supernode_state_when_configured(
+    console: str, node_ctx: NodeContext, tmp_path: Path
+) -> None:
+    with _login(console) as client:
+        assert 'id="training"' not in client.get("/").text  # no SuperNode: nothing to show
+    state = {"now": "running (pid 42), connecting out to 127.0.0.1:9092"}
+    app = create_console(
+        site="oslo",
+        store=node_ctx.store,
+        ledger=node_ctx.ledger,
+        policy=lambda: node_ctx.policy,
+        users=users_path(tmp_path),
+        training=lambda: state["now"],
+    )
+    server = ConsoleServer(app, port=free_port()).start()
+    try:
+        with _login(server.url) as client:
+            assert f'id="training">{state["now"]}<' in client.get("/").text
+            state["now"] = "exited with code 1: no training at this site until the node restarts"
+            assert "exited with code 1" in client.get("/").text
+    finally:
+        server.stop()
