@@ -35,6 +35,15 @@ ALPHA = 0.05
 """Intervals are 95%: the noise exceeds the half-width with probability ALPHA."""
 
 
+def invoke_vector(measurement: Any, exact: np.ndarray, *, integer: bool) -> np.ndarray:
+    """Run an OpenDP vector measurement on ``exact`` (ints or floats, as it was built for)."""
+    if integer:
+        values = [int(v) for v in np.asarray(exact, dtype=np.int64)]
+        return np.asarray(measurement(values), dtype=np.int64)
+    fvalues = [float(v) for v in np.asarray(exact, dtype=np.float64)]
+    return np.asarray(measurement(fvalues), dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class LaplacePlan:
     """A built, costed, not-yet-invoked OpenDP Laplace measurement over a vector."""
@@ -66,11 +75,7 @@ class LaplacePlan:
 
     def release(self, exact: np.ndarray) -> np.ndarray:
         """Invoke the measurement: noisy values, drawn by OpenDP. Charge before calling."""
-        if self.integer:
-            values = [int(v) for v in np.asarray(exact, dtype=np.int64)]
-            return np.asarray(self.measurement(values), dtype=np.int64)
-        fvalues = [float(v) for v in np.asarray(exact, dtype=np.float64)]
-        return np.asarray(self.measurement(fvalues), dtype=np.float64)
+        return invoke_vector(self.measurement, exact, integer=self.integer)
 
 
 def _build(integer: bool, scale: float) -> Any:
@@ -229,12 +234,8 @@ class GaussianPlan:
         return float(dp.gaussian_scale_to_accuracy(self.scale, ALPHA))
 
     def release(self, exact: np.ndarray) -> np.ndarray:
-        """Invoke the measurement (noise drawn by OpenDP). Charge before calling."""
-        if self.integer:
-            values = [int(v) for v in np.asarray(exact, dtype=np.int64)]
-            return np.asarray(self.measurement(values), dtype=np.int64)
-        fvalues = [float(v) for v in np.asarray(exact, dtype=np.float64)]
-        return np.asarray(self.measurement(fvalues), dtype=np.float64)
+        """Invoke the measurement: noisy values, drawn by OpenDP. Charge before calling."""
+        return invoke_vector(self.measurement, exact, integer=self.integer)
 
 
 def _build_gaussian(integer: bool, scale: float) -> Any:

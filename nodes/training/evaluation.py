@@ -162,32 +162,21 @@ def evaluate_model(
             "holdout": spec.holdout,
         }
     )
-    charge = ledger.charge(
-        project=spec.project,
-        amount=amount,
-        budget=account.budget,
-        query_id=f"evaluation:{job_id}",
-        measure=account.measure,
-        period=account.period,
-        note=note,
+    charge = account.pay(
+        ledger, project=spec.project, amount=amount, query_id=f"evaluation:{job_id}", note=note
     )
     # Paid and committed: only now read the held-out rows and draw the noise.
     exact = evaluation_table(data, spec, np.asarray(weights, dtype=np.float64))
     noisy = plan.release(exact.ravel()).reshape(exact.shape)
     zcdp = account.measure == "rho"
+    epsilon_left, rho_left = account.left(ledger, spec.project, project)
     return EvaluationResult(
         table=np.asarray(noisy, dtype=np.int64),
         epsilon_charged=0.0 if zcdp else charge.amount,
-        epsilon_remaining=ledger.remaining(
-            spec.project, project.epsilon_budget, LEDGER_MEASURE, account.period
-        ),
+        epsilon_remaining=epsilon_left,
         noise_scale=plan.scale,
         mechanism=plan.mechanism,
         measure=account.measure,
         rho_charged=charge.amount if zcdp else 0.0,
-        rho_remaining=(
-            ledger.remaining(spec.project, project.rho_budget, "rho", account.period)
-            if zcdp
-            else 0.0
-        ),
+        rho_remaining=rho_left,
     )

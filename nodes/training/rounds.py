@@ -47,7 +47,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from nodes.data import RegistryData
-from nodes.ledger import Ledger
+from nodes.ledger import Charge, Ledger
 from nodes.periods import period_key
 from nodes.policy import Policy, ProjectPolicy
 from nodes.training.cox import CoxNoisePlan, noisy_cox_descent, plan_cox_noise
@@ -82,6 +82,27 @@ class SiteAccount:
         if self.measure == "rho":
             return rho_round
         return epsilon_for_rho(rho_before + rho_round, delta) - epsilon_for_rho(rho_before, delta)
+
+    def pay(
+        self, ledger: Ledger, *, project: str, amount: float, query_id: str, note: str
+    ) -> Charge:
+        """Charge ``amount`` to this account (committed before anything is computed)."""
+        return ledger.charge(
+            project=project,
+            amount=amount,
+            budget=self.budget,
+            query_id=query_id,
+            measure=self.measure,
+            period=self.period,
+            note=note,
+        )
+
+    def left(self, ledger: Ledger, name: str, project: ProjectPolicy) -> tuple[float, float]:
+        """``(epsilon, rho)`` the project has left in this period (rho 0 unless it is charged)."""
+        epsilon = ledger.remaining(name, project.epsilon_budget, LEDGER_MEASURE, self.period)
+        if self.measure != "rho":
+            return epsilon, 0.0
+        return epsilon, ledger.remaining(name, project.rho_budget, "rho", self.period)
 
 
 def site_account(project: ProjectPolicy, now: dt.datetime | None = None) -> SiteAccount:
@@ -286,34 +307,27 @@ def run_round(
             "features": spec.features,
         }
     )
-    charge = ledger.charge(
+    charge = account.pay(
+        ledger,
         project=spec.project,
         amount=amount,
-        budget=account.budget,
         query_id=f"training:{job_id}:round:{number}",
-        measure=account.measure,
-        period=account.period,
         note=note,
     )
     # Paid and committed: only now touch the rows and draw noise.
     new_weights, count = train_round(data, spec, weights, plan)
     zcdp = account.measure == "rho"
+    epsilon_left, rho_left = account.left(ledger, spec.project, project)
     return RoundResult(
         weights=new_weights,
         num_examples=count,
         round=number,
         epsilon_charged=0.0 if zcdp else charge.amount,
         epsilon_job=0.0 if zcdp else epsilon_for_rho(rho_after, delta),
-        epsilon_remaining=ledger.remaining(
-            spec.project, project.epsilon_budget, LEDGER_MEASURE, account.period
-        ),
+        epsilon_remaining=epsilon_left,
         noise_scale=plan.scale,
         measure=account.measure,
         rho_charged=charge.amount if zcdp else 0.0,
         rho_job=rho_after if zcdp else 0.0,
-        rho_remaining=(
-            ledger.remaining(spec.project, project.rho_budget, "rho", account.period)
-            if zcdp
-            else 0.0
-        ),
+        rho_remaining=rho_left,
     )
