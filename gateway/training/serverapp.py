@@ -19,53 +19,11 @@ job's ``sites`` when it names them (other sites answer that they are not in the
 job and are left out), otherwise every connected site.
 
 **Secure aggregation** (``TrainingSpec.secure_aggregation``: ``auto`` = on when
-at least :data:`SECAGG_MIN_SITES` sites pass the pre-flight): each round is one
-run of Flower's own :class:`flwr.server.workflow.SecAggPlusWorkflow`
-(setup, share keys, collect masked vectors, unmask), driven from this loop
-through a one-round legacy strategy (:class:`_OneRound`) so that the loop keeps
-per-round control; every stage waits at most ``round-timeout`` seconds, so a
-round is bounded by four times that. What the server then holds is only the
-weighted sum of the sites' models (plus, in the clear, each site's public
-metadata: site name, noisy row count, rounds and epsilon or rho paid). With fewer than
-three sites a sum hides nothing (each of two sites can subtract its own model
-from the next global model), so ``on`` then fails the job, and a SecAgg+ job
-whose participants fall below three fails rather than continue in the clear.
-
-Why these SecAgg+ parameters (Flower quantises each coordinate to an integer in
-``[0, Q]`` after multiplying the model by ``num_examples / max_weight`` and
-clipping to ``[-B, B]``; sums are taken modulo ``M``):
-
-* ``M = 2**32`` (:data:`SECAGG_MODULUS`), Flower's default and documented limit.
-* ``Q = M / (2 * next_pow2(n))`` (:func:`secagg_quantization_range`): the largest
-  power of two for which the sum of ``n`` quantised values (at most ``n * Q``)
-  never wraps modulo ``M``, and below ``2**31`` (Flower rounds into ``int32``).
-  For three sites ``Q = 2**29``.
-* ``B = 32`` (:data:`SECAGG_CLIPPING_RANGE`): a bound on every coefficient
-  (features are in ``[-1, 1]``; a logistic coefficient of 32 is an odds ratio,
-  a Cox one a hazard ratio, of ``e**32``, so only a diverged model reaches it). Each site clips its
-  model to ``[-B, B]`` *before* SecAgg+ and reports how many coordinates it
-  clipped, so nothing is silently wrapped or distorted by Flower.
-* ``max_weight = 2**22`` (:data:`SECAGG_MAX_WEIGHT`, about 4.2 million rows, more
-  than any one registry here): a site caps its weight (noisy row count) at it
-  and says so, so ``num_examples / max_weight <= 1`` and the scaled model stays
-  in ``[-B, B]``.
-* Threshold ``n // 2 + 1`` shares of ``n`` (a strict majority; every site
-  neighbours every other): the server colluding with fewer than half of the
-  sites reconstructs no one's masks, and up to ``n - threshold`` sites may drop
-  after the setup stage (one of three or four) without losing the round.
-
-Quantisation error: stochastic rounding is unbiased and off by less than one
-step ``2B/Q`` per site and coordinate, so the aggregate coefficient is off by
-at most ``2 B n max_weight / (Q * sum of row counts)``: ``3.8e-5`` for three
-sites of 13,000 rows, against a DP noise standard deviation of order ``1e-2``
-on the same coefficients at epsilon 10 (it shrinks with the row count exactly
-as the noise does). The weights themselves are quantised to ``1/Q`` of
-``max_weight`` (relative error below ``1e-6`` for such sites).
-
-Caveat from Flower's implementation (1.41, ``secaggplus_utils.pseudo_rand_gen``):
-masks are expanded from 32-bit seeds with numpy's ``RandomState``, weaker than
-the protocol's design. Every site's model is already a DP release, so SecAgg+
-here is defence in depth, not what the privacy guarantee rests on.
+at least :data:`~gateway.training.secagg.SECAGG_MIN_SITES` sites pass the
+pre-flight): each round is one run of Flower's SecAgg+ workflow, driven from
+this loop (:mod:`gateway.training.secagg`, which also says why its parameters
+are what they are); otherwise a plain round (:func:`plain_round`). What the
+sites said in each exchange is kept by :mod:`gateway.training.exchange`.
 
 Run config (``flwr run --run-config``): ``job`` (the :class:`TrainingSpec` as
 JSON), ``job-id``, ``researcher``, ``min-sites``, ``expected-sites`` (SuperNodes
@@ -77,40 +35,25 @@ for the gateway to serve.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
-import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.common import (
-    FitIns,
-    FitRes,
-    NDArrays,
-    Parameters,
-    Scalar,
-    ndarrays_to_parameters,
-    parameters_to_ndarrays,
-)
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-from flwr.common.typing import EvaluateIns, EvaluateRes
-from flwr.server.client_manager import ClientManager, SimpleClientManager
-from flwr.server.client_proxy import ClientProxy
-from flwr.server.compat.grid_client_proxy import GridClientProxy
-from flwr.server.compat.legacy_context import LegacyContext
-from flwr.server.strategy import Strategy
-from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
-from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.run import Run
 
+from gateway.training.exchange import (
+    Exchange,
+    RoundOutcome,
+    SiteReport,
+    error_report,
+    parse_refusal,
+    report_from_metrics,
+)
+from gateway.training.secagg import SECAGG_MIN_SITES, secagg_round
 from varde.training import (
     EvaluationMetrics,
     SiteProgress,
@@ -126,40 +69,9 @@ from varde.training_metrics import (
     table_shape,
 )
 
+__all__ = ["app", "evaluate_final", "run_job", "write_status"]
+
 app = ServerApp()
-
-SECAGG_MIN_SITES = 3
-"""Fewest sites for which a sum hides anyone's model (see the module docstring)."""
-SECAGG_MODULUS = 2**32
-SECAGG_CLIPPING_RANGE = 32.0
-SECAGG_MAX_WEIGHT = float(2**22)
-FITRES_METRICS = "fitres.metrics"
-"""Where a site's public metadata travels in the clear in Flower's legacy fit layout."""
-
-
-def secagg_quantization_range(n_sites: int) -> int:
-    """Largest power of two ``Q`` with ``n_sites * Q < 2**32`` by a factor of two or more."""
-    if n_sites < 1:
-        raise ValueError("at least one site")
-    return SECAGG_MODULUS // (2 * (1 << (n_sites - 1).bit_length()))
-
-
-def secagg_threshold(n_sites: int) -> int:
-    """Shares needed to reconstruct a site's mask secrets: a strict majority."""
-    return n_sites // 2 + 1
-
-
-def secagg_workflow(n_sites: int, timeout_s: float) -> SecAggPlusWorkflow:
-    """Flower's SecAgg+ workflow with Varde's parameters for ``n_sites`` sites."""
-    return SecAggPlusWorkflow(
-        num_shares=n_sites,
-        reconstruction_threshold=secagg_threshold(n_sites),
-        max_weight=SECAGG_MAX_WEIGHT,
-        clipping_range=SECAGG_CLIPPING_RANGE,
-        quantization_range=secagg_quantization_range(n_sites),
-        modulus_range=SECAGG_MODULUS,
-        timeout=timeout_s,
-    )
 
 
 def write_status(path: Path, status: TrainingStatus) -> None:
@@ -167,15 +79,6 @@ def write_status(path: Path, status: TrainingStatus) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(status.model_dump_json(indent=2))
     os.replace(tmp, path)
-
-
-def _parse_refusal(reason: str | None) -> tuple[str | None, str]:
-    """``(site, "code: detail")`` from a ClientApp refusal; raw text for other errors."""
-    try:
-        body = json.loads(reason or "")
-        return str(body["site"]), f"{body['error']}: {body['detail']}"
-    except (ValueError, KeyError, TypeError):
-        return None, (reason or "unknown error")[:500]
 
 
 def _wait_for_nodes(grid: Grid, expected: int, minimum: int, timeout_s: float) -> list[int]:
@@ -190,167 +93,6 @@ def _wait_for_nodes(grid: Grid, expected: int, minimum: int, timeout_s: float) -
                 return nodes
             raise TimeoutError(f"only {len(nodes)} of {minimum} site(s) connected")
         time.sleep(0.5)
-
-
-@dataclass(frozen=True)
-class SiteReport:
-    """What one node said in one exchange: its public progress, or why it stopped."""
-
-    site: str | None = None
-    rounds_completed: int | None = None
-    epsilon_spent: float | None = None
-    refusal: str | None = None
-    rho_spent: float | None = None
-    zcdp: bool = False
-    """The site's project accounts in rho: ``rho_spent`` is what it charged."""
-
-
-@dataclass
-class RoundOutcome:
-    """A round's new global model (``None``: none this round, see ``detail``) and reports."""
-
-    arrays: ArrayRecord | None
-    reports: dict[int, SiteReport] = field(default_factory=dict)
-    detail: str | None = None
-
-
-@dataclass
-class Exchange:
-    """One ``send_and_receive`` seen through :class:`RecordingGrid`."""
-
-    stage: str | None
-    sent: list[Message]
-    replies: list[Message]
-
-    def node_of(self, reply: Message) -> int:
-        """The node a reply answers for (SuperLink errors come from the SuperLink's id)."""
-        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent}
-        return sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-
-
-class RecordingGrid(Grid):
-    """A Grid that passes everything through and keeps every exchange of the round.
-
-    Why: Flower's SecAgg+ workflow keeps refusals as bare exceptions without
-    their node, and the job must say per site why it stopped. The record is
-    also exactly what reached the ServerApp, which the tests inspect.
-    """
-
-    def __init__(self, inner: Grid) -> None:
-        self.inner = inner
-        self.exchanges: list[Exchange] = []
-
-    def set_run(self, run: Run) -> None:  # noqa: D102 - delegation
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:  # noqa: D102 - delegation
-        return self.inner.run
-
-    def create_message(  # noqa: D102 - delegation
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102 - delegation
-        return self.inner.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
-        return self.inner.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        """Send, wait (bounded by ``timeout``), and record what came back."""
-        sent = list(messages)
-        stage: str | None = None
-        if sent and RECORD_KEY_CONFIGS in sent[0].content.config_records:
-            stage = str(sent[0].content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE, ""))
-        replies = list(self.inner.send_and_receive(sent, timeout=timeout))
-        self.exchanges.append(Exchange(stage, sent, replies))
-        return replies
-
-
-class _OneRound(Strategy):
-    """The legacy Strategy one SecAgg+ round needs: our targets in, the unmasked aggregate out.
-
-    ``configure_fit`` hands Flower's workflow the nodes and the fit instructions
-    of this round; ``aggregate_fit`` receives results whose parameters Flower has
-    already replaced by the unmasked weighted average, and only keeps it.
-    """
-
-    def __init__(self, grid: Grid, targets: list[int], fitins: FitIns) -> None:
-        self.grid = grid
-        self.targets = targets
-        self.fitins = fitins
-        self.aggregate: NDArrays | None = None
-
-    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        """Not used: the job's loop owns the model."""
-        return None
-
-    def configure_fit(
-        self, server_round: int, parameters: Parameters, client_manager: ClientManager
-    ) -> list[tuple[ClientProxy, FitIns]]:
-        """Every target of this round gets the same fit instructions."""
-        return [(GridClientProxy(node, self.grid, 0), self.fitins) for node in self.targets]
-
-    def aggregate_fit(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, FitRes]],
-        failures: list[tuple[ClientProxy, FitRes] | BaseException],
-    ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Keep the (already aggregated) parameters Flower put in every result."""
-        if not results:
-            return None, {}
-        parameters = results[0][1].parameters
-        self.aggregate = parameters_to_ndarrays(parameters)
-        return parameters, {}
-
-    def configure_evaluate(
-        self, server_round: int, parameters: Parameters, client_manager: ClientManager
-    ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        """No federated evaluation inside a SecAgg+ round."""
-        return []
-
-    def aggregate_evaluate(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, EvaluateRes]],
-        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
-    ) -> tuple[float | None, dict[str, Scalar]]:
-        """No federated evaluation inside a SecAgg+ round."""
-        return None, {}
-
-    def evaluate(
-        self, server_round: int, parameters: Parameters
-    ) -> tuple[float, dict[str, Scalar]] | None:
-        """No central evaluation: the server has no data."""
-        return None
-
-
-def _report_from_metrics(metrics: Mapping[str, object]) -> SiteReport:
-    return SiteReport(
-        site=str(metrics["site"]),
-        rounds_completed=int(str(metrics["site-round"])),
-        epsilon_spent=float(str(metrics["epsilon-job"])),
-        rho_spent=float(str(metrics.get("rho-job", 0.0))),
-        zcdp=bool(int(str(metrics.get("zcdp", 0)))),
-    )
-
-
-def _error_report(reply: Message) -> SiteReport:
-    site, why = _parse_refusal(reply.error.reason)
-    return SiteReport(site=site, refusal=why)
 
 
 def plain_round(
@@ -377,11 +119,11 @@ def plain_round(
     for reply in exchange.replies:
         node = exchange.node_of(reply)
         if reply.has_error():
-            outcome.reports[node] = _error_report(reply)
+            outcome.reports[node] = error_report(reply)
             continue
         metrics: dict[str, object] = dict(reply.content.metric_records["metrics"])
         metrics["site"] = str(reply.content.config_records["site"]["site"])
-        outcome.reports[node] = _report_from_metrics(metrics)
+        outcome.reports[node] = report_from_metrics(metrics)
         ok.append(reply)
     for node in targets:
         outcome.reports.setdefault(node, SiteReport(refusal=f"no reply within {timeout_s:g} s"))
@@ -389,75 +131,6 @@ def plain_round(
         outcome.arrays, _ = FedAvg(fraction_evaluate=0.0).aggregate_train(server_round, ok)
     if outcome.arrays is None:
         outcome.detail = f"round {server_round}: no site sent a model"
-    return outcome
-
-
-def secagg_round(
-    grid: Grid,
-    targets: list[int],
-    arrays: ArrayRecord,
-    config: ConfigRecord,
-    server_round: int,
-    timeout_s: float,
-) -> RoundOutcome:
-    """One FedAvg round through Flower's SecAgg+: the server only ever unmasks the sum.
-
-    The fit instructions use Flower's legacy layout (``fitins.parameters``,
-    ``fitins.config``), which the workflow forwards to each site in the
-    collect-masked-vectors stage; each site answers in the legacy ``fitres``
-    layout with its public metadata in ``fitres.metrics`` (see
-    :mod:`nodes.training.clientapp`).
-    """
-    weights = arrays.to_numpy_ndarrays()
-    fit_config: dict[str, Scalar] = {k: cast(Scalar, v) for k, v in config.items()}
-    fit_config["server-round"] = server_round
-    fitins = FitIns(ndarrays_to_parameters(weights), fit_config)
-    recorder = RecordingGrid(grid)
-    strategy = _OneRound(recorder, targets, fitins)
-    base = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    context = LegacyContext(base, strategy=strategy, client_manager=SimpleClientManager())
-    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
-        {WorkflowKey.CURRENT_ROUND: server_round}
-    )
-    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-        fitins.parameters, keep_input=True
-    )
-    outcome = RoundOutcome(arrays=None)
-    try:
-        secagg_workflow(len(targets), timeout_s)(recorder, context)
-    except Exception as err:  # noqa: BLE001 - Flower's protocol code: fail the job, not hang
-        outcome.detail = f"round {server_round}: secure aggregation failed: {err!r}"[:500]
-
-    for exchange in recorder.exchanges:
-        answered: set[int] = set()
-        for reply in exchange.replies:
-            node = exchange.node_of(reply)
-            answered.add(node)
-            if reply.has_error():
-                outcome.reports.setdefault(node, _error_report(reply))
-            elif exchange.stage == Stage.COLLECT_MASKED_VECTORS:
-                metrics = reply.content.config_records[FITRES_METRICS]
-                outcome.reports.setdefault(node, _report_from_metrics(metrics))
-        for message in exchange.sent:
-            node = message.metadata.dst_node_id
-            if node not in answered:
-                outcome.reports.setdefault(
-                    node,
-                    SiteReport(
-                        refusal=f"no reply within {timeout_s:g} s "
-                        f"(secure aggregation stage {exchange.stage})"
-                    ),
-                )
-    if strategy.aggregate is not None:
-        outcome.arrays = ArrayRecord(strategy.aggregate)
-    elif outcome.detail is None:
-        last = recorder.exchanges[-1] if recorder.exchanges else None
-        still_in = sum(1 for r in last.replies if not r.has_error()) if last else 0
-        outcome.detail = (
-            f"round {server_round}: secure aggregation could not complete: only {still_in} of "
-            f"the round's {len(targets)} site(s) got through its "
-            f"{last.stage if last else 'setup'} stage, {secagg_threshold(len(targets))} needed"
-        )
     return outcome
 
 
@@ -493,7 +166,7 @@ def preflight_round(
         node = exchange.node_of(reply)
         answered.add(node)
         if reply.has_error():
-            site, why = _parse_refusal(reply.error.reason)
+            site, why = parse_refusal(reply.error.reason)
             name = site or f"node-{node}"
             sites[name] = SiteProgress(refusal=why)
             if spec.sites is None or name in spec.sites:
@@ -561,7 +234,7 @@ def evaluate_final(
         node = exchange.node_of(reply)
         answered.add(node)
         if reply.has_error():
-            site, why = _parse_refusal(reply.error.reason)
+            site, why = parse_refusal(reply.error.reason)
             refusals[site or f"node-{node}"] = why
             continue
         name = str(reply.content.config_records["site"]["site"])

@@ -26,7 +26,7 @@ from flwr.common import bytes_to_ndarray, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 import nodes.training.clientapp as clientapp
-from gateway.training.serverapp import (
+from gateway.training.secagg import (
     SECAGG_CLIPPING_RANGE,
     SECAGG_MAX_WEIGHT,
     SECAGG_MODULUS,
