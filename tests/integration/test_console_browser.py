@@ -118,3 +118,51 @@ def test_staff_log_in_read_a_budget_approve_and_see_the_audit_entry(
     page.goto(console + "/")
     cells = page.locator("#budgets tr", has_text="nsclc-feasibility").locator("td")
     assert cells.all_inner_texts()[2] == "1"
+
+
+def test_approving_a_project_in_the_browser_writes_a_new_policy_version(
+    page: Any, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    from nodes.reload import PolicyReloader
+    from varde.launch import DEFAULT_POLICIES
+
+    path = tmp_path / "oslo.yaml"
+    path.write_text((DEFAULT_POLICIES / "oslo.yaml").read_text())
+    reloader = PolicyReloader(node_ctx, path)
+    with path.open("a") as f:
+        f.write("approvals:\n  new_projects: true   # Oslo looks at every new project\n")
+    assert reloader.check_once() == "reloaded"
+    before = node_ctx.policy.version
+    assert handle(node_ctx, make_work(gateway_key, COUNT, query_id="new-1")).status == (
+        "awaiting_approval"
+    )
+    (req,) = node_ctx.store.approvals.requests("pending")
+    add_user(users_path(tmp_path), "kari", PASSWORD)
+    app = create_console(
+        site="oslo",
+        store=node_ctx.store,
+        ledger=node_ctx.ledger,
+        policy=lambda: node_ctx.policy,
+        users=users_path(tmp_path),
+        policy_file=path,
+        policy_saved=reloader.check_once,
+    )
+    server = ConsoleServer(app, port=free_port()).start()
+    try:
+        page.goto(server.url + "/login")
+        page.fill("input[name=username]", "kari")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.click("text=Approvals")
+        page.click(f"#approve-{req.id}")
+        row = page.locator("#approvals tr", has_text=req.id).locator("td")
+        assert row.nth(1).inner_text() == "approved"
+        # the policy page shows the new version in force, which lists the project
+        page.click("text=Policy")
+        after = node_ctx.policy.version
+        assert after != before and f"Version {after} is in force" in page.inner_text("body")
+        assert "approved_projects: [nsclc-feasibility]" in page.inner_text("body")
+    finally:
+        server.stop()
+    assert "# Oslo looks at every new project" in path.read_text()
+    assert handle(node_ctx, make_work(gateway_key, COUNT, query_id="new-2")).status == "ok"
