@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,15 +26,10 @@ from typing import Any
 import httpx
 import yaml
 
+from varde.flower import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICIES = REPO / "policies"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _varde(*args: str) -> list[str]:
