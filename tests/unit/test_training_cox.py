@@ -33,7 +33,8 @@ from nodes.training.cox import (
 from nodes.training.dp import epsilon_for_rho
 from nodes.training.evaluation import evaluate_model, evaluation_table
 from nodes.training.features import holdout_mask, survival_design
-from nodes.training.rounds import job_history, run_round
+from nodes.training.rounds import job_history
+from tests.unit.training_helpers import federate
 from varde.training import TrainingPrivacy, TrainingSpec, design_columns, training_rho
 from varde.training_metrics import concordance_parts, cox_metrics
 
@@ -242,22 +243,7 @@ def test_federated_cox_matches_lifelines_stratified_by_site(
         learning_rate=5.0,
         privacy=TrainingPrivacy(epsilon=100.0, clip=0.5, evaluation_epsilon=1.0),
     )
-    beta = np.zeros(spec.n_coefficients())
-    for _ in range(spec.rounds):
-        results = [
-            run_round(
-                data=registries_3[site],
-                policy=make_policy(site),
-                ledger=ledgers[site],
-                spec=spec,
-                job_id="cox",
-                researcher="alice",
-                weights=beta,
-            )
-            for site in SITES
-        ]
-        weights = np.array([r.num_examples for r in results])
-        beta = sum(w * r.weights for w, r in zip(weights, results, strict=True)) / weights.sum()
+    beta = federate(spec, {s: registries_3[s] for s in SITES}, ledgers, make_policy, job_id="cox")
     assert all(job_history(ledgers[s], "p", "cox")[0] == spec.rounds for s in SITES)
 
     frames = []

@@ -21,6 +21,7 @@ from nodes.training.dp import sigmoid
 from nodes.training.evaluation import evaluate_model, evaluation_table
 from nodes.training.features import design
 from nodes.training.rounds import job_history, run_round
+from tests.unit.training_helpers import federate
 from varde.errors import Conflict, PolicyViolation
 from varde.training import TrainingPrivacy, TrainingSpec
 from varde.training_metrics import (
@@ -275,22 +276,7 @@ def test_dp_auc_of_a_federated_logistic_model_is_close_to_the_exact_auc(
     }
     ledgers = {s: Ledger.in_directory(tmp_path / s) for s in SITES}
     try:
-        weights = np.zeros(spec.n_coefficients())
-        for _ in range(spec.rounds):
-            results = [
-                run_round(
-                    data=datas[s],
-                    policy=make_policy(s),
-                    ledger=ledgers[s],
-                    spec=spec,
-                    job_id="j",
-                    researcher="alice",
-                    weights=weights,
-                )
-                for s in SITES
-            ]
-            n = np.array([r.num_examples for r in results])
-            weights = sum(w * r.weights for w, r in zip(n, results, strict=True)) / n.sum()
+        weights = federate(spec, datas, ledgers, make_policy, job_id="j")
         released = [
             evaluate_model(
                 data=datas[s],

@@ -26,13 +26,14 @@ from nodes.training import rounds
 from nodes.training.dp import epsilon_for_rho, plan_noise
 from nodes.training.evaluation import evaluate_model
 from nodes.training.preflight import preflight
-from nodes.training.rounds import job_history, run_round
+from nodes.training.rounds import job_history
 from tests.unit.test_training_apps import (  # noqa: F401 (task_identity: an autouse fixture)
     make_grid,
     make_site,
     run,
     task_identity,
 )
+from tests.unit.test_training_rounds import play
 from varde.client import TrainingResult, training_spec
 from varde.errors import BudgetExhausted, PolicyViolation
 from varde.release import Manifest, ProjectTerms
@@ -96,18 +97,6 @@ def data() -> RegistryData:
 def ledger(tmp_path: Path) -> Ledger:
     with Ledger.in_directory(tmp_path) as led:
         yield led
-
-
-def play(data: RegistryData, ledger: Ledger, spec: TrainingSpec, policy: Policy, job: str = "j1"):
-    return run_round(
-        data=data,
-        policy=policy,
-        ledger=ledger,
-        spec=spec,
-        job_id=job,
-        researcher="alice",
-        weights=np.zeros(spec.n_coefficients()),
-    )
 
 
 def check(policy: Policy, ledger: Ledger, spec: TrainingSpec, tmp_path: Path, job: str = "j1"):
