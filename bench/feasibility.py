@@ -28,9 +28,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from launcher.network import LocalNetwork
 from nodes.registry_io import read_registry
-from varde.client import VardeClient
-from varde.launch import LocalNetwork
+from varde_client import VardeClient
 
 SITES = ["oslo", "bergen", "trondheim", "stockholm", "copenhagen"]
 QUERY = {

@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from gateway.training.deployment import LocalFederation, write_app
+from launcher.flower import start_local_supernode
 from nodes.synth import generate_registry
 from varde.training import TrainingPrivacy, TrainingSpec, TrainingStatus
 
@@ -146,7 +147,8 @@ def main() -> None:
                     },
                 }
                 (d / "policy.yaml").write_text(yaml.safe_dump(policy))
-                fed.start_supernode(
+                start_local_supernode(
+                    fed,
                     site,
                     {
                         "site": site,

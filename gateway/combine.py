@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict
-
 from varde.estimates import (
     Z95,
     bin_part,
@@ -40,18 +38,7 @@ from varde.estimates import (
 )
 from varde.query import Mean, Quantile, Query, Survival
 from varde.release import Cell, SiteRelease
-
-
-class NetworkRow(BaseModel):
-    """The combined answer over the sites that released."""
-
-    model_config = ConfigDict(frozen=True)
-
-    sites: list[str]
-    epsilon_spent: dict[str, float]
-    cells: list[Cell]
-    rho_spent: dict[str, float] = {}
-    """Under zCDP: the rho each site charged (``epsilon_spent`` is then all 0)."""
+from varde.results import NetworkRow
 
 
 def combine(query: Query, releases: list[SiteRelease]) -> NetworkRow | None:

@@ -16,12 +16,11 @@ import math
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from gateway.admin import enrolled_sites
-from gateway.combine import NetworkRow, combine
+from gateway.combine import combine
 from gateway.core.db import Project, QueryRecord, release_record
 from gateway.dispatch import Answer
 from gateway.state import GATEWAY_ID, GatewayState
@@ -39,35 +38,7 @@ from varde.errors import (
 from varde.estimates import Z95
 from varde.query import AggregatePrivacy, DPPrivacy, Query, ZCDPPrivacy
 from varde.release import Manifest, ProjectTerms, SiteRelease, WorkItem
-
-
-class _QueryHead(BaseModel):
-    """What every answer about one query starts with."""
-
-    model_config = ConfigDict(frozen=True)
-
-    query_id: str
-    project: str
-    statistic: str
-    mode: str
-    epsilon_requested: float
-    rho_requested: float = 0.0
-    """In zCDP mode: the rho each site is asked to spend (``epsilon_requested`` is then 0)."""
-    axes: list[tuple[str, list[str]]]
-
-
-class QueryResult(_QueryHead):
-    """What a researcher gets back: one row per site, the network row, budgets left.
-
-    ``budget_remaining`` is in each site's measure for the project, named in
-    ``budget_measure`` (``rho`` for a zCDP project; the site rows then carry
-    ``rho_charged``).
-    """
-
-    sites: list[SiteRelease]
-    network: NetworkRow | None
-    budget_remaining: dict[str, float | None]
-    budget_measure: str = "epsilon"
+from varde.results import PreviewResult, QueryResult
 
 
 def precheck(manifest: Manifest | None, query: Query, site: str) -> tuple[str, str] | None:
@@ -288,24 +259,6 @@ async def run_query(
         evidence,
     )
     return result
-
-
-class PreviewResult(_QueryHead):
-    """What a query would cost and how accurate it would be, before anything is charged.
-
-    ``accuracy`` is the 95% half-width of the noise on each released number, by
-    part (``count``, ``sum``), per site and for the network (where independent
-    site noise adds in variance). For a mean it is given for its parts: the
-    mean's own error also depends on the (unknown) count.
-    """
-
-    cells: int
-    sites: list[SiteRelease]
-    epsilon_planned: dict[str, float]
-    rho_planned: dict[str, float] = {}
-    """In zCDP mode: the rho each site would charge (``epsilon_planned`` is then 0)."""
-    network_accuracy: dict[str, float]
-    network_noise_std: dict[str, float]
 
 
 async def preview_query(

@@ -107,7 +107,7 @@ def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> Reg
             as_float = pd.to_numeric(series).astype("Float64")
             values = as_float.to_numpy(dtype=np.float64, na_value=np.nan)
             # whole numbers are the schema's promise, and the canonical form relies on it
-            # (varde.canonical reads ">= 17.5" as ">= 18" to recognise rewritten repeats)
+            # (nodes.canonical reads ">= 17.5" as ">= 18" to recognise rewritten repeats)
             fractional = ~np.isnan(values) & (values != np.floor(values))
             if fractional.any():
                 bad = sorted({float(v) for v in values[fractional]})[:5]

@@ -5,7 +5,7 @@ times and average the answers, the noise would shrink by ten; the ledger would
 charge for each repeat, but a site that answers *the same numbers* to a repeat
 makes the attack pointless and saves the project's budget too. So a node keeps
 every DP release it made, keyed by the project, the canonical form of the
-question (:func:`varde.canonical.query_key`, which sees through trivial
+question (:func:`nodes.canonical.query_key`, which sees through trivial
 rewrites) and the version of its data, and answers a repeat from here with
 ``cached: true`` and nothing charged.
 
@@ -32,8 +32,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from nodes.canonical import query_key
 from nodes.data import RegistryData
-from varde.canonical import query_key
 from varde.envelope import utcnow
 from varde.query import Query
 from varde.release import Cell

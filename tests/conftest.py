@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from launcher.network import DEFAULT_POLICIES
 from nodes.data import RegistryData, prepare
 from nodes.ledger import Ledger
 from nodes.pipeline import NodeContext
@@ -18,7 +19,6 @@ from nodes.store import NodeStore
 from nodes.synth import generate_registry
 from varde.crypto import generate_key, public_key_b64
 from varde.envelope import SignedEnvelope, seal
-from varde.launch import DEFAULT_POLICIES
 from varde.release import WorkItem
 
 ROWS = 40_000

@@ -17,7 +17,7 @@ BIN = Path(sys.executable).parent
     [
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
-        ["mypy", "varde", "gateway", "nodes"],
+        ["mypy", "varde", "varde_client", "gateway", "nodes", "launcher"],
     ],
     ids=["ruff-check", "ruff-format", "mypy-strict"],
 )

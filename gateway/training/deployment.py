@@ -12,7 +12,8 @@ The FAB is only a ``pyproject.toml`` naming ``gateway.training.serverapp:app``
 and ``nodes.training.clientapp:app``: sites run their installed code.
 
 The process handling itself (sessions, process groups, ``FLWR_HOME``, ports)
-is :mod:`varde.flower`, shared with the node, which starts its SuperNode with it.
+is :mod:`varde.processes`, shared with the node, which starts its SuperNode
+with it (:mod:`nodes.training.supernode`).
 """
 
 from __future__ import annotations
@@ -26,25 +27,14 @@ from pathlib import Path
 
 import tomli_w
 
-from varde.flower import (
-    Processes,
-    TLSFiles,
-    flower_env,
-    free_port,
-    is_loopback,
-    start_superlink,
-    start_supernode,
-    tool,
-)
+from varde.processes import Processes, flower_env, free_port, is_loopback, tool, wait_port
 
 __all__ = [
     "APP_NAME",
     "FlwrSubmitter",
     "LocalFederation",
-    "Processes",
     "TLSFiles",
-    "flower_env",
-    "free_port",
+    "start_superlink",
     "write_app",
 ]
 
@@ -94,6 +84,62 @@ def write_app(
         _FAB_PYPROJECT.format(name=name, serverapp=serverapp, clientapp=clientapp)
     )
     return directory
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A SuperLink's TLS: its certificate, key and the CA that signed it (PEM files)."""
+
+    certfile: Path
+    keyfile: Path
+    ca_certfile: Path
+
+    def superlink_args(self) -> list[str]:
+        """The ``flower-superlink`` options for these files."""
+        return [
+            "--ssl-certfile",
+            str(self.certfile),
+            "--ssl-keyfile",
+            str(self.keyfile),
+            "--ssl-ca-certfile",
+            str(self.ca_certfile),
+        ]
+
+
+def start_superlink(
+    processes: Processes,
+    home: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int,
+    tls: TLSFiles | None = None,
+    timeout_s: float = 30.0,
+) -> subprocess.Popen[bytes]:
+    """Start ``flower-superlink`` on ``host:port`` (plain text on loopback only).
+
+    Its state lives in memory; its log is ``home/superlink.log``.
+    """
+    if tls is None and not is_loopback(host):
+        raise ValueError(
+            f"refusing to run the Flower SuperLink without TLS on {host}: plain text is for "
+            "127.0.0.1 only (give its certificate, key and CA, or bind to 127.0.0.1)"
+        )
+    home.mkdir(parents=True, exist_ok=True)
+    proc = processes.start(
+        [
+            tool("flower-superlink"),
+            *(tls.superlink_args() if tls is not None else ["--insecure"]),
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--disable-runtime-dependency-installation",
+        ],
+        env=flower_env(home),
+        log=home / "superlink.log",
+    )
+    wait_port(port, proc, timeout_s, host="127.0.0.1" if host in ("0.0.0.0", "::") else host)
+    return proc
 
 
 @dataclass
@@ -148,11 +194,11 @@ class FlwrSubmitter:
 
 @dataclass
 class LocalFederation:
-    """A SuperLink (and, in tests and benchmarks, its SuperNodes) run from this process.
+    """A SuperLink run from this process, and the ``flwr`` submitter pointed at it.
 
     ``varde gateway serve --with-superlink`` runs one beside the gateway: ``host``
-    is the gateway's bind address; anything but loopback needs ``tls``.
-    Tests and benchmarks also start the SuperNodes here, on 127.0.0.1.
+    is the gateway's bind address; anything but loopback needs ``tls``. Tests and
+    benchmarks start SuperNodes next to it with :mod:`launcher.flower`.
     """
 
     home: Path
@@ -188,21 +234,6 @@ class LocalFederation:
             timeout_s=timeout_s,
         )
         self.submitter().write_config()
-
-    def start_supernode(
-        self, name: str, node_config: Mapping[str, str], timeout_s: float = 30.0
-    ) -> subprocess.Popen[bytes]:
-        """Start one SuperNode; ``node_config`` is what its ClientApp reads (paths, site)."""
-        return start_supernode(
-            self.processes,
-            self.home,
-            superlink=self.address,
-            node_config=node_config,
-            insecure=self.tls is None,
-            root_certificates=self.tls.ca_certfile if self.tls is not None else None,
-            log=self.home / f"supernode-{name}.log",
-            timeout_s=timeout_s,
-        )
 
     def submitter(self) -> FlwrSubmitter:
         """A submitter for this federation's SuperLink (plain text only without TLS)."""

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from launcher.network import LocalNetwork
 from nodes.ledger import Ledger
-from varde.client import VardeClient
-from varde.launch import LocalNetwork
+from varde_client import VardeClient
 
 SITES = ["oslo", "bergen", "trondheim"]
 ROWS = 20_000

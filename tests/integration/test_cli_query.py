@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from varde.launch import LocalNetwork
+from launcher.network import LocalNetwork
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("network")]
 
@@ -20,7 +20,7 @@ def run(
     path = tmp_path / "q.json"
     path.write_text(json.dumps(spec))
     return subprocess.run(
-        [sys.executable, "-m", "varde.cli", "query", str(path), "--gateway", network.url,
+        [sys.executable, "-m", "launcher.cli", "query", str(path), "--gateway", network.url,
          "--token", network.token],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

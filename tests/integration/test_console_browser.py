@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from launcher.network import free_port
 from nodes.console import ConsoleServer, add_user, create_console, users_path
 from nodes.pipeline import NodeContext, handle
 from nodes.policy import ApprovalRules
-from varde.launch import free_port
 
 from ..conftest import make_work
 
@@ -123,8 +123,8 @@ def test_staff_log_in_read_a_budget_approve_and_see_the_audit_entry(
 def test_approving_a_project_in_the_browser_writes_a_new_policy_version(
     page: Any, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
+    from launcher.network import DEFAULT_POLICIES
     from nodes.reload import PolicyReloader
-    from varde.launch import DEFAULT_POLICIES
 
     path = tmp_path / "oslo.yaml"
     path.write_text((DEFAULT_POLICIES / "oslo.yaml").read_text())

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from varde.demo import EXAMPLES, STATISTICS
+from launcher.demo import EXAMPLES, STATISTICS
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("demo")]
 
 
 def test_demo_once_answers_every_example(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "varde.cli", "demo", "--once", "--rows", "3000", "--dir",
+        [sys.executable, "-m", "launcher.cli", "demo", "--once", "--rows", "3000", "--dir",
          str(tmp_path / "demo")],
         capture_output=True,
         text=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from varde.launch import LocalNetwork
+from launcher.network import LocalNetwork
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("network")]
 

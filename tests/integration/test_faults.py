@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from launcher.network import LocalNetwork
 from varde.envelope import seal
-from varde.launch import LocalNetwork
 from varde.release import WorkItem
 
 from .conftest import ledger_of

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from launcher.network import LocalNetwork
 from nodes.data import bound_contributions
 from nodes.synth import read_registry
-from varde.client import VardeClient
-from varde.launch import LocalNetwork
+from varde_client import VardeClient
 
 from .conftest import charges_everywhere, ledger_of
 

@@ -8,11 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
+from launcher.demo import FEASIBILITY
+from launcher.network import LocalNetwork
 from nodes.data import bound_contributions
 from nodes.registry_io import read_registry
-from varde.client import VardeClient
-from varde.demo import FEASIBILITY
-from varde.launch import LocalNetwork
+from varde_client import VardeClient
 
 from .conftest import charges_everywhere, ledger_of
 

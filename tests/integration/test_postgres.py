@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from varde.launch import LocalNetwork
+from launcher.network import LocalNetwork
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("postgres")]
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from launcher.network import DEFAULT_POLICIES, LocalNetwork
 from nodes.policy_tools import check_policy_text
 from nodes.store import NodeStore
-from varde.client import VardeClient
-from varde.launch import DEFAULT_POLICIES, LocalNetwork
+from varde_client import VardeClient
 
 from .conftest import ledger_of
 
@@ -155,7 +155,7 @@ def test_approvals_end_to_end(staff_net: LocalNetwork) -> None:
     from typer.testing import CliRunner
 
     from nodes.cli import node_admin
-    from varde.client import VardeHTTPError
+    from varde_client import VardeHTTPError
 
     path = staff_net.policy_path(SITE)
     text = (DEFAULT_POLICIES / f"{SITE}.yaml").read_text() + (
@@ -292,9 +292,9 @@ def test_node_serves_its_console_on_loopback(staff_net: LocalNetwork, tmp_path: 
     """``run_node(console_port=...)``: the console shows the node's live connection state."""
     import httpx
 
+    from launcher.network import free_port
     from nodes.console import add_user, users_path
     from nodes.runner import run_node
-    from varde.launch import free_port
 
     policy = tmp_path / "voss.yaml"
     policy.write_text(

@@ -31,8 +31,9 @@ import numpy as np
 import pytest
 import yaml
 
-from gateway.training.deployment import LocalFederation, Processes, write_app
+from gateway.training.deployment import LocalFederation, write_app
 from gateway.training.service import TrainingService
+from launcher.flower import start_local_supernode
 from nodes.data import RegistryData, prepare
 from nodes.ledger import Ledger
 from nodes.policy import load_policy
@@ -40,6 +41,7 @@ from nodes.synth import generate_registry
 from nodes.training.dp import sigmoid
 from nodes.training.features import design
 from varde.errors import PolicyViolation
+from varde.processes import Processes
 from varde.training import TrainingPrivacy, TrainingSpec, TrainingStatus, design_columns
 
 pytestmark = [
@@ -165,7 +167,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
             }
             (d / "policy.yaml").write_text(yaml.safe_dump(policy))
             state[site] = d / "state"
-            supernodes[site] = fed.start_supernode(
+            supernodes[site] = start_local_supernode(
+                fed,
                 site,
                 {
                     "site": site,

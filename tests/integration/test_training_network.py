@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from launcher.network import LocalNetwork
 from nodes.ledger import Ledger
-from varde.client import VardeClient, VardeHTTPError
-from varde.launch import LocalNetwork
+from varde_client import VardeClient, VardeHTTPError
 
 pytestmark = [
     pytest.mark.integration,

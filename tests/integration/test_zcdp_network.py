@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from varde.client import VardeClient, VardeHTTPError
-from varde.launch import DEFAULT_POLICIES, LocalNetwork
+from launcher.network import DEFAULT_POLICIES, LocalNetwork
+from varde_client import VardeClient, VardeHTTPError
 
 from .conftest import ledger_of
 

@@ -10,12 +10,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
+from launcher.network import DEFAULT_POLICIES
 from nodes.approvals import request_key
 from nodes.cli import node_admin
 from nodes.pipeline import NodeContext, handle
 from nodes.policy import ApprovalRules
 from nodes.reload import PolicyReloader
-from varde.launch import DEFAULT_POLICIES
 from varde.query import parse_query
 
 from ..conftest import make_work

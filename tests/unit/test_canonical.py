@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
+from nodes.canonical import canonical_predicate, query_key
 from nodes.cohort import evaluate
 from nodes.data import RegistryData, prepare
-from varde.canonical import canonical_predicate, query_key
 from varde.query import Predicate, parse_query
 
 PRED = TypeAdapter(Predicate)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from launcher.cli import app
 from nodes.registry_io import read_registry
-from varde.cli import app
 
 runner = CliRunner()
 

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from launcher.network import DEFAULT_POLICIES, free_port
 from nodes.console import ConsoleServer, add_user, create_console, users_path
 from nodes.console.auth import check_password
 from nodes.pipeline import NodeContext, handle
 from nodes.reload import PolicyReloader
-from varde.launch import DEFAULT_POLICIES, free_port
 
 from ..conftest import make_work
 

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from launcher.network import DEFAULT_POLICIES
 from nodes.policy import Policy, PolicyError, load_policy
 from varde.errors import BudgetExhausted, PolicyViolation
-from varde.launch import DEFAULT_POLICIES
 from varde.query import parse_query
 
 GOOD = {

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from launcher.network import DEFAULT_POLICIES
 from nodes.cli import policy_app
 from nodes.policy import Policy, load_policy
 from nodes.policy_tools import (
@@ -16,7 +17,6 @@ from nodes.policy_tools import (
     render_diff,
     render_policy_markdown,
 )
-from varde.launch import DEFAULT_POLICIES
 
 runner = CliRunner()
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from launcher.network import DEFAULT_POLICIES
 from nodes.pipeline import NodeContext, handle
 from nodes.reload import PolicyReloader
-from varde.launch import DEFAULT_POLICIES
 
 from ..conftest import make_work
 

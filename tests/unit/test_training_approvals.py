@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from launcher.cli import app as varde_cli
+from launcher.network import free_port
 from nodes.approvals import AwaitingApproval, training_request_key
 from nodes.console import ConsoleServer, add_user, create_console, users_path
 from nodes.data import RegistryData, prepare
@@ -24,9 +26,7 @@ from nodes.store import NodeStore
 from nodes.synth import generate_registry
 from nodes.training.preflight import approval_gate, check_training_approval, preflight
 from nodes.training.rounds import authorize_training, run_round
-from varde.cli import app as varde_cli
 from varde.errors import PolicyViolation
-from varde.launch import free_port
 from varde.training import TrainingPrivacy, TrainingSpec
 
 FIELDS = ["sex", "age_at_diagnosis", "stage", "vital_status", "survival_days"]

@@ -26,11 +26,10 @@ from gateway.api.deps import ResearcherInfo, current_researcher
 from gateway.training import routes
 from gateway.training.serverapp import write_status
 from gateway.training.service import TrainingService
+from launcher.cli import app as varde_cli
+from launcher.network import free_port
 from tests.unit.test_training_gateway import manifest
-from varde.cli import app as varde_cli
-from varde.client import TrainingProgress, TrainingTimeout, VardeClient
 from varde.errors import VardeError
-from varde.launch import free_port
 from varde.training import (
     EvaluationMetrics,
     SiteProgress,
@@ -39,6 +38,7 @@ from varde.training import (
     TrainingStatus,
     design_columns,
 )
+from varde_client import TrainingProgress, TrainingTimeout, VardeClient
 
 FEATURES = ["age_at_diagnosis", "stage"]
 COLUMNS = design_columns(FEATURES)

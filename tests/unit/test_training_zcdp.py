@@ -34,7 +34,6 @@ from tests.unit.test_training_apps import (  # noqa: F401 (task_identity: an aut
     task_identity,
 )
 from tests.unit.test_training_rounds import play
-from varde.client import TrainingResult, training_spec
 from varde.errors import BudgetExhausted, PolicyViolation
 from varde.release import Manifest, ProjectTerms
 from varde.training import (
@@ -45,6 +44,7 @@ from varde.training import (
     round_costs,
     training_rho,
 )
+from varde_client import TrainingResult, training_spec
 
 FIELDS = ["sex", "age_at_diagnosis", "stage", "first_treatment", "vital_status", "survival_days"]
 RHO = 0.3

@@ -9,8 +9,9 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import CurrentResearcher, State
-from gateway.queries import PreviewResult, QueryResult, preview_query, run_query, stored_result
+from gateway.queries import preview_query, run_query, stored_result
 from varde.query import Query
+from varde.results import PreviewResult, QueryResult
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
 

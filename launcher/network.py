@@ -26,14 +26,14 @@ from typing import Any
 import httpx
 import yaml
 
-from varde.flower import free_port
+from varde.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICIES = REPO / "policies"
 
 
 def _varde(*args: str) -> list[str]:
-    return [sys.executable, "-m", "varde.cli", *args]
+    return [sys.executable, "-m", "launcher.cli", *args]
 
 
 @dataclass

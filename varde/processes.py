@@ -1,9 +1,13 @@
-"""Flower processes (SuperLink, SuperNode) as children of a Varde process.
+"""Child processes of a Varde process (Flower's SuperLink and SuperNode), and loopback checks.
 
-Why in ``varde/``: the gateway starts a ``flower-superlink`` beside itself and a
-node starts a ``flower-supernode`` beside itself, and ``gateway/`` and
-``nodes/`` never import each other, so the process handling both need lives in
-the shared package (:mod:`gateway.training.deployment` builds on it).
+Why in ``varde/``, which otherwise holds only wire types: the gateway starts a
+``flower-superlink`` beside itself and a node a ``flower-supernode`` beside
+itself, ``gateway/`` and ``nodes/`` never import each other, and both need the
+same careful process handling (sessions, process groups, death signals) and
+the same answer to "is this address loopback?" (plain text is allowed there
+only). Nothing here knows about rows, budgets or policies; the start-up of
+each Flower process lives with its side: :mod:`gateway.training.deployment`
+(SuperLink) and :mod:`nodes.training.supernode` (SuperNode).
 
 Settings measured in ``../shared/DESIGN.md``: own ports, ``FLWR_HOME`` and
 ``UV_CACHE_DIR`` inside a working directory, telemetry and update checks off,
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-import json
 import os
 import signal
 import socket
@@ -167,116 +170,3 @@ class Processes:
         for handle in self.logs:
             handle.close()
         self.logs.clear()
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """A SuperLink's TLS: its certificate, key and the CA that signed it (PEM files)."""
-
-    certfile: Path
-    keyfile: Path
-    ca_certfile: Path
-
-    def superlink_args(self) -> list[str]:
-        """The ``flower-superlink`` options for these files."""
-        return [
-            "--ssl-certfile",
-            str(self.certfile),
-            "--ssl-keyfile",
-            str(self.keyfile),
-            "--ssl-ca-certfile",
-            str(self.ca_certfile),
-        ]
-
-
-def start_superlink(
-    processes: Processes,
-    home: Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int,
-    tls: TLSFiles | None = None,
-    timeout_s: float = 30.0,
-) -> subprocess.Popen[bytes]:
-    """Start ``flower-superlink`` on ``host:port`` (plain text on loopback only).
-
-    Its state lives in memory; its log is ``home/superlink.log``.
-    """
-    if tls is None and not is_loopback(host):
-        raise ValueError(
-            f"refusing to run the Flower SuperLink without TLS on {host}: plain text is for "
-            "127.0.0.1 only (give its certificate, key and CA, or bind to 127.0.0.1)"
-        )
-    home.mkdir(parents=True, exist_ok=True)
-    proc = processes.start(
-        [
-            tool("flower-superlink"),
-            *(tls.superlink_args() if tls is not None else ["--insecure"]),
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--disable-runtime-dependency-installation",
-        ],
-        env=flower_env(home),
-        log=home / "superlink.log",
-    )
-    wait_port(port, proc, timeout_s, host="127.0.0.1" if host in ("0.0.0.0", "::") else host)
-    return proc
-
-
-def node_config_arg(node_config: Mapping[str, str]) -> str:
-    """``--node-config`` text: space-separated ``key="value"`` pairs (values JSON-quoted)."""
-    return " ".join(f"{key}={json.dumps(value)}" for key, value in node_config.items())
-
-
-def start_supernode(
-    processes: Processes,
-    home: Path,
-    *,
-    superlink: str,
-    node_config: Mapping[str, str],
-    insecure: bool = False,
-    root_certificates: Path | None = None,
-    log: Path | None = None,
-    timeout_s: float = 30.0,
-) -> subprocess.Popen[bytes]:
-    """Start ``flower-supernode`` connecting OUT to ``superlink`` (``host:port``).
-
-    ``node_config`` is what its ClientApp reads (site, policy, data, state dir);
-    the SuperNode listens only on 127.0.0.1 (its runtime API, for its own
-    ClientApp processes). ``insecure`` (plain text) is allowed to a loopback
-    SuperLink only.
-    """
-    host, _port = split_address(superlink)
-    if insecure and not is_loopback(host):
-        raise ValueError(
-            f"refusing plain text to the Flower SuperLink at {superlink}: --flower-insecure is "
-            "for a SuperLink on 127.0.0.1 only (use TLS: --flower-root-certificates)"
-        )
-    home.mkdir(parents=True, exist_ok=True)
-    runtime_port = free_port()
-    if insecure:
-        security = ["--insecure"]
-    elif root_certificates is not None:
-        security = ["--root-certificates", str(root_certificates)]
-    else:
-        security = []
-    proc = processes.start(
-        [
-            tool("flower-supernode"),
-            *security,
-            "--superlink",
-            superlink,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(runtime_port),
-            "--node-config",
-            node_config_arg(node_config),
-        ],
-        env=flower_env(home),
-        log=log or home / "supernode.log",
-    )
-    wait_port(runtime_port, proc, timeout_s)
-    return proc

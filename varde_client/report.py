@@ -1,12 +1,16 @@
-"""Readable text tables of a query result, for the CLI and the demo."""
+"""Readable text tables of a query result or a training job, for the CLI and the demo."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
 
-from varde.client import QueryResponse
+from varde_client.frames import QueryResponse
+from varde_client.training import TrainingResult
 
 
 def _num(x: object, digits: int = 1) -> str:
@@ -101,3 +105,72 @@ def render(res: QueryResponse, *, digits: int | None = None) -> str:
     lines.append("")
     lines.append(site_summary(res).to_string())
     return "\n".join(lines)
+
+
+def print_training(result: TrainingResult, out: Console) -> None:
+    """Coefficients, per-site spending and job figures as tables (rich, on ``out``)."""
+    status = result.status
+    out.print(f"training job {status.id}: {status.state}, round {status.round} of {status.rounds}")
+    coefficients = result.coefficients
+    if len(coefficients):
+        table = Table(title=f"Coefficients after round {status.round}")
+        table.add_column("term")
+        table.add_column("coefficient", justify="right")
+        for term, value in coefficients.items():
+            table.add_row(str(term), f"{value:.4f}")
+        out.print(table)
+    sites = Table(title="Sites")
+    sites.add_column("site")
+    sites.add_column("rounds", justify="right")
+    # Sites whose project accounts in zCDP charged rho: then say which measure each paid.
+    mixed = bool((result.sites["measure"] == "rho").any())
+    sites.add_column("spent" if mixed else "epsilon spent", justify="right")
+    if mixed:
+        sites.add_column("measure")
+    for site, row in result.sites.iterrows():
+        cells = [str(site), str(row["rounds_completed"]), f"{row['spent']:.4g}"]
+        sites.add_row(*cells, *([str(row["measure"])] if mixed else []))
+    out.print(sites)
+    for site, row in result.sites.iterrows():
+        if row["refusal"]:
+            out.print(f"{site} stopped: {row['refusal']}", soft_wrap=True)
+    if status.guarantee:
+        out.print(f"Privacy of the coefficients: {status.guarantee}", soft_wrap=True)
+    evaluation = result.metrics
+    if not evaluation.empty:
+        table = Table(title="Evaluation on held-out patients (DP)")
+        table.add_column("scope")
+        names = [str(c) for c in evaluation.columns]
+        columns = [c for c in names if c != "refusal" and not c.endswith("_pm95")]
+        for col in columns:
+            table.add_column(col + (" (±95%)" if f"{col}_pm95" in names else ""), justify="right")
+
+        def shown(row: Any, col: str) -> str:
+            pm = row.get(f"{col}_pm95")
+            if pm is None or pm != pm:  # absent or NaN
+                return _cell(row[col])
+            value = float(row[col])
+            digits = 0 if abs(value) >= 10 else 3
+            return f"{value:.{digits}f}±{float(pm):.{digits}f}"
+
+        for scope, row in evaluation.iterrows():
+            table.add_row(str(scope), *(shown(row, c) for c in columns))
+        out.print(table)
+        if "refusal" in evaluation.columns:
+            for scope, why in evaluation["refusal"].dropna().items():
+                out.print(f"{scope} did not evaluate: {why}", soft_wrap=True)
+    summary = Table(title="Job")
+    summary.add_column("figure")
+    summary.add_column("value", justify="right")
+    for name, value in result.summary.items():
+        summary.add_row(str(name), _cell(value))
+    out.print(summary)
+
+
+def _cell(value: Any) -> str:
+    """A number for a table; '-' for a missing one (NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return "-" if number != number else f"{number:.4g}"

@@ -17,9 +17,9 @@ from typing import Any
 
 import typer
 
-from varde.client import VardeClient, VardeHTTPError
-from varde.launch import LocalNetwork
-from varde.report import render
+from launcher.network import LocalNetwork
+from varde_client import VardeClient, VardeHTTPError
+from varde_client.report import print_training, render
 
 SITES = ["oslo", "bergen", "trondheim"]
 
@@ -160,8 +160,6 @@ def run_training(client: VardeClient) -> None:
     """Train :data:`TRAINING` across the sites and print the model, spending and metrics."""
     from rich.console import Console
 
-    from varde.cli import _print_training
-
     typer.echo("=" * 100)
     typer.echo(
         f"Federated training: {TRAINING['model']} model of 2-year mortality on "
@@ -175,7 +173,7 @@ def run_training(client: VardeClient) -> None:
     except VardeHTTPError as err:
         typer.echo(f"refused: {err}")
         return
-    _print_training(result, Console())
+    print_training(result, Console())
     if not result.ok:
         typer.echo(f"training failed: {result.status.detail}")
     typer.echo(f"({time.perf_counter() - t0:.0f} s end to end)\n")

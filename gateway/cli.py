@@ -1,0 +1,215 @@
+"""``varde gateway serve`` and ``varde admin ...``: run the central gateway and manage its accounts.
+
+Gateway modules are imported inside the commands, so ``varde --help`` (or a
+node's command) never loads the gateway's web stack.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from varde.errors import VardeError
+
+gateway_app = typer.Typer(help="Run the central gateway.", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Researchers, projects and enrollment tokens (gateway side).", no_args_is_help=True
+)
+project_app = typer.Typer(help="Projects.", no_args_is_help=True)
+researcher_app = typer.Typer(help="Researchers.", no_args_is_help=True)
+admin_app.add_typer(project_app, name="project")
+admin_app.add_typer(researcher_app, name="researcher")
+
+StateDir = Annotated[Path, typer.Option("--state-dir", help="Gateway state directory (DB, key).")]
+
+
+def _fail(err: Exception) -> NoReturn:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(code=2)
+
+
+SuperLinkFile = Annotated[
+    Path | None,
+    typer.Option(exists=True, dir_okay=False, help="With --with-superlink: TLS (PEM); see above."),
+]
+
+
+@gateway_app.command("serve")
+def gateway_serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8700,
+    state_dir: StateDir = Path(".varde/gateway"),
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default SQLite).")
+    ] = None,
+    log_level: Annotated[str, typer.Option()] = "warning",
+    flower_superlink: Annotated[
+        str | None,
+        typer.Option(help="host:port of a Flower SuperLink run elsewhere: enables /v1/trainings."),
+    ] = None,
+    flower_insecure: Annotated[bool, typer.Option(help="Plain text to the SuperLink.")] = False,
+    with_superlink: Annotated[
+        bool,
+        typer.Option(
+            "--with-superlink",
+            help="Start a Flower SuperLink beside the gateway (on --host, at --superlink-port) "
+            "and train through it: enables /v1/trainings; stopped with the gateway. Plain text "
+            "on 127.0.0.1 only: another --host needs --superlink-certfile/-keyfile/-ca-certfile.",
+        ),
+    ] = False,
+    superlink_port: Annotated[
+        int,
+        typer.Option(min=0, max=65535, help="With --with-superlink: its port (0: a free one)."),
+    ] = 9092,
+    superlink_certfile: SuperLinkFile = None,
+    superlink_keyfile: SuperLinkFile = None,
+    superlink_ca_certfile: SuperLinkFile = None,
+) -> None:
+    """Serve the gateway API (one process: the long-poll queues live in it)."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.core.config import Settings
+    from gateway.training.deployment import LocalFederation, TLSFiles
+
+    tls_files = [superlink_certfile, superlink_keyfile, superlink_ca_certfile]
+    federation: LocalFederation | None = None
+    if with_superlink:
+        if flower_superlink:
+            _fail(ValueError("give either --with-superlink or --flower-superlink, not both"))
+        tls = None
+        if superlink_certfile and superlink_keyfile and superlink_ca_certfile:
+            tls = TLSFiles(superlink_certfile, superlink_keyfile, superlink_ca_certfile)
+        elif any(tls_files):
+            _fail(
+                ValueError(
+                    "TLS for the SuperLink needs all of --superlink-certfile, "
+                    "--superlink-keyfile and --superlink-ca-certfile"
+                )
+            )
+        federation = LocalFederation(
+            home=(state_dir / "superlink").resolve(), port=superlink_port, host=host, tls=tls
+        )
+        try:
+            federation.start_superlink()
+        except (ValueError, RuntimeError, TimeoutError) as err:
+            federation.stop()
+            _fail(err)
+        flower_superlink = federation.address
+        flower_insecure = tls is None
+        typer.echo(
+            f"Flower SuperLink on {host}:{federation.port} (log {federation.home}/superlink.log); "
+            f"nodes join with: varde node run ... --flower-superlink <this host>:{federation.port}"
+            + (" --flower-insecure" if tls is None else " --flower-root-certificates <CA file>"),
+            err=True,
+        )
+    elif any(tls_files):
+        _fail(ValueError("--superlink-certfile/-keyfile/-ca-certfile go with --with-superlink"))
+    # uvicorn re-raises SIGTERM after its graceful shutdown; as KeyboardInterrupt it unwinds
+    # through ``finally`` below, so the SuperLink is stopped with the gateway.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        settings = Settings(
+            state_dir=state_dir,
+            database_url=database_url,
+            flower_superlink=flower_superlink,
+            flower_insecure=flower_insecure,
+            flower_root_certificates=(
+                federation.tls.ca_certfile
+                if federation is not None and federation.tls is not None
+                else None
+            ),
+        )
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level=log_level,
+            workers=1,
+            ws="none",
+            timeout_graceful_shutdown=3,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if federation is not None:
+            federation.stop()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _sessions(state_dir: Path, database_url: str | None = None):  # type: ignore[no-untyped-def]
+    from gateway.core.config import Settings
+    from gateway.core.db import make_engine, make_sessionmaker
+
+    settings = Settings(state_dir=state_dir, database_url=database_url)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return make_sessionmaker(make_engine(settings.db_url))
+
+
+@project_app.command("add")
+def project_add(
+    name: str,
+    description: Annotated[str, typer.Option()] = "",
+    state_dir: StateDir = Path(".varde/gateway"),
+) -> None:
+    """Create a project."""
+    from gateway.admin import add_project
+
+    try:
+        add_project(_sessions(state_dir), name, description)
+    except VardeError as err:
+        _fail(err)
+    typer.echo(f"project {name} created")
+
+
+@researcher_app.command("add")
+def researcher_add(
+    name: str,
+    project: Annotated[list[str], typer.Option("--project", help="Project (repeatable).")],
+    state_dir: StateDir = Path(".varde/gateway"),
+) -> None:
+    """Create a researcher and print their bearer token (shown once)."""
+    from gateway.admin import add_researcher
+
+    try:
+        token = add_researcher(_sessions(state_dir), name, project)
+    except VardeError as err:
+        _fail(err)
+    typer.echo(token)
+
+
+@admin_app.command("grant")
+def admin_grant(
+    researcher: str, project: str, state_dir: StateDir = Path(".varde/gateway")
+) -> None:
+    """Add a researcher to a project."""
+    from gateway.admin import grant
+
+    try:
+        grant(_sessions(state_dir), researcher, project)
+    except VardeError as err:
+        _fail(err)
+    typer.echo(f"{researcher} may now query {project}")
+
+
+@admin_app.command("enroll-token")
+def admin_enroll_token(
+    site: str,
+    valid_hours: Annotated[float, typer.Option(min=0.01)] = 24.0,
+    state_dir: StateDir = Path(".varde/gateway"),
+) -> None:
+    """Print a one-time enrollment token for a new site."""
+    from gateway.admin import enrollment_token
+
+    try:
+        token = enrollment_token(_sessions(state_dir), site, dt.timedelta(hours=valid_hours))
+    except VardeError as err:
+        _fail(err)
+    typer.echo(token)

@@ -1,0 +1,67 @@
+"""``varde``: one console command for the whole project.
+
+This is the one place that puts both sides' commands together, which is why it
+lives in :mod:`launcher`, the only package allowed to import ``gateway`` and
+``nodes`` both. Each side's commands live with that side
+(:mod:`gateway.cli`, :mod:`nodes.cli`, :mod:`varde_client.cli`) and import
+their modules inside the command, so ``varde node run`` on a hospital machine
+never loads gateway code and vice versa.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gateway.cli import admin_app, gateway_app
+from nodes.cli import audit_app, node_app, policy_app, synth_command
+from varde.errors import VardeError
+from varde_client.cli import client_app
+
+app = typer.Typer(
+    help="Varde: federated, differentially private cancer-registry queries.", no_args_is_help=True
+)
+app.add_typer(gateway_app, name="gateway")
+app.add_typer(node_app, name="node")
+app.add_typer(admin_app, name="admin")
+app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
+app.registered_commands += [synth_command, *client_app.registered_commands]
+
+
+@app.command()
+def demo(
+    once: Annotated[bool, typer.Option(help="Print the example results and exit.")] = False,
+    rows: Annotated[int, typer.Option(min=1000, help="Tumours per site.")] = 50_000,
+    seed: Annotated[int, typer.Option()] = 0,
+    workdir: Annotated[Path, typer.Option("--dir", help="Where data and state go.")] = Path(
+        ".demo"
+    ),
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train",
+            help="Also run a Flower SuperLink and SuperNodes, and train a small federated model "
+            "after the queries (about a minute more).",
+        ),
+    ] = False,
+) -> None:
+    """Start a gateway and three nodes on 127.0.0.1 and run example queries."""
+    from launcher.demo import run_demo
+
+    try:
+        run_demo(workdir=workdir, rows=rows, seed=seed, once=once, train=train)
+    except (RuntimeError, VardeError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from err
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

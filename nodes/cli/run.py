@@ -1,0 +1,97 @@
+"""``varde node run`` and ``varde synth``: start a hospital node, or write synthetic registries."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nodes.cli.common import fail
+from varde.errors import VardeError
+
+node_app = typer.Typer(help="Run a hospital node.", no_args_is_help=True)
+
+
+@node_app.command("synth")
+def synth(
+    site: Annotated[list[str], typer.Option("--site", help="Site name (repeat for several).")],
+    rows: Annotated[int, typer.Option(min=1, help="Tumours per site.")] = 50_000,
+    seed: Annotated[int, typer.Option(help="Random seed (reproducible output).")] = 0,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("data"),
+    fmt: Annotated[str, typer.Option("--format", help="parquet, csv or both.")] = "parquet",
+) -> None:
+    """Write seeded synthetic registries in the common schema."""
+    from nodes.synth import generate_registry, write_registry
+
+    if fmt not in {"parquet", "csv", "both"}:
+        fail("--format must be parquet, csv or both")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in site:
+        frame = generate_registry(name, rows, seed=seed)
+        for f in ("parquet", "csv") if fmt == "both" else (fmt,):
+            path = write_registry(frame, out / f"{name}.{f}", f)
+            typer.echo(f"{name}: {len(frame):,} tumours -> {path}")
+
+
+@node_app.command("run")
+def node_run(
+    policy: Annotated[Path, typer.Option(help="policies/<site>.yaml; missing file = deny all.")],
+    gateway: Annotated[str, typer.Option(help="Gateway URL (the node only connects out).")],
+    data: Annotated[Path, typer.Option(help="Registry file (.parquet or .csv).")],
+    state_dir: Annotated[Path, typer.Option(help="Node state: key, ledger, audit.")],
+    enroll_token: Annotated[str | None, typer.Option(help="One-time token (first start).")] = None,
+    site: Annotated[
+        str | None, typer.Option(help="Site name (needed only without a policy).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, max=32)] = 4,
+    console_port: Annotated[
+        int | None, typer.Option(help="Also serve the staff console on 127.0.0.1 at this port.")
+    ] = None,
+    flower_superlink: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of the gateway's Flower SuperLink: also run a Flower SuperNode "
+            "(federated training, connecting out only) with this node's policy, data and ledger."
+        ),
+    ] = None,
+    flower_insecure: Annotated[
+        bool, typer.Option(help="Plain text to the SuperLink (127.0.0.1 only).")
+    ] = False,
+    flower_root_certificates: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="CA (PEM) of a TLS SuperLink."),
+    ] = None,
+) -> None:
+    """Run a node: enroll if needed, then long-poll the gateway and answer work."""
+    from nodes.policy import PolicyError
+    from nodes.runner import run_node
+    from nodes.training.supernode import SuperNodeSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        supernode = None
+        if flower_superlink is not None:
+            supernode = SuperNodeSettings(
+                flower_superlink,
+                insecure=flower_insecure,
+                root_certificates=flower_root_certificates,
+            )
+        elif flower_insecure or flower_root_certificates is not None:
+            raise ValueError("--flower-insecure/--flower-root-certificates need --flower-superlink")
+        run_node(
+            policy_path=policy,
+            gateway_url=gateway,
+            data_path=data,
+            state_dir=state_dir,
+            enroll_token=enroll_token,
+            site=site,
+            workers=workers,
+            console_port=console_port,
+            supernode=supernode,
+        )
+    except (PolicyError, VardeError, FileNotFoundError, RuntimeError, ValueError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        pass

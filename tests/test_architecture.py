@@ -1,0 +1,51 @@
+"""The trust boundary as import contracts (``[tool.importlinter]`` in pyproject.toml).
+
+``import-linter`` builds the import graph of every package of ours, function-local
+and ``TYPE_CHECKING`` imports included, and checks each contract: ``gateway``
+and ``nodes`` never import each other, ``varde`` imports neither (nor the
+client or the launcher), the client reaches the network over HTTP only, only
+``launcher`` puts both sides together, and no package's modules import each
+other in a cycle.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+CONTRACTS = [
+    "gateway and nodes never import each other",
+    "varde holds what both sides exchange and imports no other package of ours",
+    "the researcher client reaches the network over HTTP only",
+    "only the launcher puts both sides together",
+    "no import cycles between the modules of a package",
+]
+
+
+@pytest.fixture(scope="module")
+def report() -> str:
+    proc = subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("contract", CONTRACTS)
+def test_contract_kept(report: str, contract: str) -> None:
+    assert f"{contract} KEPT" in report, report
+
+
+def test_every_contract_is_checked(report: str) -> None:
+    # A contract added to pyproject.toml without a test here would go unnoticed.
+    assert f"Contracts: {len(CONTRACTS)} kept" in report or "BROKEN" in report, report
+    assert report.count(" KEPT") + report.count(" BROKEN") == len(CONTRACTS), report

@@ -1,0 +1,209 @@
+"""The researcher's Python client: send a query, get pandas DataFrames back.
+
+>>> # client = VardeClient("http://127.0.0.1:8700", token)
+>>> # res = client.query({"project": "nsclc", "statistic": {"kind": "count"},
+>>> #                     "privacy": {"mode": "dp", "epsilon": 0.5}})
+>>> # res.frame()          # one row per site and cell, plus the network rows
+>>> # model = client.train(project="outcomes", features=["age_at_diagnosis", "stage"],
+>>> #                      rounds=5, epsilon=2.0)   # progress bar until it ends (or rho=0.5)
+>>> # model.coefficients   # pandas Series, one entry per public design column
+
+Results come back as :class:`~varde_client.frames.QueryResponse` and
+:class:`~varde_client.training.TrainingResult`; refusals as
+:class:`~varde_client.errors.VardeHTTPError`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from varde.query import Query
+from varde.training import TrainingSpec, TrainingStatus
+from varde_client.errors import VardeHTTPError
+from varde_client.frames import QueryResponse
+from varde_client.training import (
+    FINAL_STATES,
+    NoBar,
+    TrainingProgress,
+    TrainingResult,
+    TrainingTimeout,
+    training_spec,
+)
+
+
+class VardeClient:
+    """Talks to one gateway as one researcher."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 120.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+        )
+
+    def _check(self, resp: httpx.Response) -> Any:
+        """The JSON body, or :class:`VardeHTTPError` for a 4xx/5xx."""
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"detail": resp.text}
+            raise VardeHTTPError(
+                resp.status_code, body if isinstance(body, dict) else {"detail": body}
+            )
+        return resp.json()
+
+    def query(self, spec: dict[str, Any] | Query) -> QueryResponse:
+        """Run a query (a dict in the JSON query language, or a :class:`Query`)."""
+        body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, Query) else spec
+        resp = self._http.post("/v1/queries", json=body)
+        return QueryResponse(self._check(resp), resp.status_code)
+
+    def preview(self, spec: dict[str, Any] | Query) -> pd.DataFrame:
+        """What a query would cost at each site and how accurate it would be; nothing is charged.
+
+        One row per site and a ``network`` row: ``status`` (a site that would
+        refuse says why in ``message``), ``epsilon`` (or ``rho`` in zCDP mode)
+        it would charge, and per released part (``count``, ``sum``) the noise
+        standard deviation ``std_<part>`` and the 95% half-width ``pm95_<part>``
+        of every number. Ask this before a funnel or a many-cell table.
+        """
+        body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, Query) else spec
+        data = self._check(self._http.post("/v1/queries/preview", json=body))
+        rows: list[dict[str, Any]] = []
+        for site in data["sites"]:
+            row: dict[str, Any] = {
+                "site": site["site"],
+                "status": site["status"],
+                "epsilon": site.get("epsilon_planned", 0.0),
+                "rho": site.get("rho_planned", 0.0),
+            }
+            row.update({f"std_{k}": v for k, v in site.get("noise_std", {}).items()})
+            row.update({f"pm95_{k}": v for k, v in site.get("accuracy", {}).items()})
+            row["message"] = site.get("message", "")
+            rows.append(row)
+        network: dict[str, Any] = {
+            "site": "network",
+            "status": "ok" if data["network_noise_std"] else "refused",
+            "epsilon": sum(data["epsilon_planned"].values()),
+            "rho": sum(data.get("rho_planned", {}).values()),
+            "message": f"{data['cells']} number(s) per site",
+        }
+        network.update({f"std_{k}": v for k, v in data["network_noise_std"].items()})
+        network.update({f"pm95_{k}": v for k, v in data["network_accuracy"].items()})
+        rows.append(network)
+        return pd.DataFrame(rows)
+
+    def budgets(self) -> pd.DataFrame:
+        """Budget, cap and remainder per project and site (``accounting`` says in what).
+
+        A site that does not serve a project has ``accounting`` ``"not served"``.
+        """
+        data = self._check(self._http.get("/v1/budgets"))["projects"]
+        rows = [
+            {"project": p, "site": s, **(terms or {"accounting": "not served"})}
+            for p, sites in data.items()
+            for s, terms in sites.items()
+        ]
+        return pd.DataFrame(rows)
+
+    def sites(self) -> pd.DataFrame:
+        """Enrolled sites and whether they are connected."""
+        return pd.DataFrame(self._check(self._http.get("/v1/sites")))
+
+    def schema(self) -> pd.DataFrame:
+        """Queryable fields and the sites exposing them."""
+        return pd.DataFrame(self._check(self._http.get("/v1/schema")))
+
+    # --- federated training ---------------------------------------------------------------
+
+    def start_training(self, spec: TrainingSpec | Mapping[str, Any]) -> TrainingStatus:
+        """Submit a training job (``POST /v1/trainings``); the gateway refuses it saying why."""
+        job = training_spec(spec, {})
+        resp = self._http.post("/v1/trainings", json=job.model_dump(mode="json", exclude_none=True))
+        return TrainingStatus.model_validate(self._check(resp))
+
+    def training(self, job_id: str) -> TrainingStatus:
+        """One of your jobs as it stands (``GET /v1/trainings/{id}``)."""
+        return TrainingStatus.model_validate(self._check(self._http.get(f"/v1/trainings/{job_id}")))
+
+    def trainings(self, limit: int = 50) -> pd.DataFrame:
+        """Your training jobs, newest first."""
+        rows = self._check(self._http.get("/v1/trainings", params={"limit": limit}))
+        return pd.DataFrame(rows)
+
+    def wait_training(
+        self,
+        job_id: str,
+        *,
+        progress: bool | TrainingProgress = True,
+        poll_s: float = 2.0,
+        timeout_s: float = 3600.0,
+        on_status: Callable[[TrainingStatus], None] | None = None,
+    ) -> TrainingResult:
+        """Poll the job until it finishes or fails (at most ``timeout_s``), drawing a bar.
+
+        Raises :class:`TrainingTimeout` (with the last status) when the job is
+        still going at the deadline; the job itself goes on at the gateway.
+        """
+        if poll_s <= 0 or timeout_s <= 0:
+            raise ValueError("poll_s and timeout_s must be positive")
+        bar = progress if isinstance(progress, TrainingProgress) else None
+        if progress is True:
+            bar = TrainingProgress()
+        started = time.monotonic()
+        status = self.training(job_id)
+        with bar if bar is not None else NoBar():
+            for _ in range(math.ceil(timeout_s / poll_s) + 1):  # bounded, whatever the clock does
+                if bar is not None:
+                    bar.update(status)
+                if on_status is not None:
+                    on_status(status)
+                if status.state in FINAL_STATES:
+                    return TrainingResult(status)
+                if time.monotonic() - started >= timeout_s:
+                    break
+                time.sleep(poll_s)
+                status = self.training(job_id)
+        raise TrainingTimeout(status, time.monotonic() - started)
+
+    def train(
+        self,
+        spec: TrainingSpec | Mapping[str, Any] | None = None,
+        /,
+        *,
+        wait: bool = True,
+        progress: bool | TrainingProgress = True,
+        poll_s: float = 2.0,
+        timeout_s: float = 3600.0,
+        **fields: Any,
+    ) -> TrainingResult:
+        """Train a model across the sites; by default wait for it, showing a progress bar.
+
+        ``spec`` is a :class:`~varde.training.TrainingSpec` or its dict; keyword
+        ``fields`` add to it (``epsilon`` or ``rho``, ``delta``, ``clip`` may be
+        given flat, as in :func:`training_spec`).
+        With ``wait=False`` the result holds the just-submitted job's status.
+        A failed job is returned (``.ok`` False, reason in ``.status.detail``),
+        not raised: its per-site refusals are part of the answer.
+        """
+        job = training_spec(spec, fields)
+        status = self.start_training(job)
+        if not wait:
+            return TrainingResult(status)
+        return self.wait_training(status.id, progress=progress, poll_s=poll_s, timeout_s=timeout_s)
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> VardeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
