@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from varde.budget import Budget
 from varde.envelope import SignedEnvelope
 from varde.release import Manifest, SiteRelease
 
@@ -60,18 +61,16 @@ class Dispatcher:
         st = self._sites.get(site)
         return st.manifest if st else None
 
-    def note_budget(self, site: str, project: str, remaining: float | None) -> None:
+    def note_budget(self, site: str, project: str, remaining: Budget | None) -> None:
         """Update the gateway's view of a site's remaining budget from a release."""
         st = self._sites.get(site)
         if st is None or st.manifest is None or remaining is None:
             return
         terms = st.manifest.projects.get(project)
-        if terms is None:
+        if terms is None or terms.budget.measure != remaining.measure:
             return
         projects = dict(st.manifest.projects)
-        # a release's budget_remaining is in the project's own measure
-        key = "rho_remaining" if terms.accounting == "zcdp" else "epsilon_remaining"
-        projects[project] = terms.model_copy(update={key: remaining})
+        projects[project] = terms.model_copy(update={"remaining": remaining})
         st.manifest = st.manifest.model_copy(update={"projects": projects})
 
     async def submit(

@@ -1,11 +1,12 @@
 """Run one researcher query across the network: check, sign, fan out, wait, combine.
 
-The gateway refuses early what it can already see is hopeless (a friendly
-refusal from the sites' own published manifests: project not served, field not
-exposed, epsilon or rho above the site's cap, a mode the project does not account
-in, budget the site reported as gone), so a
-researcher gets a precise 4xx and no site is bothered. Everything else is the
-site's decision: each node re-checks and charges its own ledger.
+The gateway refuses early what it can already see is hopeless, with the very
+check each node runs on its own policy (:func:`varde.terms.check_query`) applied
+to the site's published manifest: project not served, field not exposed,
+epsilon or rho above the site's cap, a mode the project does not account in,
+budget the site reported as gone. A researcher gets a precise 4xx and no site
+is bothered. Everything else is the site's decision: each node re-checks and
+charges its own ledger.
 """
 
 from __future__ import annotations
@@ -36,68 +37,24 @@ from varde.errors import (
     VardeError,
 )
 from varde.estimates import Z95
-from varde.query import AggregatePrivacy, DPPrivacy, Query, ZCDPPrivacy
-from varde.release import Manifest, ProjectTerms, SiteRelease, WorkItem
+from varde.query import Query
+from varde.release import Manifest, SiteRelease, WorkItem
 from varde.results import PreviewResult, QueryResult
+from varde.terms import check_query
 
 
-def precheck(manifest: Manifest | None, query: Query, site: str) -> tuple[str, str] | None:
+def precheck(manifest: Manifest | None, query: Query) -> tuple[str, str] | None:
     """A refusal ``(status, message)`` the site's published manifest already implies.
 
-    A DP query is compared in the measure the site's project accounts in:
-    epsilon for ``accounting: epsilon``, rho for ``accounting: zcdp``; a query
-    in the other mode is refused with the mode to use (the node would refuse
-    it too, and nothing is charged either way).
+    The same check the node makes of its own policy (:func:`varde.terms.check_query`),
+    on the terms the site published, with the budget it last reported left.
     """
     if manifest is None:
         return None
-    terms = manifest.projects.get(query.project)
-    if terms is None:
-        return "policy_violation", f"site {site!r} does not serve project {query.project!r}"
-    if query.statistic.kind not in manifest.statistics:
-        return (
-            "policy_violation",
-            f"site {site!r} does not allow statistic {query.statistic.kind!r}",
-        )
-    hidden = sorted(query.fields_read() - set(manifest.fields))
-    if hidden:
-        return "policy_violation", f"site {site!r} does not expose field(s) {', '.join(hidden)}"
-    if isinstance(query.privacy, DPPrivacy | ZCDPPrivacy):
-        return _precheck_budget(terms, query, site)
-    if isinstance(query.privacy, AggregatePrivacy) and not manifest.aggregate_mode:
-        return "policy_violation", f"site {site!r} does not allow non-DP aggregate mode"
-    return None
-
-
-def _precheck_budget(terms: ProjectTerms, query: Query, site: str) -> tuple[str, str] | None:
-    """Mode, per-query cap and budget left of a DP or zCDP query, in the project's measure."""
-    zcdp = isinstance(query.privacy, ZCDPPrivacy)
-    if (terms.accounting == "zcdp") != zcdp:
-        ask = (
-            '{"mode": "zcdp", "rho": ...}'
-            if terms.accounting == "zcdp"
-            else ('{"mode": "dp", "epsilon": ...}')
-        )
-        return (
-            "policy_violation",
-            f"project {query.project!r} accounts in {terms.accounting} at {site!r}: "
-            f"ask with privacy {ask}",
-        )
-    word = "rho" if zcdp else "epsilon"
-    amount = query.rho if zcdp else query.epsilon
-    cap = (terms.max_rho_per_query or 0.0) if zcdp else terms.max_epsilon_per_query
-    if amount > cap:
-        return (
-            "policy_violation",
-            f"{word} {amount} is above the per-query cap {cap} of project "
-            f"{query.project!r} at {site!r}",
-        )
-    if amount > terms.remaining + 1e-9:
-        return (
-            "budget_exhausted",
-            f"project {query.project!r} has {terms.remaining:.6g} {word} left at "
-            f"{site!r}; the query needs {amount}",
-        )
+    try:
+        check_query(manifest, query)
+    except (PolicyViolation, BudgetExhausted) as err:
+        return err.code, err.message
     return None
 
 
@@ -158,7 +115,7 @@ async def _fan_out(
     rows: dict[str, SiteRelease] = {}
     asked: list[str] = []
     for site in targets:
-        refusal = precheck(disp.manifest(site), query, site)
+        refusal = precheck(disp.manifest(site), query)
         if refusal is not None:
             rows[site] = SiteRelease(
                 query_id=query_id,
@@ -240,13 +197,11 @@ async def run_query(
         project=query.project,
         statistic=query.statistic.kind,
         mode=query.privacy.mode,
-        epsilon_requested=query.epsilon,
-        rho_requested=query.rho,
+        requested=query.budget,
         axes=query.axes(),
         sites=ordered,
         network=combine(query, ordered),
         budget_remaining={r.site: r.budget_remaining for r in ordered},
-        budget_measure="rho" if isinstance(query.privacy, ZCDPPrivacy) else "epsilon",
     )
     await run_in_threadpool(
         _record,
@@ -278,13 +233,11 @@ async def preview_query(
         project=query.project,
         statistic=query.statistic.kind,
         mode=query.privacy.mode,
-        epsilon_requested=query.epsilon,
-        rho_requested=query.rho,
+        requested=query.budget,
         axes=query.axes(),
         cells=query.cell_count(),
         sites=ordered,
-        epsilon_planned={r.site: r.epsilon_planned for r in ok},
-        rho_planned={r.site: r.rho_planned for r in ok} if query.rho else {},
+        planned={r.site: r.planned for r in ok if r.planned is not None},
         network_accuracy=accuracy,
         network_noise_std=std,
     )

@@ -212,7 +212,7 @@ def run_demo(*, workdir: Path, rows: int, seed: int, once: bool, train: bool = F
                 typer.echo(render(res))
                 typer.echo(f"({(time.perf_counter() - t0) * 1000:.0f} ms end to end)\n")
             typer.echo("=" * 100)
-            typer.echo("Budgets left (epsilon) per project and site:")
+            typer.echo("Budgets per project and site, in the measure each accounts in:")
             typer.echo(client.budgets().to_string(index=False))
             if train:
                 run_training(client)

@@ -56,7 +56,6 @@ from varde.release import SiteRelease, WorkItem
 from varde.training import TrainingSpec
 
 if TYPE_CHECKING:
-    from nodes.pipeline import NodeContext
     from nodes.policy import Policy
 
 __all__ = [
@@ -390,7 +389,7 @@ def _needed(policy: Policy, query: Query) -> list[tuple[RequestKind, str]]:
 
 
 def approval_step(
-    ctx: NodeContext, work: WorkItem, query: Query, policy: Policy, started: float
+    book: ApprovalBook, site: str, work: WorkItem, query: Query, policy: Policy, started: float
 ) -> SiteRelease | None:
     """Pass work the policy lets through; otherwise answer ``awaiting_approval`` or refuse.
 
@@ -401,7 +400,6 @@ def approval_step(
     needed = _needed(policy, query)
     if not needed:
         return None
-    book = ctx.store.approvals
     waiting: list[str] = []
     for kind, why in needed:  # every request at once: staff see all of them in one round
         key = request_key(kind, query, work.researcher)
@@ -414,7 +412,7 @@ def approval_step(
             continue
         if found is not None and found.status == "denied":
             raise PolicyViolation(
-                f"staff at {ctx.site!r} denied request {found.id}"
+                f"staff at {site!r} denied request {found.id}"
                 + (f": {found.reason}" if found.reason else "")
             )
         req = found or book.request(kind, key, work=work, query=query, why=why)
@@ -424,11 +422,11 @@ def approval_step(
     note = policy.approvals.message
     return SiteRelease(
         query_id=work.query_id,
-        site=ctx.site,
+        site=site,
         project=query.project,
         status="awaiting_approval",
         message=(
-            f"awaiting approval at {ctx.site} ({'; '.join(waiting)}); nothing was computed or "
+            f"awaiting approval at {site} ({'; '.join(waiting)}); nothing was computed or "
             "charged: submit the same query again once it is approved"
             + (f". {note}" if note else "")
         ),

@@ -65,6 +65,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.schema import CreateSchema
 from sqlalchemy.types import TypeDecorator
 
+from varde.budget import ZCDP, Budget, Measure, PureDP, budget
 from varde.errors import BudgetExhausted, Conflict
 
 __all__ = ["UNITS_PER_EPSILON", "Charge", "Ledger"]
@@ -174,12 +175,17 @@ class Charge:
 
     query_id: str
     project: str
-    measure: str
+    measure: Measure
     period: str
     amount: float
     spent_after: float
     created_at: datetime
     note: str
+
+    @property
+    def cost(self) -> Budget:
+        """What was charged, as a typed budget."""
+        return budget(self.measure, self.amount)
 
 
 def _decimal(value: float, what: str) -> Decimal:
@@ -398,25 +404,24 @@ class Ledger:
         self,
         *,
         project: str,
-        amount: float,
-        budget: float,
+        cost: Budget,
+        total: Budget,
         query_id: str,
-        measure: str = "epsilon",
         period: str = "lifetime",
         note: str = "",
     ) -> Charge:
-        """Pay ``amount`` from the project's account, or refuse and change nothing.
+        """Pay ``cost`` from the project's account, or refuse and change nothing.
 
         Call this *before* releasing the number it pays for: once it returns, the
         charge is committed and will never be refunded.
 
         Args:
             project: The project whose budget pays.
-            amount: Privacy loss of the release; finite and > 0, rounded up to 1e-9.
-            budget: The total the site's policy allows *now* for this account;
-                finite and >= 0, rounded down to 1e-9.
+            cost: Privacy loss of the release (``PureDP`` or ``ZCDP``); > 0,
+                rounded up to 1e-9. Its measure names the account it pays from.
+            total: The budget the site's policy allows *now* for this account, in
+                the same measure; rounded down to 1e-9.
             query_id: Unique id of the work item; a second charge with it is refused.
-            measure: What is spent (``"epsilon"``, ``"rho"``, ...); separate account.
             period: Budget period (``"lifetime"``, ``"2025"``, ...); separate account.
             note: Free text kept for auditors.
 
@@ -424,14 +429,19 @@ class Ledger:
             The committed charge.
 
         Raises:
-            ValueError: For a non-finite or non-positive amount, a non-finite or
-                negative budget, or an empty key.
+            ValueError: For a zero cost, a total in another measure than the
+                cost, or an empty key.
             BudgetExhausted: If the amount does not fit in what is left.
             Conflict: If ``query_id`` has already paid.
         """
+        if not (isinstance(cost, PureDP | ZCDP) and isinstance(total, PureDP | ZCDP)):
+            raise ValueError(f"cost and total must be typed budgets, got {cost!r} and {total!r}")
+        if cost.measure != total.measure:
+            raise ValueError(f"cannot pay {cost} from a budget in {total.measure}")
+        measure, amount = cost.measure, cost.amount
         _require_text(project=project, query_id=query_id, measure=measure, period=period)
         units = _amount_units(amount)
-        budget_units = _budget_units(budget)
+        budget_units = _budget_units(total.amount)
         if not isinstance(note, str):
             raise ValueError(f"note must be a string, got {note!r}")
         engine = self._connection_engine(write=True)
@@ -507,23 +517,18 @@ class Ledger:
             ).scalar_one_or_none()
         return 0 if value is None else int(value)
 
-    def spent(self, project: str, measure: str = "epsilon", period: str = "lifetime") -> float:
-        """How much of ``measure`` the project has spent in ``period``."""
+    def spent(self, project: str, measure: Measure = "epsilon", period: str = "lifetime") -> float:
+        """How much of ``measure`` the project has spent in ``period`` (what auditors read)."""
         return _as_float(self._spent_units(project, measure, period))
 
-    def remaining(
-        self,
-        project: str,
-        budget: float,
-        measure: str = "epsilon",
-        period: str = "lifetime",
-    ) -> float:
-        """What is left of ``budget`` (the policy's current total); never negative.
+    def remaining(self, project: str, total: Budget, period: str = "lifetime") -> Budget:
+        """What is left of ``total`` (the policy's current budget, in its measure); never negative.
 
         It is zero, not negative, when a policy shrank below what was already spent.
         """
-        budget_units = _budget_units(budget)
-        return _as_float(max(0, budget_units - self._spent_units(project, measure, period)))
+        budget_units = _budget_units(total.amount)
+        spent = self._spent_units(project, total.measure, period)
+        return total.like(_as_float(max(0, budget_units - spent)))
 
     def charges(self, project: str | None = None) -> list[Charge]:
         """All committed charges, oldest first, optionally of one project."""

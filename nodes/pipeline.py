@@ -1,43 +1,57 @@
-"""The privacy pipeline a node runs on every work item, as small testable steps.
+"""The privacy pipeline a node runs on every work item, as small steps tested one by one.
 
-verify envelope -> parse query -> check policy -> answer a repeat from the
-release cache (:mod:`nodes.release_cache`, nothing charged) -> compute exact
-aggregate -> cost the OpenDP measurement -> **charge the ledger** -> draw noise
--> store in the cache -> release.
+::
 
-Each step either passes its result on or raises a :class:`VardeError`; the
-node turns that error into a reasoned refusal (``SiteRelease`` with the error's
-code) and audits it. Nothing random happens and nothing is released before the
-ledger has committed the charge, and a lost response never refunds it. The
-expiry is checked again just before charging, so an item that waited too long
-(the researcher has already been told "unavailable") is never charged.
+    verify -> parse -> authorise -> cache -> preview -> approval -> repeat
+           -> price -> expiry -> charge -> release -> audit
+
+Each step is a function ``step(ctx, item) -> SiteRelease | None`` (Flower's
+mods are the model): it reads and fills in the :class:`WorkState` it is
+handed, and either returns ``None`` (go on) or the release that ends the item
+early (a preview, an "awaiting approval", a repeat from the cache). A step
+that refuses raises a :class:`~varde.errors.VardeError`; :func:`handle` turns it
+into a reasoned refusal (``SiteRelease`` with the error's code) and audits it.
+
+The state carries **one policy snapshot** from the first step to the last: a
+policy hot-reloaded while an item is in flight applies to the next item, never
+to half of this one. Nothing random happens and nothing is released before
+the ledger has committed the charge (:meth:`nodes.accounts.Account.pay`, which
+also audits it), and a lost response never refunds it. The expiry is checked
+again just before charging, so an item that waited too long (the researcher has
+already been told "unavailable") is never charged. Training rounds and the DP
+evaluation pay through the same :class:`~nodes.accounts.Account` and are
+authorised by the same policy methods (:mod:`nodes.training.rounds`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
+from nodes.accounts import Account
 from nodes.approvals import approval_step
 from nodes.cohort import evaluate
 from nodes.data import RegistryData
-from nodes.ledger import Ledger
-from nodes.periods import period_key
+from nodes.ledger import Charge, Ledger
 from nodes.policy import Policy, ProjectPolicy
 from nodes.release_cache import CachedRelease, ReleaseCache, cache_key, data_digest
-from nodes.statistics import cost_dp, cost_zcdp, exact, plan_dp, plan_zcdp, release_aggregate
+from nodes.statistics import Plan, exact, plan, price
+from nodes.statistics.suppression import release_aggregate
 from nodes.store import NodeStore
+from varde.budget import Budget
 from varde.envelope import Payload, SignedEnvelope, open_envelope, peek, utcnow
 from varde.errors import EnvelopeRejected, InvalidQuery, VardeError
-from varde.query import AggregatePrivacy, DPPrivacy, Query, ZCDPPrivacy
-from varde.release import SiteRelease, WorkItem
+from varde.query import Query
+from varde.release import Cell, SiteRelease, WorkItem
 
 log = logging.getLogger("varde.node")
 
@@ -97,48 +111,103 @@ class NodeContext:
         with self._lock:
             self.generation += 1
 
-    def period(self, project: ProjectPolicy) -> str:
-        """The ledger account (budget period) a charge for ``project`` goes to now."""
-        return period_key(project.budget_period, self.clock())
+    def account(self, name: str, project: ProjectPolicy) -> Account:
+        """The ledger account ``name`` pays from now (its measure and budget period)."""
+        return Account.of(name, project, self.clock())
 
-    @staticmethod
-    def measure(project: ProjectPolicy) -> str:
-        """The ledger measure of ``project``: ``epsilon``, or ``rho`` under zCDP accounting."""
-        return "rho" if project.accounting == "zcdp" else "epsilon"
-
-    @staticmethod
-    def budget_of(project: ProjectPolicy) -> float:
-        """The project's budget per period, in its own measure."""
-        return project.rho_budget if project.accounting == "zcdp" else project.epsilon_budget
-
-    def left(self, name: str, project: ProjectPolicy) -> float:
-        """What ``name`` has left in its current budget period, in its own measure."""
-        return self.ledger.remaining(
-            name,
-            self.budget_of(project),
-            measure=self.measure(project),
-            period=self.period(project),
-        )
-
-    def remaining(self) -> dict[str, float]:
-        """Budget left per project in its own measure (rho for zcdp projects; current period)."""
-        pol = self.policy
-        return {name: self.left(name, p) for name, p in pol.projects.items()}
+    def remaining(self, policy: Policy | None = None) -> dict[str, Budget]:
+        """Budget left per project in its own measure (current period), for the manifest."""
+        pol = policy or self.policy
+        return {name: self.account(name, p).left(self.ledger) for name, p in pol.projects.items()}
 
 
-def verify_step(ctx: NodeContext, envelope: SignedEnvelope) -> Payload:
+@dataclass
+class WorkState:
+    """One work item on its way through the pipeline: what the steps found out so far.
+
+    ``policy`` is the snapshot every step uses; later fields are filled in by
+    the step named in their comment.
+    """
+
+    envelope: SignedEnvelope
+    policy: Policy
+    started: float = field(default_factory=time.perf_counter)
+    now: dt.datetime | None = None
+    """Time of the expiry check before charging (None: the current UTC time)."""
+    payload: Payload | None = None  # verify
+    work: WorkItem | None = None  # parse
+    query: Query | None = None  # parse
+    project: ProjectPolicy | None = None  # authorise
+    cache_key: str = ""  # cache
+    cached: CachedRelease | None = None  # cache
+    plan: Plan | None = None  # price
+    charge: Charge | None = None  # charge
+    cells: list[Cell] = field(default_factory=list)  # release
+
+    # --- what later steps may rely on (a step run out of order fails loudly) -----------------
+
+    @property
+    def item(self) -> WorkItem:
+        """The parsed work item."""
+        assert self.work is not None, "parse runs first"
+        return self.work
+
+    @property
+    def question(self) -> Query:
+        """The parsed query."""
+        assert self.query is not None, "parse runs first"
+        return self.query
+
+    @property
+    def terms(self) -> ProjectPolicy:
+        """The project's policy at this site."""
+        assert self.project is not None, "authorise runs first"
+        return self.project
+
+    @property
+    def priced(self) -> Plan:
+        """The costed release plan."""
+        assert self.plan is not None, "price runs first"
+        return self.plan
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the item arrived."""
+        return (time.perf_counter() - self.started) * 1000
+
+    def release(self, ctx: NodeContext, **fields: Any) -> SiteRelease:
+        """A release of this item, with what every answer about it carries."""
+        query = self.question
+        account = ctx.account(query.project, self.terms)
+        common: dict[str, Any] = {
+            "query_id": self.item.query_id,
+            "site": ctx.site,
+            "project": query.project,
+            "statistic": query.statistic.kind,
+            "axes": query.axes(),
+            "budget_total": account.total,
+            "elapsed_ms": self.elapsed_ms(),
+        }
+        if "budget_remaining" not in fields:
+            common["budget_remaining"] = account.left(ctx.ledger)
+        return SiteRelease(**common, **fields)
+
+
+Step = Callable[[NodeContext, WorkState], SiteRelease | None]
+
+
+def verify(ctx: NodeContext, item: WorkState) -> None:
     """Signature under the pinned gateway key, addressed to us, fresh, not replayed.
 
     The nonce is recorded together with the ``work_received`` audit entry.
     """
-    claimed = peek(envelope).body
+    claimed = peek(item.envelope).body
     received = {
         "query_id": claimed.get("query_id", ""),
         "project": claimed.get("project", ""),
         "researcher": claimed.get("researcher", ""),
     }
-    return open_envelope(
-        envelope,
+    item.payload = open_envelope(
+        item.envelope,
         sender_key=ctx.gateway_key,
         recipient=ctx.site,
         kinds=("work",),
@@ -146,10 +215,11 @@ def verify_step(ctx: NodeContext, envelope: SignedEnvelope) -> Payload:
     )
 
 
-def parse_step(payload: Payload) -> tuple[WorkItem, Query]:
+def parse(_ctx: NodeContext, item: WorkState) -> None:
     """The work item and its query, validated again here: the gateway is not trusted."""
+    assert item.payload is not None, "verify runs first"
     try:
-        work = WorkItem.model_validate(payload.body)
+        work = WorkItem.model_validate(item.payload.body)
         query = Query.model_validate(work.query)
     except ValidationError as err:
         first = err.errors()[0]
@@ -157,270 +227,263 @@ def parse_step(payload: Payload) -> tuple[WorkItem, Query]:
         raise InvalidQuery(f"{where}: {first['msg']}") from err
     if query.project != work.project:
         raise InvalidQuery("work item project and query project differ")
-    return work, query
+    item.work, item.query = work, query
+
+
+def authorise(_ctx: NodeContext, item: WorkState) -> None:
+    """The site's public terms (:func:`varde.terms.check_query`) and its private checks."""
+    item.project = item.policy.authorize(item.question, researcher=item.item.researcher)
+
+
+def cache(ctx: NodeContext, item: WorkState) -> None:
+    """Look the question up in the release cache (DP releases only; aggregates are exact)."""
+    if item.question.budget is not None:
+        item.cache_key = cache_key(item.question, ctx.data_version)
+        item.cached = ctx.release_cache.get(item.cache_key)
+
+
+def preview(ctx: NodeContext, item: WorkState) -> SiteRelease | None:
+    """A dry run: what the query would cost here and how accurate it would be.
+
+    Runs after the policy check, so a preview refuses exactly what the real
+    query would; no row is read and nothing is charged. A repeat that the
+    cache would answer costs nothing.
+    """
+    if not item.item.preview:
+        return None
+    query = item.question
+    ctx.store.audit("previewed", query_id=item.item.query_id, project=query.project)
+    asked = query.budget
+    if asked is None:
+        min_cell = item.policy.aggregate.min_cell
+        return item.release(
+            ctx,
+            status="ok",
+            mode="aggregate",
+            mechanism=f"exact, cells < {min_cell} suppressed",
+            preview=True,
+        )
+    costed = price(query, asked, max_rows=item.policy.privacy_unit.max_tumours_per_patient)
+    planned = costed.cost.like(0.0) if item.cached is not None else costed.cost
+    left = ctx.account(query.project, item.terms).left(ctx.ledger)
+    short = planned > left  # type: ignore[operator]
+    message = ""
+    if short:
+        message = (
+            f"project {query.project!r} has {left.amount:.6g} {left.measure} left at "
+            f"{ctx.site!r}; the query needs {planned.amount:.6g}"
+        )
+    elif item.cached is not None:
+        message = "a repeat: the cached release would be returned"
+    return item.release(
+        ctx,
+        status="budget_exhausted" if short else "ok",
+        message=message,
+        mode=query.privacy.mode,
+        planned=planned,
+        mechanism=costed.mechanism,
+        noise_scales=costed.noise_scales,
+        noise_std=costed.noise_std,
+        accuracy=costed.accuracy,
+        budget_remaining=left,
+        cached=item.cached is not None,
+        preview=True,
+    )
+
+
+def approval(ctx: NodeContext, item: WorkState) -> SiteRelease | None:
+    """Staff decide first where the policy says so (:mod:`nodes.approvals`)."""
+    return approval_step(
+        ctx.store.approvals, ctx.site, item.item, item.question, item.policy, item.started
+    )
+
+
+def repeat(ctx: NodeContext, item: WorkState) -> SiteRelease | None:
+    """A repeat of a released question: the same cells again, nothing charged.
+
+    Policy and approvals have been checked again before this (a revoked project
+    gets no answer, cached or not); the budget has not, because nothing is spent.
+    """
+    hit = item.cached
+    if hit is None:
+        return None
+    ctx.store.audit(
+        "released_from_cache",
+        query_id=item.item.query_id,
+        project=item.question.project,
+        first_query_id=hit.query_id,
+    )
+    return item.release(
+        ctx,
+        status="ok",
+        mode=item.question.privacy.mode,
+        message=f"repeat of query {hit.query_id}: the same release again, nothing charged",
+        charged=hit.cost.like(0.0),
+        mechanism=hit.mechanism,
+        noise_scales=hit.noise_scales,
+        cells=hit.cells,
+        cached=True,
+    )
+
+
+def price_step(ctx: NodeContext, item: WorkState) -> None:
+    """Read the cohort's rows and build the costed OpenDP plan (nothing random yet).
+
+    A budget the mechanism cannot represent is refused here by name, before
+    anything is charged (:func:`nodes.statistics.plan`).
+    """
+    query = item.question
+    asked = query.budget
+    if asked is None:
+        return
+    ex = exact(ctx.data, evaluate(ctx.data, query.cohort), query)
+    k = item.policy.privacy_unit.max_tumours_per_patient
+    item.plan = plan(ex, query, asked, max_rows=k)
+
+
+def expiry(_ctx: NodeContext, item: WorkState) -> None:
+    """An item that waited past its expiry is refused uncharged (the gateway gave up on it)."""
+    assert item.payload is not None, "verify runs first"
+    if (
+        item.question.budget is not None
+        and (item.now or utcnow()) >= item.payload.header.expires_at
+    ):
+        raise EnvelopeRejected("expired", "work item expired before it could be charged")
+
+
+def charge(ctx: NodeContext, item: WorkState) -> None:
+    """Pay the plan's cost from the project's account: committed, audited, never refunded."""
+    if item.plan is None:
+        return
+    query = item.question
+    item.charge = ctx.account(query.project, item.terms).pay(
+        ctx.ledger,
+        ctx.store,
+        cost=item.plan.cost,
+        query_id=item.item.query_id,
+        what="query",
+        note=query.statistic.kind,
+        statistic=query.statistic.kind,
+        researcher=item.item.researcher,
+        policy_version=item.policy.version,
+    )
+    ctx.charged()
+
+
+def release(ctx: NodeContext, item: WorkState) -> None:
+    """Draw the noise (paid for) and cache the release; or the exact, suppressed aggregate."""
+    query = item.question
+    if item.plan is None:
+        ex = exact(ctx.data, evaluate(ctx.data, query.cohort), query)
+        item.cells = release_aggregate(ex, query, min_cell=item.policy.aggregate.min_cell)
+        return
+    costed = item.priced
+    item.cells = costed.release()
+    ctx.release_cache.put(
+        item.cache_key,
+        query.project,
+        CachedRelease(
+            query_id=item.item.query_id,
+            cost=costed.cost,
+            mechanism=costed.mechanism,
+            noise_scales=costed.noise_scales,
+            cells=item.cells,
+        ),
+    )
+
+
+def audit(ctx: NodeContext, item: WorkState) -> SiteRelease:
+    """Audit what leaves (the first cells, mechanism, policy version) and answer with it."""
+    query = item.question
+    costed = item.plan
+    min_cell = item.policy.aggregate.min_cell
+    mechanism = costed.mechanism if costed else f"exact, cells < {min_cell} suppressed"
+    ctx.store.audit(
+        "released",
+        query_id=item.item.query_id,
+        project=query.project,
+        mode=query.privacy.mode,
+        charged=dataclasses.asdict(costed.cost) if costed else None,
+        mechanism=mechanism if costed else "aggregate",
+        cells=[c.model_dump(mode="json") for c in item.cells[:50]],
+        policy_version=item.policy.version,
+    )
+    noise: dict[str, Any] = {}
+    if costed is not None:
+        noise = {
+            "charged": costed.cost,
+            "noise_scales": costed.noise_scales,
+            "noise_std": costed.noise_std,
+            "accuracy": costed.accuracy,
+        }
+    return item.release(
+        ctx, status="ok", mode=query.privacy.mode, mechanism=mechanism, cells=item.cells, **noise
+    )
+
+
+PIPELINE: Sequence[Step] = (
+    verify,
+    parse,
+    authorise,
+    cache,
+    preview,
+    approval,
+    repeat,
+    price_step,
+    expiry,
+    charge,
+    release,
+)
+"""The steps in order; :func:`audit` ends every item that got through all of them."""
 
 
 def _refusal(query_id: str, site: str, err: VardeError, started: float) -> SiteRelease:
-    status = (
-        err.code
-        if err.code
-        in {
-            "policy_violation",
-            "budget_exhausted",
-            "invalid_query",
-            "envelope_rejected",
-        }
-        else "error"
-    )
+    known = {"policy_violation", "budget_exhausted", "invalid_query", "envelope_rejected"}
     return SiteRelease(
         query_id=query_id,
         site=site,
-        status=status,
+        status=err.code if err.code in known else "error",
         message=err.message,
         elapsed_ms=(time.perf_counter() - started) * 1000,
     )
 
 
+def run(ctx: NodeContext, item: WorkState, steps: Sequence[Step] = PIPELINE) -> SiteRelease:
+    """Run ``steps`` on ``item``; the first release a step returns ends it."""
+    for step in steps:
+        early = step(ctx, item)
+        if early is not None:
+            return early
+    return audit(ctx, item)
+
+
 def handle(
     ctx: NodeContext, envelope: SignedEnvelope, *, now: dt.datetime | None = None
 ) -> SiteRelease:
-    """Run the whole pipeline on one envelope and return what may leave the node."""
-    started = time.perf_counter()
+    """Run the whole pipeline on one envelope and return what may leave the node.
+
+    Never raises: a refusal is a release with the error's code, and a bug in a
+    step is audited and answered as ``error`` without its details (or rows).
+    """
+    item = WorkState(envelope=envelope, policy=ctx.policy, now=now)
     try:
         claimed_id = str(peek(envelope).body.get("query_id", ""))
     except EnvelopeRejected:
         claimed_id = ""
     try:
-        payload = verify_step(ctx, envelope)
+        return run(ctx, item)
     except EnvelopeRejected as err:
-        ctx.store.audit(
-            "envelope_rejected", query_id=claimed_id, reason=err.reason, message=err.message
-        )
-        log.warning("rejected work item %s: %s", claimed_id, err.message)
-        return _refusal(claimed_id, ctx.site, err, started)
-    try:
-        work, query = parse_step(payload)
-        return _answer(ctx, payload, work, query, started, now)
+        kind, extra = "envelope_rejected", {"reason": err.reason}
+        if item.payload is None:
+            log.warning("rejected work item %s: %s", claimed_id, err.message)
+        refusal: VardeError = err
     except VardeError as err:
-        ctx.store.audit(err.code, query_id=claimed_id, message=err.message)
-        return _refusal(claimed_id, ctx.site, err, started)
+        kind, extra, refusal = err.code, {}, err
     except Exception:  # a bug must not leak details (or rows) to the gateway
         log.exception("internal error answering %s", claimed_id)
         ctx.store.audit("error", query_id=claimed_id)
         return SiteRelease(
             query_id=claimed_id, site=ctx.site, status="error", message="internal error at the site"
         )
-
-
-def _preview(
-    ctx: NodeContext,
-    work: WorkItem,
-    query: Query,
-    budget: float,
-    cached: bool,
-    started: float,
-) -> SiteRelease:
-    """What ``query`` would cost here and how accurate it would be; no row read, no charge.
-
-    Runs after the policy check, so a preview refuses exactly what the real
-    query would. A repeat that the cache would answer costs nothing.
-    """
-    remaining = ctx.left(query.project, ctx.policy.projects[query.project])
-    common = {
-        "query_id": work.query_id,
-        "site": ctx.site,
-        "project": query.project,
-        "statistic": query.statistic.kind,
-        "axes": query.axes(),
-        "budget_total": budget,
-        "budget_remaining": remaining,
-        "preview": True,
-        "cached": cached,
-        "elapsed_ms": (time.perf_counter() - started) * 1000,
-    }
-    ctx.store.audit("previewed", query_id=work.query_id, project=query.project)
-    if isinstance(query.privacy, AggregatePrivacy):
-        min_cell = ctx.policy.aggregate.min_cell
-        return SiteRelease(
-            **common,
-            status="ok",
-            mode="aggregate",
-            mechanism=f"exact, cells < {min_cell} suppressed",
-        )
-    k = ctx.policy.privacy_unit.max_tumours_per_patient
-    zcdp = isinstance(query.privacy, ZCDPPrivacy)
-    plan = (
-        cost_zcdp(query, rho=query.privacy.rho, max_rows=k)
-        if isinstance(query.privacy, ZCDPPrivacy)
-        else cost_dp(query, epsilon=query.privacy.epsilon, max_rows=k)
-    )
-    planned = 0.0 if cached else plan.epsilon
-    short = planned > remaining
-    word = "rho" if zcdp else "epsilon"
-    return SiteRelease(
-        **common,
-        status="budget_exhausted" if short else "ok",
-        message=(
-            f"project {query.project!r} has {remaining:.6g} {word} left at {ctx.site!r}; "
-            f"the query needs {planned:.6g}"
-            if short
-            else ("a repeat: the cached release would be returned" if cached else "")
-        ),
-        mode=query.privacy.mode,
-        epsilon_planned=0.0 if zcdp else planned,
-        rho_planned=planned if zcdp else 0.0,
-        mechanism=plan.mechanism,
-        noise_scales=plan.noise_scales,
-        noise_std=plan.noise_std,
-        accuracy=plan.accuracy,
-    )
-
-
-def _repeat(
-    ctx: NodeContext,
-    work: WorkItem,
-    query: Query,
-    budget: float,
-    hit: CachedRelease,
-    started: float,
-) -> SiteRelease:
-    """A repeat of a released question: the same cells again, nothing charged.
-
-    Policy has been checked again before this (a revoked project gets no
-    answer, cached or not); the budget has not, because nothing is spent.
-    """
-    ctx.store.audit(
-        "released_from_cache",
-        query_id=work.query_id,
-        project=query.project,
-        first_query_id=hit.query_id,
-    )
-    return SiteRelease(
-        query_id=work.query_id,
-        site=ctx.site,
-        project=query.project,
-        statistic=query.statistic.kind,
-        axes=query.axes(),
-        budget_total=budget,
-        status="ok",
-        mode="zcdp" if isinstance(query.privacy, ZCDPPrivacy) else "dp",
-        message=f"repeat of query {hit.query_id}: the same release again, nothing charged",
-        epsilon_charged=0.0,
-        mechanism=hit.mechanism,
-        noise_scales=hit.noise_scales,
-        cells=hit.cells,
-        budget_remaining=ctx.left(query.project, ctx.policy.projects[query.project]),
-        cached=True,
-        elapsed_ms=(time.perf_counter() - started) * 1000,
-    )
-
-
-def _answer(
-    ctx: NodeContext,
-    payload: Payload,
-    work: WorkItem,
-    query: Query,
-    started: float,
-    now: dt.datetime | None,
-) -> SiteRelease:
-    policy = ctx.policy
-    proj = policy.authorize(query, researcher=work.researcher)
-    k = policy.privacy_unit.max_tumours_per_patient
-    noisy = not isinstance(query.privacy, AggregatePrivacy)
-    key = cache_key(query, ctx.data_version) if noisy else ""
-    hit = ctx.release_cache.get(key) if key else None
-    budget = ctx.budget_of(proj)
-    if work.preview:
-        return _preview(ctx, work, query, budget, hit is not None, started)
-    waiting = approval_step(ctx, work, query, policy, started)  # staff decide first
-    if waiting is not None:
-        return waiting
-    if hit is not None:
-        return _repeat(ctx, work, query, budget, hit, started)
-    mask = evaluate(ctx.data, query.cohort)
-    ex = exact(ctx.data, mask, query)
-    common = {
-        "query_id": work.query_id,
-        "site": ctx.site,
-        "project": query.project,
-        "statistic": query.statistic.kind,
-        "axes": query.axes(),
-        "budget_total": budget,
-    }
-    if isinstance(query.privacy, DPPrivacy | ZCDPPrivacy):
-        zcdp = isinstance(query.privacy, ZCDPPrivacy)
-        plan = (
-            plan_zcdp(ex, query, rho=query.privacy.rho, max_rows=k)
-            if isinstance(query.privacy, ZCDPPrivacy)
-            else plan_dp(ex, query, epsilon=query.privacy.epsilon, max_rows=k)
-        )
-        if (now or utcnow()) >= payload.header.expires_at:
-            raise EnvelopeRejected("expired", "work item expired before it could be charged")
-        charge = ctx.ledger.charge(
-            project=query.project,
-            amount=plan.epsilon,
-            budget=budget,
-            query_id=work.query_id,
-            note=query.statistic.kind,
-            measure=ctx.measure(proj),
-            period=ctx.period(proj),
-        )
-        ctx.charged()
-        cells = plan.release()
-        ctx.release_cache.put(
-            key,
-            query.project,
-            CachedRelease(
-                query_id=work.query_id,
-                epsilon=plan.epsilon,
-                mechanism=plan.mechanism,
-                noise_scales=plan.noise_scales,
-                cells=cells,
-            ),
-        )
-        remaining = max(0.0, budget - charge.spent_after)
-        ctx.store.audit(
-            "released",
-            query_id=work.query_id,
-            project=query.project,
-            epsilon=0.0 if zcdp else plan.epsilon,
-            rho=plan.epsilon if zcdp else 0.0,
-            mechanism=plan.mechanism,
-            cells=[c.model_dump(mode="json") for c in cells[:50]],
-            spent_after=charge.spent_after,  # the charge, for the audit trail (issue 5)
-            budget_total=budget,
-            policy_version=policy.version,
-        )
-        return SiteRelease(
-            **common,
-            status="ok",
-            mode=query.privacy.mode,
-            epsilon_charged=0.0 if zcdp else plan.epsilon,
-            rho_charged=plan.epsilon if zcdp else 0.0,
-            mechanism=plan.mechanism,
-            noise_scales=plan.noise_scales,
-            noise_std=plan.noise_std,
-            accuracy=plan.accuracy,
-            cells=cells,
-            budget_remaining=remaining,
-            elapsed_ms=(time.perf_counter() - started) * 1000,
-        )
-    cells = release_aggregate(ex, query, min_cell=policy.aggregate.min_cell)
-    ctx.store.audit(
-        "released",
-        query_id=work.query_id,
-        project=query.project,
-        epsilon=0.0,
-        mechanism="aggregate",
-        cells=[c.model_dump(mode="json") for c in cells[:50]],  # released values (issue 5)
-        policy_version=policy.version,
-    )
-    return SiteRelease(
-        **common,
-        status="ok",
-        mode="aggregate",
-        mechanism=f"exact, cells < {policy.aggregate.min_cell} suppressed",
-        cells=cells,
-        budget_remaining=ctx.left(query.project, proj),
-        elapsed_ms=(time.perf_counter() - started) * 1000,
-    )
+    ctx.store.audit(kind, query_id=claimed_id, message=refusal.message, **extra)
+    return _refusal(claimed_id, ctx.site, refusal, item.started)

@@ -13,6 +13,7 @@ cap above :data:`SAFE_MAX_EPSILON_PER_QUERY`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,10 +21,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nodes.periods import BudgetPeriod
-from varde.errors import BudgetExhausted, PolicyViolation
-from varde.query import MAX_CELLS, DPPrivacy, Query, Survival, ZCDPPrivacy
-from varde.release import Manifest, ProjectTerms
+from varde.budget import ZCDP, Budget, Measure, PureDP, measure_of
+from varde.errors import PolicyViolation
+from varde.query import MAX_CELLS, Query
+from varde.release import Manifest, ProjectTerms, SiteLimits
 from varde.schema import FIELDS_BY_NAME
+from varde.terms import check_query, check_training
+from varde.training import TrainingSpec
 
 StatisticKind = Literal[
     "count", "sum", "mean", "histogram", "crosstab", "funnel", "quantile", "survival"
@@ -82,6 +86,23 @@ class ProjectPolicy(_Strict):
             "(epsilon, or rho with zcdp accounting; same budget period)."
         ),
     )
+
+    @property
+    def measure(self) -> Measure:
+        """The ledger measure of this project: ``epsilon``, or ``rho`` under zCDP accounting."""
+        return measure_of(self.accounting)
+
+    @property
+    def budget(self) -> Budget:
+        """What the project may spend per budget period, in its own measure."""
+        return ZCDP(self.rho_budget) if self.accounting == "zcdp" else PureDP(self.epsilon_budget)
+
+    @property
+    def cap(self) -> Budget:
+        """The most one query (or training round) may spend, in the project's measure."""
+        if self.accounting == "zcdp":
+            return ZCDP(self.max_rho_per_query or 0.0)
+        return PureDP(self.max_epsilon_per_query)
 
     @field_validator("training")
     @classmethod
@@ -253,115 +274,69 @@ class Policy(_Strict):
         """A short content hash, so releases and manifests name the policy they obeyed."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
-    def _within_limits(self, query: Query) -> None:
-        stat = query.statistic
-        floor = self.limits.min_survival_interval_months
-        if isinstance(stat, Survival) and stat.interval_months < floor:
-            raise PolicyViolation(
-                f"survival grid too fine for site {self.site!r}: intervals of "
-                f"{stat.interval_months} month(s) asked, at least {floor} allowed here"
-            )
-        released = query.released_count()
-        if released > self.limits.max_cells:
-            raise PolicyViolation(
-                f"the query would release {released} numbers from site {self.site!r}, which "
-                f"releases at most {self.limits.max_cells} per query"
-            )
-
     def authorize(self, query: Query, *, researcher: str) -> ProjectPolicy:
         """Check ``query`` against this policy; raise :class:`PolicyViolation` saying why not.
 
-        Budget is not checked here (that is the ledger's atomic job).
+        The public terms are checked by :func:`varde.terms.check_query`, the very
+        check the gateway runs on this site's manifest; the node adds only what
+        it alone knows here (which researchers a project admits). Budget left is
+        not checked here (that is the ledger's atomic job), nor staff approvals
+        (:mod:`nodes.approvals`).
         """
-        proj = self.projects.get(query.project)
-        if proj is None:
-            raise PolicyViolation(f"site {self.site!r} does not serve project {query.project!r}")
+        check_query(self.terms(), query)
+        return self._admitted(query.project, researcher)
+
+    def authorize_training(self, spec: TrainingSpec, *, researcher: str) -> ProjectPolicy:
+        """Check a training job like :meth:`authorize` checks a query (public terms, researcher)."""
+        check_training(self.terms(), spec)
+        return self._admitted(spec.project, researcher)
+
+    def _admitted(self, project: str, researcher: str) -> ProjectPolicy:
+        proj = self.projects[project]  # check_* refused a project not served
         if proj.researchers is not None and researcher not in proj.researchers:
             raise PolicyViolation(
-                f"researcher {researcher!r} is not allowed on project {query.project!r} "
-                f"at {self.site!r}"
+                f"researcher {researcher!r} is not allowed on project {project!r} at {self.site!r}"
             )
-        kind = query.statistic.kind
-        if kind not in self.statistics:
-            raise PolicyViolation(f"site {self.site!r} does not allow statistic {kind!r}")
-        hidden = sorted(query.fields_read() - set(self.fields))
-        if hidden:
-            raise PolicyViolation(
-                f"site {self.site!r} does not expose field(s) {', '.join(hidden)}"
-            )
-        self._within_limits(query)
-        if isinstance(query.privacy, DPPrivacy | ZCDPPrivacy):
-            wanted = "zcdp" if isinstance(query.privacy, ZCDPPrivacy) else "epsilon"
-            if proj.accounting != wanted:
-                ask = (
-                    '{"mode": "zcdp", "rho": ...}'
-                    if proj.accounting == "zcdp"
-                    else ('{"mode": "dp", "epsilon": ...}')
-                )
-                raise PolicyViolation(
-                    f"project {query.project!r} accounts in {proj.accounting} at {self.site!r}: "
-                    f"ask with privacy {ask}"
-                )
-        if isinstance(query.privacy, ZCDPPrivacy):
-            cap = proj.max_rho_per_query or 0.0
-            if query.privacy.rho > cap:
-                raise PolicyViolation(
-                    f"rho {query.privacy.rho} is above the per-query cap {cap} of project "
-                    f"{query.project!r} at {self.site!r}"
-                )
-            if proj.rho_budget == 0:
-                raise BudgetExhausted(
-                    f"project {query.project!r} has no rho budget at {self.site!r}"
-                )
-        elif isinstance(query.privacy, DPPrivacy):
-            if query.privacy.epsilon > proj.max_epsilon_per_query:
-                raise PolicyViolation(
-                    f"epsilon {query.privacy.epsilon} is above the per-query cap "
-                    f"{proj.max_epsilon_per_query} of project {query.project!r} at {self.site!r}"
-                )
-            if proj.epsilon_budget == 0:
-                raise BudgetExhausted(
-                    f"project {query.project!r} has no epsilon budget at {self.site!r}"
-                )
-        else:
-            if not (self.aggregate.allowed and proj.aggregate_mode):
-                raise PolicyViolation(
-                    f"site {self.site!r} does not allow non-DP aggregate mode for {query.project!r}"
-                )
         return proj
 
-    def manifest(self, remaining: dict[str, float]) -> Manifest:
-        """The public summary sent to the gateway (no rows, no counts).
+    def terms(self, remaining: Mapping[str, Budget] | None = None) -> Manifest:
+        """The public terms of this policy (what :meth:`manifest` publishes).
 
-        ``remaining`` is what each project has left in its *own* measure (rho
-        for a zcdp project), as :meth:`nodes.pipeline.NodeContext.remaining`
-        reports it. A zcdp project's queries never spend epsilon, so its
-        ``epsilon_remaining`` is its epsilon budget.
+        ``remaining`` is what each project has left in its own measure; without
+        it the terms say nothing about what is left.
         """
+        left = remaining or {}
         return Manifest(
             site=self.site,
             fields=list(self.fields),
             statistics=list(self.statistics),
-            projects={name: _terms(p, remaining.get(name)) for name, p in self.projects.items()},
+            projects={
+                name: ProjectTerms(
+                    accounting=p.accounting,
+                    budget=p.budget,
+                    max_per_query=p.cap,
+                    remaining=left.get(name),
+                    training=list(p.training),
+                    aggregate=p.aggregate_mode,
+                )
+                for name, p in self.projects.items()
+            },
             aggregate_mode=self.aggregate.allowed,
             min_cell=self.aggregate.min_cell if self.aggregate.allowed else None,
             policy_version=self.version,
+            limits=SiteLimits(
+                min_survival_interval_months=self.limits.min_survival_interval_months,
+                max_cells=self.limits.max_cells,
+            ),
         )
 
+    def manifest(self, remaining: Mapping[str, Budget]) -> Manifest:
+        """The public summary sent to the gateway (no rows, no counts).
 
-def _terms(p: ProjectPolicy, left: float | None) -> ProjectTerms:
-    """One project's public terms; ``left`` is in the project's own measure."""
-    zcdp = p.accounting == "zcdp"
-    return ProjectTerms(
-        epsilon_budget=p.epsilon_budget,
-        max_epsilon_per_query=p.max_epsilon_per_query,
-        epsilon_remaining=p.epsilon_budget if zcdp or left is None else left,
-        accounting=p.accounting,
-        rho_budget=p.rho_budget,
-        max_rho_per_query=p.max_rho_per_query,
-        rho_remaining=(p.rho_budget if left is None else left) if zcdp else 0.0,
-        training=list(p.training),
-    )
+        ``remaining`` is what each project has left in its *own* measure, as
+        :meth:`nodes.pipeline.NodeContext.remaining` reports it.
+        """
+        return self.terms(remaining)
 
 
 class PolicyError(ValueError):

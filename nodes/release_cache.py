@@ -25,8 +25,10 @@ import datetime as dt
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 
 import numpy as np
+from pydantic import TypeAdapter
 from sqlalchemy import DateTime, String, Text, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -34,6 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from nodes.canonical import query_key
 from nodes.data import RegistryData
+from varde.budget import Budget, PureDP
 from varde.envelope import utcnow
 from varde.query import Query
 from varde.release import Cell
@@ -53,29 +56,32 @@ class _CachedRow(_Base):
     project: Mapped[str] = mapped_column(String(100), index=True)
     query_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    epsilon: Mapped[str] = mapped_column(String(40))
+    epsilon: Mapped[str] = mapped_column(String(60))  # the cost's JSON, e.g. {"rho":0.1}
     mechanism: Mapped[str] = mapped_column(String(100))
     noise_scales: Mapped[str] = mapped_column(Text)
     cells: Mapped[str] = mapped_column(Text)
 
 
+@dataclass(frozen=True)
 class CachedRelease:
     """What was released the first time: enough to answer a repeat identically."""
 
-    def __init__(
-        self,
-        *,
-        query_id: str,
-        epsilon: float,
-        mechanism: str,
-        noise_scales: dict[str, float],
-        cells: list[Cell],
-    ) -> None:
-        self.query_id = query_id
-        self.epsilon = epsilon
-        self.mechanism = mechanism
-        self.noise_scales = noise_scales
-        self.cells = cells
+    query_id: str
+    cost: Budget
+    """What the first release charged (a repeat charges nothing)."""
+    mechanism: str
+    noise_scales: dict[str, float]
+    cells: list[Cell]
+
+
+_BUDGET = TypeAdapter[Budget](Budget)
+
+
+def _stored_cost(text: str) -> Budget:
+    """The cost column: a budget's JSON, or (rows cached before typed budgets) an epsilon."""
+    if text.lstrip().startswith("{"):
+        return _BUDGET.validate_json(text)
+    return PureDP(float(text))
 
 
 class ReleaseCache:
@@ -93,7 +99,7 @@ class ReleaseCache:
                 return None
             return CachedRelease(
                 query_id=row.query_id,
-                epsilon=float(row.epsilon),
+                cost=_stored_cost(row.epsilon),
                 mechanism=row.mechanism,
                 noise_scales={k: float(v) for k, v in json.loads(row.noise_scales).items()},
                 cells=[Cell.model_validate(c) for c in json.loads(row.cells)],
@@ -108,7 +114,7 @@ class ReleaseCache:
                     project=project,
                     query_id=release.query_id,
                     created_at=utcnow(),
-                    epsilon=repr(float(release.epsilon)),
+                    epsilon=_BUDGET.dump_json(release.cost).decode(),
                     mechanism=release.mechanism,
                     noise_scales=json.dumps(release.noise_scales),
                     cells=json.dumps([c.model_dump(mode="json") for c in release.cells]),

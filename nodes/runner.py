@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nodes.accounts import reconcile
 from nodes.agent import Agent
 from nodes.data import load_registry
 from nodes.enrollment import NodeIdentity, enroll, key_path, load_identity
@@ -70,11 +71,16 @@ def build_context(
         time.perf_counter() - started,
     )
     node_key = load_or_create_key(key_path(state_dir))
+    ledger = Ledger.in_directory(state_dir)
+    store = NodeStore.in_directory(state_dir, key=node_key)  # signs audit checkpoints
+    recovered = reconcile(ledger, store)
+    if recovered:
+        log.warning("site %s: %d ledger charge(s) had no audit entry; audited now", site, recovered)
     return NodeContext(
         site=site,
         data=data,
-        ledger=Ledger.in_directory(state_dir),
-        store=NodeStore.in_directory(state_dir, key=node_key),  # signs audit checkpoints
+        ledger=ledger,
+        store=store,
         node_key=node_key,
         gateway_key=identity.gateway_public_key,
         _policy=policy,

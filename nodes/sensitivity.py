@@ -71,21 +71,31 @@ Hence:
   by OpenDP's ``make_composition`` (zCDP composes additively: the rho of the
   steps adds up, and OpenDP's map says so).
 
+Each statistic asks for its :class:`~nodes.mechanisms.Sensitivity` (L1 and L2
+together) here, and :func:`nodes.mechanisms.plan_vector` uses the norm its
+budget's mechanism needs:
+
 >>> count_sensitivity(3)
 3
 >>> sum_sensitivity(lower=-10.0, upper=4.0, max_rows=2)
 20.0
 >>> mean_half_width(lower=18.0, upper=90.0)
 36.0
->>> sum_l2_sensitivity(lower=-10.0, upper=4.0, max_rows=2)
-20.0
->>> round(MEAN_NORMALISED_L2_SENSITIVITY**2, 12)
-2.0
+>>> counts(3)
+Sensitivity(l1=3, l2=3, integer=True, parts=1)
+>>> sums(lower=-10.0, upper=4.0, max_rows=2)
+Sensitivity(l1=20.0, l2=20.0, integer=False, parts=1)
+>>> round(normalised_mean().l2 ** 2, 12), normalised_mean().l1
+(2.0, 2.0)
+>>> funnel_steps(2, steps=4)
+Sensitivity(l1=2, l2=2, integer=True, parts=4)
 """
 
 from __future__ import annotations
 
 import math
+
+from nodes.mechanisms import Sensitivity
 
 MEAN_NORMALISED_SENSITIVITY = 2.0
 """L1 sensitivity of the normalised ``[S/(k h), N/k]`` vector used for means."""
@@ -99,41 +109,6 @@ def count_sensitivity(max_rows: int) -> int:
     if max_rows < 1:
         raise ValueError("a patient contributes at least one row")
     return max_rows
-
-
-def count_l2_sensitivity(max_rows: int) -> int:
-    """L2 sensitivity of a vector of counts over disjoint cells (zCDP, Gaussian)."""
-    return count_sensitivity(max_rows)
-
-
-def quantile_l2_sensitivity(max_rows: int) -> int:
-    """L2 sensitivity of a quantile's interval counts (zCDP; disjoint cells)."""
-    return count_l2_sensitivity(max_rows)
-
-
-def survival_l2_sensitivity(max_rows: int) -> int:
-    """L2 sensitivity of the death/censoring counts (zCDP; disjoint cells)."""
-    return count_l2_sensitivity(max_rows)
-
-
-def funnel_step_l2_sensitivity(max_rows: int) -> int:
-    """L2 sensitivity of one funnel step's counts (zCDP); the steps compose in OpenDP."""
-    return count_l2_sensitivity(max_rows)
-
-
-def quantile_sensitivity(max_rows: int) -> int:
-    """L1 sensitivity of the interval counts behind a quantile (disjoint cells)."""
-    return count_sensitivity(max_rows)
-
-
-def survival_sensitivity(max_rows: int) -> int:
-    """L1 sensitivity of the per-interval death/censoring counts (disjoint cells)."""
-    return count_sensitivity(max_rows)
-
-
-def funnel_step_sensitivity(max_rows: int) -> int:
-    """L1 sensitivity of one funnel step's count vector (steps compose; see above)."""
-    return count_sensitivity(max_rows)
 
 
 def sum_sensitivity(*, lower: float, upper: float, max_rows: int) -> float:
@@ -155,9 +130,29 @@ def mean_half_width(*, lower: float, upper: float) -> float:
     return (upper - lower) / 2.0
 
 
-def sum_l2_sensitivity(*, lower: float, upper: float, max_rows: int) -> float:
-    """L2 sensitivity of a vector of clamped sums (zCDP): ``k max(|L|, |U|)``.
+def counts(max_rows: int) -> Sensitivity:
+    """Counts over disjoint cells (counts, quantile intervals, survival counts): L1 = L2 = k."""
+    k = count_sensitivity(max_rows)
+    return Sensitivity(l1=k, l2=k, integer=True)
 
-    Equal to the L1 bound, because the worst case is one cell taking all ``k`` rows.
+
+def funnel_steps(max_rows: int, *, steps: int) -> Sensitivity:
+    """``steps`` nested count vectors, each at L1 = L2 = ``k``; OpenDP composes them."""
+    k = count_sensitivity(max_rows)
+    return Sensitivity(l1=k, l2=k, integer=True, parts=steps)
+
+
+def sums(*, lower: float, upper: float, max_rows: int) -> Sensitivity:
+    """Sums of values clamped to ``[lower, upper]``: L1 = L2 = ``k max(|L|, |U|)``.
+
+    The L2 bound equals the L1 one, because the worst case is one cell taking all ``k`` rows.
     """
-    return sum_sensitivity(lower=lower, upper=upper, max_rows=max_rows)
+    bound = sum_sensitivity(lower=lower, upper=upper, max_rows=max_rows)
+    return Sensitivity(l1=bound, l2=bound, integer=False)
+
+
+def normalised_mean() -> Sensitivity:
+    """The normalised ``[S/(k h), N/k]`` vector of a mean: L1 2, L2 ``sqrt 2``."""
+    return Sensitivity(
+        l1=MEAN_NORMALISED_SENSITIVITY, l2=MEAN_NORMALISED_L2_SENSITIVITY, integer=False
+    )

@@ -15,18 +15,16 @@ from __future__ import annotations
 import datetime as dt
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, delete, insert
 from sqlalchemy.exc import IntegrityError
 
+from nodes.approvals import ApprovalBook
 from nodes.audit import CHECKPOINT_EVERY, AuditEntry, AuditLog, AuditReport, configure_sqlite
 from varde.crypto import public_key_b64
 from varde.envelope import utcnow
-
-if TYPE_CHECKING:
-    from nodes.approvals import ApprovalBook
 
 _meta = MetaData()
 seen_nonces = Table(
@@ -73,8 +71,6 @@ class NodeStore:
     @cached_property
     def approvals(self) -> ApprovalBook:
         """Requests waiting for (or decided by) staff, in this database."""
-        from nodes.approvals import ApprovalBook  # it imports the pipeline's types
-
         return ApprovalBook(self.engine, self._write, self.log)
 
     def set_key(self, key: Ed25519PrivateKey) -> None:

@@ -89,3 +89,11 @@ def make_work(
         body=work.model_dump(mode="json"),
         ttl=dt.timedelta(seconds=ttl),
     )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[NodeStore]:
+    """A node's audit trail (and approvals) in ``tmp_path``, where ledgers of a test live too."""
+    opened = NodeStore.in_directory(tmp_path)
+    yield opened
+    opened.close()

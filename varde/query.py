@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from varde.budget import ZCDP, Budget, PureDP
 from varde.schema import FIELDS_BY_NAME, FieldKind, FieldSpec
 
 Scalar = str | int | float
@@ -459,7 +460,12 @@ class DPPrivacy(_Frozen):
     """Differential privacy: each site spends ``epsilon`` from the project's budget."""
 
     mode: Literal["dp"]
-    epsilon: float = Field(gt=0, allow_inf_nan=False)
+    epsilon: float = Field(gt=0, allow_inf_nan=False, strict=True)
+
+    @property
+    def budget(self) -> PureDP:
+        """The typed budget asked of each site."""
+        return PureDP(self.epsilon)
 
 
 class ZCDPPrivacy(_Frozen):
@@ -472,13 +478,23 @@ class ZCDPPrivacy(_Frozen):
     """
 
     mode: Literal["zcdp"]
-    rho: float = Field(gt=0, allow_inf_nan=False)
+    rho: float = Field(gt=0, allow_inf_nan=False, strict=True)
+
+    @property
+    def budget(self) -> ZCDP:
+        """The typed budget asked of each site."""
+        return ZCDP(self.rho)
 
 
 class AggregatePrivacy(_Frozen):
     """Exact aggregates with small-cell suppression, where a site's policy allows it."""
 
     mode: Literal["aggregate"]
+
+    @property
+    def budget(self) -> None:
+        """Aggregate mode spends no privacy budget (and carries no guarantee that composes)."""
+        return None
 
 
 Privacy = Annotated[DPPrivacy | ZCDPPrivacy | AggregatePrivacy, Field(discriminator="mode")]
@@ -580,14 +596,9 @@ class Query(_Frozen):
         return out
 
     @property
-    def epsilon(self) -> float:
-        """Epsilon each site is asked to spend (0 in aggregate and zCDP mode)."""
-        return self.privacy.epsilon if isinstance(self.privacy, DPPrivacy) else 0.0
-
-    @property
-    def rho(self) -> float:
-        """Rho each site is asked to spend (0 unless in zCDP mode)."""
-        return self.privacy.rho if isinstance(self.privacy, ZCDPPrivacy) else 0.0
+    def budget(self) -> Budget | None:
+        """What each site is asked to spend: ``PureDP`` or ``ZCDP``; None in aggregate mode."""
+        return self.privacy.budget
 
 
 def parse_query(data: dict[str, Any]) -> Query:

@@ -2,8 +2,10 @@
 
 A :class:`SiteRelease` is the only thing that leaves a hospital for a query. It
 carries the released cells with their noise description (mechanism, scale,
-epsilon charged, 95% interval) so the gateway can combine sites and report
-accuracy without ever seeing a row. A refusal is also a release: a site says
+budget charged, 95% interval) so the gateway can combine sites and report
+accuracy without ever seeing a row. Every privacy amount is a typed budget
+(:mod:`varde.budget`): ``{"epsilon": x}`` or ``{"rho": x}``, never a bare number
+whose measure one has to guess. A refusal is also a release: a site says
 *why* it did not answer (policy, budget, envelope), so a researcher can tell
 suppression from refusal from failure.
 """
@@ -12,7 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from varde.budget import Budget, measure_of
+from varde.query import MAX_CELLS
 
 SiteStatus = Literal[
     "ok",
@@ -28,7 +33,7 @@ CellStatus = Literal["ok", "suppressed"]
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Cell(_Wire):
@@ -60,24 +65,24 @@ class SiteRelease(_Wire):
     message: str = ""
     statistic: str = ""
     mode: Literal["dp", "zcdp", "aggregate", ""] = ""
-    epsilon_charged: float = 0.0
-    rho_charged: float = 0.0
-    """In zCDP mode: the rho charged (``budget_*`` are then in rho too)."""
+    charged: Budget | None = None
+    """What this release charged the project at the site (zero for a cached repeat;
+    None when nothing is charged in any measure: aggregate mode, refusals, previews)."""
+    planned: Budget | None = None
+    """In a preview: what the query would charge (zero for a cached repeat)."""
     mechanism: str = ""
     noise_scales: dict[str, float] = {}
     axes: list[tuple[str, list[str]]] = []
     cells: list[Cell] = []
-    budget_total: float | None = None
-    budget_remaining: float | None = None
+    budget_total: Budget | None = None
+    """The project's budget at the site for the current period, in its own measure."""
+    budget_remaining: Budget | None = None
+    """What is left of it after this release."""
     elapsed_ms: float = 0.0
     cached: bool = False
     """True when this is a repeat served from the site's release cache (nothing charged)."""
     preview: bool = False
     """A dry run: no row read, nothing charged, no value; what the query *would* cost."""
-    epsilon_planned: float = 0.0
-    """In a preview: the epsilon the site would charge (0 for a cached repeat)."""
-    rho_planned: float = 0.0
-    """In a preview in zCDP mode: the rho the site would charge."""
     noise_std: dict[str, float] = {}
     """Standard deviation of the noise on each released number, by part (count, sum)."""
     accuracy: dict[str, float] = {}
@@ -98,27 +103,38 @@ class WorkItem(_Wire):
 class ProjectTerms(_Wire):
     """The public part of a site's policy for one project.
 
-    ``accounting`` says which measure the project's queries spend: ``epsilon``
-    (pure DP, ``{"mode": "dp"}``) or ``zcdp`` (rho, ``{"mode": "zcdp"}``). The
-    gateway's friendly pre-check compares a query against the fields of that
-    measure; the rho fields default so that a manifest from a node that
-    predates zCDP still parses.
+    ``accounting`` says which measure the project's queries and training spend:
+    ``epsilon`` (pure DP, ``{"mode": "dp"}``) or ``zcdp`` (rho, ``{"mode":
+    "zcdp"}``); ``budget``, ``max_per_query`` and ``remaining`` are all in it.
+    ``remaining`` is None where it is not known (the node checking its own
+    terms leaves the budget to its ledger's atomic charge).
     """
 
-    epsilon_budget: float
-    max_epsilon_per_query: float
-    epsilon_remaining: float
+    accounting: Literal["epsilon", "zcdp"]
+    budget: Budget
+    """What the project may spend here per budget period."""
+    max_per_query: Budget
+    remaining: Budget | None = None
     training: list[str] = []
     """Federated training models the project may train at the site (empty: none)."""
-    accounting: Literal["epsilon", "zcdp"] = "epsilon"
-    rho_budget: float = 0.0
-    max_rho_per_query: float | None = None
-    rho_remaining: float = 0.0
+    aggregate: bool = False
+    """Non-DP aggregate queries allowed for this project (the site allows them too)."""
 
-    @property
-    def remaining(self) -> float:
-        """What is left in the project's own measure (epsilon, or rho under zCDP)."""
-        return self.rho_remaining if self.accounting == "zcdp" else self.epsilon_remaining
+    @model_validator(mode="after")
+    def _one_measure(self) -> ProjectTerms:
+        measure = measure_of(self.accounting)
+        for name in ("budget", "max_per_query", "remaining"):
+            value = getattr(self, name)
+            if value is not None and value.measure != measure:
+                raise ValueError(f"{name} is in {value.measure}, the project accounts in {measure}")
+        return self
+
+
+class SiteLimits(_Wire):
+    """How fine a question a site answers, whatever the project (public)."""
+
+    min_survival_interval_months: int = 1
+    max_cells: int = MAX_CELLS
 
 
 class Manifest(_Wire):
@@ -135,3 +151,4 @@ class Manifest(_Wire):
     aggregate_mode: bool = False
     min_cell: int | None = None
     policy_version: str = ""
+    limits: SiteLimits = SiteLimits()

@@ -10,48 +10,50 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from varde.budget import Budget, Measure
 from varde.release import Cell, SiteRelease
 
 
 class NetworkRow(BaseModel):
     """The combined answer over the sites that released."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     sites: list[str]
-    epsilon_spent: dict[str, float]
+    spent: dict[str, Budget]
+    """What each site that released charged (nothing: aggregate mode)."""
     cells: list[Cell]
-    rho_spent: dict[str, float] = {}
-    """Under zCDP: the rho each site charged (``epsilon_spent`` is then all 0)."""
 
 
 class _QueryHead(BaseModel):
     """What every answer about one query starts with."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     query_id: str
     project: str
     statistic: str
     mode: str
-    epsilon_requested: float
-    rho_requested: float = 0.0
-    """In zCDP mode: the rho each site is asked to spend (``epsilon_requested`` is then 0)."""
+    requested: Budget | None
+    """What each site is asked to spend (None in aggregate mode)."""
     axes: list[tuple[str, list[str]]]
+
+    @property
+    def measure(self) -> Measure | None:
+        """The measure the query spends (``epsilon`` or ``rho``; None in aggregate mode)."""
+        return self.requested.measure if self.requested is not None else None
 
 
 class QueryResult(_QueryHead):
     """What a researcher gets back: one row per site, the network row, budgets left.
 
-    ``budget_remaining`` is in each site's measure for the project, named in
-    ``budget_measure`` (``rho`` for a zCDP project; the site rows then carry
-    ``rho_charged``).
+    ``budget_remaining`` is what each site has left for the project, in the
+    project's measure there (None where a site did not say).
     """
 
     sites: list[SiteRelease]
     network: NetworkRow | None
-    budget_remaining: dict[str, float | None]
-    budget_measure: str = "epsilon"
+    budget_remaining: dict[str, Budget | None]
 
 
 class PreviewResult(_QueryHead):
@@ -65,8 +67,7 @@ class PreviewResult(_QueryHead):
 
     cells: int
     sites: list[SiteRelease]
-    epsilon_planned: dict[str, float]
-    rho_planned: dict[str, float] = {}
-    """In zCDP mode: the rho each site would charge (``epsilon_planned`` is then 0)."""
+    planned: dict[str, Budget]
+    """What each site that would answer would charge."""
     network_accuracy: dict[str, float]
     network_noise_std: dict[str, float]

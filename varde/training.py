@@ -49,9 +49,17 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import opendp.prelude as dp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from varde.budget import (
+    ZCDP,
+    Budget,
+    Measure,
+    PureDP,
+    calibrate_rho,
+    epsilon_for_rho,
+    rho_for_pure_epsilon,
+)
 from varde.schema import FIELDS_BY_NAME, FieldKind
 
 OUTCOME_FIELDS: dict[str, tuple[str, ...]] = {
@@ -87,8 +95,6 @@ MAX_RHO = 50.0
 """Largest rho a job may ask for (about epsilon 100 at delta ``1e-6``, the epsilon cap)."""
 
 _FEATURE_KINDS = (FieldKind.CATEGORICAL, FieldKind.INTEGER)
-
-dp.enable_features("contrib")
 
 
 class _Strict(BaseModel):
@@ -197,9 +203,14 @@ class TrainingPrivacy(_Strict):
         """What the researcher stated the job's budget in."""
         return "epsilon" if self.epsilon is not None else "rho"
 
+    @property
+    def budget(self) -> Budget:
+        """The job's whole budget per site, typed, as the researcher gave it."""
+        return PureDP(self.epsilon) if self.epsilon is not None else ZCDP(self.rho or 0.0)
+
     def budget_text(self) -> str:
         """``"epsilon 2"`` or ``"rho 0.5"``: the job's budget as the researcher gave it."""
-        return f"epsilon {self.epsilon:g}" if self.epsilon is not None else f"rho {self.rho:g}"
+        return f"{self.budget.measure} {self.budget.amount:g}"
 
     def evaluation_rho_budget(self) -> float:
         """Rho set aside for the final evaluation (0: none).
@@ -363,76 +374,9 @@ def design_columns(features: list[str], model: str = "logistic") -> list[str]:
     return names
 
 
-# Accounting: public maths (no rows), shared so the gateway can price a job exactly as
-# the sites will (see nodes/training/dp.py for why rounds are charged this way).
-
-
-def rho_for_epsilon(epsilon: float, delta: float) -> float:
-    """The zCDP rho whose Bun-Steinke conversion at ``delta`` is exactly ``epsilon``."""
-    if not (epsilon > 0 and 0 < delta < 1):
-        raise ValueError("epsilon must be > 0 and delta in (0, 1)")
-    log_term = math.log(1.0 / delta)
-    return (math.sqrt(log_term + epsilon) - math.sqrt(log_term)) ** 2
-
-
-def epsilon_for_rho(rho: float, delta: float) -> float:
-    """OpenDP's epsilon at ``delta`` for a rho-zCDP release (0 for nothing released).
-
-    Why a unit Gaussian: its privacy map is ``d_in**2 / 2``, so ``d_in =
-    sqrt(2 rho)`` makes OpenDP convert exactly ``rho``.
-    """
-    if rho < 0 or not math.isfinite(rho):
-        raise ValueError(f"rho must be finite and >= 0, got {rho!r}")
-    if rho == 0:
-        return 0.0
-    unit = dp.m.make_gaussian(
-        dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=1.0
-    )
-    approx: Any = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(unit), delta)
-    epsilon, _ = approx.map(math.sqrt(2.0 * rho))
-    return float(epsilon)
-
-
-def calibrate_rho(epsilon: float, delta: float) -> float:
-    """The largest rho (to 1e-9 relative) whose OpenDP epsilon at ``delta`` is <= ``epsilon``."""
-    low = rho_for_epsilon(epsilon, delta)
-    if epsilon_for_rho(low, delta) > epsilon:  # pragma: no cover - OpenDP is never looser
-        raise AssertionError("OpenDP's conversion is looser than Bun-Steinke")
-    high = 2.0 * low
-    while epsilon_for_rho(high, delta) <= epsilon:
-        low, high = high, 2.0 * high
-    for _ in range(60):
-        if high - low <= 1e-9 * low:
-            break
-        mid = (low + high) / 2.0
-        if epsilon_for_rho(mid, delta) <= epsilon:
-            low = mid
-        else:
-            high = mid
-    return low
-
-
-def rho_for_pure_epsilon(epsilon: float) -> float:
-    """OpenDP's zCDP rho of an ``epsilon``-DP release (``make_pureDP_to_zCDP``; 0 for none).
-
-    Why a unit Laplace: its privacy map is ``d_in``, so ``d_in = epsilon`` makes
-    OpenDP convert exactly ``epsilon`` (it gives ``epsilon**2 / 2``). A site
-    converts the measurement it actually builds (:func:`pure_release_rho`).
-    """
-    if epsilon < 0 or not math.isfinite(epsilon):
-        raise ValueError(f"epsilon must be finite and >= 0, got {epsilon!r}")
-    if epsilon == 0:
-        return 0.0
-    unit = dp.m.make_laplace(
-        dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=1.0
-    )
-    return pure_release_rho(unit, epsilon)
-
-
-def pure_release_rho(measurement: Any, d_in: float) -> float:
-    """The rho OpenDP's ``make_pureDP_to_zCDP`` gives a pure-DP ``measurement`` at ``d_in``."""
-    converted: Any = dp.c.make_pureDP_to_zCDP(measurement)
-    return float(converted.map(d_in))
+# Pricing: public maths (no rows), shared so the gateway can price a job exactly as the
+# sites will (see nodes/training/dp.py for why rounds are charged this way); the measure
+# conversions are OpenDP's maps in varde/budget.py.
 
 
 def training_rho(spec: TrainingSpec) -> float:
@@ -494,18 +438,14 @@ class SiteProgress(_Strict):
     """What one site has reported so far (all of it public: charges, not data)."""
 
     rounds_completed: int = 0
-    epsilon_spent: float = 0.0
-    """Epsilon the site's rounds charged (0 at a site whose project accounts in rho)."""
+    spent: Budget | None = None
+    """What the site's rounds charged, in its project's measure (None before round 1)."""
     refusal: str | None = None
-    measure: Literal["epsilon", "rho"] = "epsilon"
-    """The measure the site charged: its project's accounting (``rho`` for ``zcdp``)."""
-    rho_spent: float = 0.0
-    """Rho the site's rounds charged (0 at a site whose project accounts in epsilon)."""
 
     @property
-    def spent(self) -> float:
-        """What the rounds charged, in :attr:`measure`."""
-        return self.rho_spent if self.measure == "rho" else self.epsilon_spent
+    def measure(self) -> Measure | None:
+        """The measure the site charged in: its project's accounting (None: nothing yet)."""
+        return self.spent.measure if self.spent is not None else None
 
 
 class EvaluationMetrics(_Strict):
@@ -513,13 +453,12 @@ class EvaluationMetrics(_Strict):
 
     ``values``: logistic ``auc``, ``accuracy``, ``sensitivity``, ``specificity`` (at
     threshold 0.5) and ``n`` (noisy held-out rows); Cox ``concordance``, ``n`` and
-    ``events``. ``epsilon``: what each contributing site paid for it (the most any
-    paid, for the network); ``rho``: the same for sites whose project accounts in rho.
+    ``events``. ``charged``: what each contributing site paid for it, in its
+    project's measure (one entry for a site's own metrics).
     """
 
     values: dict[str, float]
-    epsilon: float
-    rho: float = 0.0
+    charged: dict[str, Budget] = {}
     sites: list[str] = []
     std_errors: dict[str, float] = {}
     """Per metric, the standard error the DP noise adds (delta method over the released
@@ -564,8 +503,8 @@ def privacy_guarantee(spec: TrainingSpec, sites: Mapping[str, SiteProgress]) -> 
     >>> spec = TrainingSpec(project="p", features=["sex"], rounds=2,
     ...                     privacy=TrainingPrivacy(epsilon=1.0, delta=1e-6))
     >>> text = privacy_guarantee(spec, {
-    ...     "oslo": SiteProgress(rounds_completed=2, epsilon_spent=0.9),
-    ...     "bergen": SiteProgress(rounds_completed=2, measure="rho", rho_spent=0.02)})
+    ...     "oslo": SiteProgress(rounds_completed=2, spent=PureDP(0.9)),
+    ...     "bergen": SiteProgress(rounds_completed=2, spent=ZCDP(0.02))})
     >>> text.split(", for")[0]
     'bergen: 0.02-zCDP; oslo: (0.9, 1e-06)-DP'
     >>> "after 2 round(s)" in text
@@ -574,13 +513,13 @@ def privacy_guarantee(spec: TrainingSpec, sites: Mapping[str, SiteProgress]) -> 
     parts = []
     rounds = 0
     for name, site in sorted(sites.items()):
-        if site.rounds_completed == 0:
+        if site.rounds_completed == 0 or site.spent is None:
             continue
         rounds = max(rounds, site.rounds_completed)
-        if site.measure == "rho":
-            parts.append(f"{name}: {site.rho_spent:.4g}-zCDP")
+        if isinstance(site.spent, ZCDP):
+            parts.append(f"{name}: {site.spent.rho:.4g}-zCDP")
         else:
-            parts.append(f"{name}: ({site.epsilon_spent:.4g}, {spec.privacy.delta:g})-DP")
+            parts.append(f"{name}: ({site.spent.epsilon:.4g}, {spec.privacy.delta:g})-DP")
     if not parts:
         return "nothing released yet"
     return (

@@ -24,6 +24,8 @@ import httpx
 import pandas as pd
 
 from varde.query import Query
+from varde.release import ProjectTerms
+from varde.results import PreviewResult
 from varde.training import TrainingSpec, TrainingStatus
 from varde_client.errors import VardeHTTPError
 from varde_client.frames import QueryResponse
@@ -68,48 +70,64 @@ class VardeClient:
         """What a query would cost at each site and how accurate it would be; nothing is charged.
 
         One row per site and a ``network`` row: ``status`` (a site that would
-        refuse says why in ``message``), ``epsilon`` (or ``rho`` in zCDP mode)
-        it would charge, and per released part (``count``, ``sum``) the noise
-        standard deviation ``std_<part>`` and the 95% half-width ``pm95_<part>``
-        of every number. Ask this before a funnel or a many-cell table.
+        refuse says why in ``message``), what it would charge in the query's
+        measure (an ``epsilon`` or a ``rho`` column; ``attrs["measure"]`` says
+        which), and per released part (``count``, ``sum``) the noise standard
+        deviation ``std_<part>`` and the 95% half-width ``pm95_<part>`` of every
+        number. Ask this before a funnel or a many-cell table.
         """
         body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, Query) else spec
-        data = self._check(self._http.post("/v1/queries/preview", json=body))
+        data = PreviewResult.model_validate(
+            self._check(self._http.post("/v1/queries/preview", json=body))
+        )
+        measure = data.measure
         rows: list[dict[str, Any]] = []
-        for site in data["sites"]:
-            row: dict[str, Any] = {
-                "site": site["site"],
-                "status": site["status"],
-                "epsilon": site.get("epsilon_planned", 0.0),
-                "rho": site.get("rho_planned", 0.0),
-            }
-            row.update({f"std_{k}": v for k, v in site.get("noise_std", {}).items()})
-            row.update({f"pm95_{k}": v for k, v in site.get("accuracy", {}).items()})
-            row["message"] = site.get("message", "")
+        for site in data.sites:
+            row: dict[str, Any] = {"site": site.site, "status": site.status}
+            if measure is not None:
+                row[measure] = site.planned.amount if site.planned is not None else 0.0
+            row.update({f"std_{k}": v for k, v in site.noise_std.items()})
+            row.update({f"pm95_{k}": v for k, v in site.accuracy.items()})
+            row["message"] = site.message
             rows.append(row)
         network: dict[str, Any] = {
             "site": "network",
-            "status": "ok" if data["network_noise_std"] else "refused",
-            "epsilon": sum(data["epsilon_planned"].values()),
-            "rho": sum(data.get("rho_planned", {}).values()),
-            "message": f"{data['cells']} number(s) per site",
+            "status": "ok" if data.network_noise_std else "refused",
         }
-        network.update({f"std_{k}": v for k, v in data["network_noise_std"].items()})
-        network.update({f"pm95_{k}": v for k, v in data["network_accuracy"].items()})
+        if measure is not None:
+            network[measure] = sum(b.amount for b in data.planned.values())
+        network["message"] = f"{data.cells} number(s) per site"
+        network.update({f"std_{k}": v for k, v in data.network_noise_std.items()})
+        network.update({f"pm95_{k}": v for k, v in data.network_accuracy.items()})
         rows.append(network)
-        return pd.DataFrame(rows)
+        frame = pd.DataFrame(rows)
+        frame.attrs["measure"] = measure
+        return frame
 
     def budgets(self) -> pd.DataFrame:
-        """Budget, cap and remainder per project and site (``accounting`` says in what).
+        """Budget, cap and remainder per project and site, in the measure each accounts in.
 
-        A site that does not serve a project has ``accounting`` ``"not served"``.
+        ``measure`` is ``epsilon`` or ``rho`` (``accounting`` epsilon or zcdp); a
+        site that does not serve a project has ``accounting`` ``"not served"``.
         """
         data = self._check(self._http.get("/v1/budgets"))["projects"]
-        rows = [
-            {"project": p, "site": s, **(terms or {"accounting": "not served"})}
-            for p, sites in data.items()
-            for s, terms in sites.items()
-        ]
+        rows = []
+        for project, sites in data.items():
+            for site, terms in sites.items():
+                row: dict[str, Any] = {"project": project, "site": site}
+                if terms is None:
+                    row["accounting"] = "not served"
+                else:
+                    found = ProjectTerms.model_validate(terms)
+                    left = found.remaining
+                    row.update(
+                        accounting=found.accounting,
+                        measure=found.budget.measure,
+                        budget=found.budget.amount,
+                        max_per_query=found.max_per_query.amount,
+                        remaining=left.amount if left is not None else None,
+                    )
+                rows.append(row)
         return pd.DataFrame(rows)
 
     def sites(self) -> pd.DataFrame:

@@ -9,6 +9,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from varde.release import Cell
 from varde_client.frames import QueryResponse
 from varde_client.training import TrainingResult
 
@@ -27,22 +28,24 @@ def _ci(lo: object, hi: object, digits: int) -> str:
 
 
 def site_summary(res: QueryResponse) -> pd.DataFrame:
-    """One line per site: status, epsilon (rho under zCDP) charged, budget left, mechanism."""
+    """One line per site: status, what it charged (in the query's measure), budget left."""
     rows = []
-    zcdp = res.raw.get("mode") == "zcdp"
-    measure, charged = ("rho", "rho_charged") if zcdp else ("epsilon", "epsilon_charged")
-    for s in res.raw["sites"]:
-        rows.append(
-            {
-                "site": s["site"],
-                "status": s["status"],
-                measure: _num(s.get(charged, 0.0), 2 if not zcdp else 4),
-                "budget left": _num(s.get("budget_remaining"), 2),
-                "mechanism": s.get("mechanism", "") or "-",
-                "note": (s.get("message") or "")[:70],
-            }
-        )
+    measure = res.measure
+    digits = 4 if measure == "rho" else 2
+    for s in res.result.sites:
+        row: dict[str, str] = {"site": s.site, "status": s.status}
+        if measure is not None:
+            row[measure] = _num(s.charged.amount if s.charged is not None else 0.0, digits)
+        left = s.budget_remaining
+        row["budget left"] = _num(left.amount if left is not None else None, 2)
+        row["mechanism"] = s.mechanism or "-"
+        row["note"] = (s.message or "")[:70]
+        rows.append(row)
     return pd.DataFrame(rows).set_index("site")
+
+
+def _shown(cell: Cell, digits: int) -> str:
+    return "suppr." if cell.status == "suppressed" else _num(cell.value, digits)
 
 
 def render(res: QueryResponse, *, digits: int | None = None) -> str:
@@ -51,53 +54,36 @@ def render(res: QueryResponse, *, digits: int | None = None) -> str:
     Counts print as whole numbers, sums and means with one decimal, survival
     probabilities (and median months) with two.
     """
-    raw = res.raw
+    result = res.result
     if digits is None:
-        digits = {"mean": 1, "sum": 1, "survival": 2}.get(raw["statistic"], 0)
+        digits = {"mean": 1, "sum": 1, "survival": 2}.get(result.statistic, 0)
     axes = res.axes
-    ok = [s for s in raw["sites"] if s["status"] == "ok"]
-    net = raw.get("network")
+    ok = [s for s in result.sites if s.status == "ok"]
+    net = result.network
     lines: list[str] = []
     if not axes:
-        rows = []
-        for s in ok:
-            c = s["cells"][0]
-            rows.append(
-                {
-                    "site": s["site"],
-                    "value": _num(c.get("value"), digits),
-                    "95% CI": _ci(c.get("ci_low"), c.get("ci_high"), digits),
-                }
-            )
-        if net:
-            c = net["cells"][0]
-            rows.append(
-                {
-                    "site": "NETWORK",
-                    "value": _num(c.get("value"), digits),
-                    "95% CI": _ci(c.get("ci_low"), c.get("ci_high"), digits),
-                }
-            )
+        rows = [(s.site, s.cells[0]) for s in ok]
+        if net is not None:
+            rows.append(("NETWORK", net.cells[0]))
         if rows:
-            lines.append(pd.DataFrame(rows).to_string(index=False))
+            frame = pd.DataFrame(
+                [
+                    {
+                        "site": site,
+                        "value": _num(c.value, digits),
+                        "95% CI": _ci(c.ci_low, c.ci_high, digits),
+                    }
+                    for site, c in rows
+                ]
+            )
+            lines.append(frame.to_string(index=False))
     else:
-        table: dict[str, list[str]] = {}
+        table: dict[str, list[str]] = {s.site: [_shown(c, digits) for c in s.cells] for s in ok}
         labels: list[str] = []
-        for s in ok:
-            table[s["site"]] = []
-            for c in s["cells"]:
-                table[s["site"]].append(
-                    "suppr." if c.get("status") == "suppressed" else _num(c.get("value"), digits)
-                )
-        if net:
-            labels = [" / ".join(c["labels"]) for c in net["cells"]]
-            table["NETWORK"] = [
-                "suppr." if c.get("status") == "suppressed" else _num(c.get("value"), digits)
-                for c in net["cells"]
-            ]
-            table["network 95% CI"] = [
-                _ci(c.get("ci_low"), c.get("ci_high"), digits) for c in net["cells"]
-            ]
+        if net is not None:
+            labels = [" / ".join(c.labels) for c in net.cells]
+            table["NETWORK"] = [_shown(c, digits) for c in net.cells]
+            table["network 95% CI"] = [_ci(c.ci_low, c.ci_high, digits) for c in net.cells]
         if table:
             frame = pd.DataFrame(table, index=labels or None)
             frame.index.name = " x ".join(axes)

@@ -17,10 +17,16 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from varde.budget import Budget
 from varde.training import TrainingSpec, TrainingStatus
 
 FINAL_STATES = ("finished", "failed")
 """States after which a job changes no more."""
+
+
+def _most(paid: list[Budget], measure: str) -> float:
+    """The largest amount in ``measure`` among ``paid`` (0 when none is in it)."""
+    return max((b.amount for b in paid if b.measure == measure), default=0.0)
 
 
 class TrainingResult:
@@ -59,29 +65,19 @@ class TrainingResult:
         """Per site: rounds it paid for, what they cost, why it stopped (if it did).
 
         ``spent`` is in ``measure``: ``epsilon``, or ``rho`` where the site's project
-        accounts in zCDP; ``epsilon_spent`` and ``rho_spent`` split it by measure.
+        accounts in zCDP (empty before the site's first round).
         """
         rows = [
             {
                 "site": name,
                 "rounds_completed": p.rounds_completed,
-                "epsilon_spent": p.epsilon_spent,
+                "measure": p.measure or "",
+                "spent": p.spent.amount if p.spent is not None else 0.0,
                 "refusal": p.refusal or "",
-                "measure": p.measure,
-                "spent": p.spent,
-                "rho_spent": p.rho_spent,
             }
             for name, p in sorted(self.status.sites.items())
         ]
-        columns = [
-            "site",
-            "rounds_completed",
-            "epsilon_spent",
-            "refusal",
-            "measure",
-            "spent",
-            "rho_spent",
-        ]
+        columns = ["site", "rounds_completed", "measure", "spent", "refusal"]
         return pd.DataFrame(rows, columns=columns).set_index("site")
 
     @property
@@ -89,13 +85,14 @@ class TrainingResult:
         """Job-level figures: rounds done, mean s/round, most epsilon (and rho) any site spent."""
         st = self.status
         per_round = st.seconds_per_round
+        spent = [p.spent for p in st.sites.values() if p.spent is not None]
         return pd.Series(
             {
                 "rounds_completed": float(st.round),
                 "rounds": float(st.rounds),
                 "seconds_per_round": sum(per_round) / len(per_round) if per_round else math.nan,
-                "epsilon_spent_max": max((p.epsilon_spent for p in st.sites.values()), default=0.0),
-                "rho_spent_max": max((p.rho_spent for p in st.sites.values()), default=0.0),
+                "epsilon_spent_max": _most(spent, "epsilon"),
+                "rho_spent_max": _most(spent, "rho"),
             },
             name="value",
             dtype=float,
@@ -107,10 +104,10 @@ class TrainingResult:
 
         One row per scope (the pooled ``network`` row first), one column per
         metric (``auc``, ``accuracy``, ... or ``concordance``) and its 95% noise
-        half-width ``<metric>_pm95`` (from the DP noise alone), plus the
-        ``epsilon`` the evaluation cost (and ``rho``, when a site's project accounts
-        in zCDP) and, for a site that refused to evaluate, its ``refusal``. Empty
-        until the job has evaluated.
+        half-width ``<metric>_pm95`` (from the DP noise alone), plus what the
+        evaluation cost: ``epsilon`` (the most any site of the scope paid) and,
+        when some site's project accounts in zCDP, ``rho``; and, for a site that
+        refused to evaluate, its ``refusal``. Empty until the job has evaluated.
         """
         found = self.status.metrics
         if found is None:
@@ -118,12 +115,13 @@ class TrainingResult:
         scopes = ([("network", found.network)] if found.network is not None else []) + sorted(
             found.sites.items()
         )
-        with_rho = any(m.rho > 0 for _, m in scopes)
+        with_rho = any(b.measure == "rho" for _, m in scopes for b in m.charged.values())
         rows: dict[str, dict[str, Any]] = {}
         for scope, m in scopes:
             pm95 = {f"{k}_pm95": 1.96 * se for k, se in m.std_errors.items() if k in m.values}
-            rows[scope] = {**m.values, **pm95, "epsilon": m.epsilon} | (
-                {"rho": m.rho} if with_rho else {}
+            paid = list(m.charged.values())
+            rows[scope] = {**m.values, **pm95, "epsilon": _most(paid, "epsilon")} | (
+                {"rho": _most(paid, "rho")} if with_rho else {}
             )
         for site, why in sorted(found.refusals.items()):
             rows.setdefault(site, {})["refusal"] = why
@@ -151,7 +149,8 @@ def _site_line(status: TrainingStatus) -> str:
     for name, p in sorted(status.sites.items()):
         mark = " stopped" if p.refusal else ""
         unit = " rho" if p.measure == "rho" else ""
-        parts.append(f"{name} {p.spent:.3g}{unit}{mark}")
+        spent = p.spent.amount if p.spent is not None else 0.0
+        parts.append(f"{name} {spent:.3g}{unit}{mark}")
     return "eps " + ", ".join(parts) if parts else ""
 
 

@@ -20,6 +20,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from varde.budget import Budget, budget
+
 
 def parse_refusal(reason: str | None) -> tuple[str | None, str]:
     """``(site, "code: detail")`` from a ClientApp refusal; raw text for other errors."""
@@ -36,11 +38,9 @@ class SiteReport:
 
     site: str | None = None
     rounds_completed: int | None = None
-    epsilon_spent: float | None = None
+    spent: Budget | None = None
+    """What all the job's rounds at the site have charged, in its project's measure."""
     refusal: str | None = None
-    rho_spent: float | None = None
-    zcdp: bool = False
-    """The site's project accounts in rho: ``rho_spent`` is what it charged."""
 
 
 @dataclass
@@ -119,12 +119,11 @@ class RecordingGrid(Grid):
 
 def report_from_metrics(metrics: Mapping[str, object]) -> SiteReport:
     """A site's public progress from the metrics it sent in the clear."""
+    zcdp = bool(int(str(metrics.get("zcdp", 0))))
     return SiteReport(
         site=str(metrics["site"]),
         rounds_completed=int(str(metrics["site-round"])),
-        epsilon_spent=float(str(metrics["epsilon-job"])),
-        rho_spent=float(str(metrics.get("rho-job", 0.0))),
-        zcdp=bool(int(str(metrics.get("zcdp", 0)))),
+        spent=budget("rho" if zcdp else "epsilon", float(str(metrics["job-total"]))),
     )
 
 

@@ -54,6 +54,7 @@ from gateway.training.exchange import (
     report_from_metrics,
 )
 from gateway.training.secagg import SECAGG_MIN_SITES, secagg_round
+from varde.budget import Budget, budget
 from varde.training import (
     EvaluationMetrics,
     SiteProgress,
@@ -209,9 +210,8 @@ def evaluate_final(
     travel in the clear even under SecAgg+: they are DP releases, like the
     per-site metrics derived from them. A site that refuses (or does not
     answer) is listed in ``metrics.refusals`` and does not fail the job, whose
-    model is already trained. A site's ``epsilon_spent`` (or ``rho_spent``) stays
-    what its rounds paid; what the evaluation cost it is
-    ``metrics.sites[site].epsilon`` (or ``.rho``, where the project accounts in rho).
+    model is already trained. A site's ``spent`` stays what its rounds paid; what
+    the evaluation cost it is ``metrics.sites[site].charged`` (in its measure).
     """
     if spec.privacy.evaluation_budget() <= 0 or not nodes:
         return status
@@ -228,7 +228,7 @@ def evaluate_final(
     refusals: dict[str, str] = {}
     tables: list[np.ndarray] = []
     variances: list[float] = []
-    paid = paid_rho = 0.0
+    paid: dict[str, Budget] = {}
     answered: set[int] = set()
     for reply in exchange.replies:
         node = exchange.node_of(reply)
@@ -239,8 +239,8 @@ def evaluate_final(
             continue
         name = str(reply.content.config_records["site"]["site"])
         replied = reply.content.metric_records["metrics"]
-        charged = float(str(replied["epsilon-charged"]))
-        charged_rho = float(str(replied.get("rho-charged", 0.0)))
+        zcdp = bool(int(str(replied.get("zcdp", 0))))
+        charged = budget("rho" if zcdp else "epsilon", float(str(replied["charged"])))
         table = np.asarray(reply.content.array_records["arrays"].to_numpy_ndarrays()[0])
         if table.shape != table_shape(spec.model):
             refusals[name] = f"sent a table of shape {table.shape}"
@@ -249,12 +249,10 @@ def evaluate_final(
         variance = count_noise_variance(mechanism, float(str(replied.get("noise-scale", 0.0))))
         tables.append(table)
         variances.append(variance)
-        paid = max(paid, charged)
-        paid_rho = max(paid_rho, charged_rho)
+        paid[name] = charged
         per_site[name] = EvaluationMetrics(
             values=pooled_metrics(spec.model, [table]),
-            epsilon=charged,
-            rho=charged_rho,
+            charged={name: charged},
             sites=[name],
             std_errors=metric_std_errors(spec.model, [table], [variance]),
         )
@@ -265,8 +263,7 @@ def evaluate_final(
     if tables:
         network = EvaluationMetrics(
             values=pooled_metrics(spec.model, tables),
-            epsilon=paid,
-            rho=paid_rho,
+            charged=paid,
             sites=sorted(per_site),
             std_errors=metric_std_errors(spec.model, tables, variances),
         )
@@ -345,10 +342,7 @@ def run_job(grid: Grid, run_config: dict[str, object]) -> TrainingStatus:
             else:
                 contributed += 1
                 sites[name] = SiteProgress(
-                    rounds_completed=report.rounds_completed or 0,
-                    epsilon_spent=report.epsilon_spent or 0.0,
-                    measure="rho" if report.zcdp else "epsilon",
-                    rho_spent=report.rho_spent or 0.0,
+                    rounds_completed=report.rounds_completed or 0, spent=report.spent
                 )
         status = status.model_copy(update={"sites": dict(sites)})
         if outcome.arrays is None:

@@ -1,17 +1,34 @@
-"""Shared shapes: exact per-cell aggregates and the costed release plan."""
+"""Shared shapes: exact per-cell aggregates, the statistic object, and the costed release plan.
+
+Each ``nodes/statistics/<kind>.py`` module exposes one :class:`Statistic`: how
+to compute its exact aggregates, how far one patient moves the released
+vector(s) (its :class:`~nodes.mechanisms.Sensitivity`), which vectors are
+noised, how the noisy vectors become released cells, and (for statistics
+aggregate mode allows) the exact value of a cell. :mod:`nodes.statistics`
+finds it by the query's kind; nothing else dispatches on the kind. How the
+gateway pools the sites' cells is the public half of a statistic and lives
+in :mod:`varde.pooling`, because the gateway may not import node code.
+"""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 
 from nodes.data import RegistryData
+from nodes.mechanisms import Sensitivity, VectorPlan
+from varde.budget import Budget
 from varde.query import Histogram, Query
+from varde.query import Statistic as _QueryStatistic
 from varde.release import Cell
 from varde.schema import FIELDS_BY_NAME, FieldKind
+
+StatisticSpec: TypeAlias = _QueryStatistic
+"""A query's statistic (count, sum, ...): what a :class:`Statistic` object is handed."""
 
 
 @dataclass(frozen=True)
@@ -28,17 +45,69 @@ class Exact:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """A costed release: ``epsilon`` is OpenDP's map of the built measurement."""
+class Noise:
+    """What a release's noise is, by released part (``count``, ``sum``), known before any draw."""
 
-    epsilon: float
+    scales: dict[str, float]
+    std: dict[str, float]
+    accuracy: dict[str, float]
+    """95% half-width of the noise on each released number."""
+
+
+def count_noise(plan: VectorPlan) -> Noise:
+    """The noise of a release whose numbers are all counts (one part, ``count``)."""
+    return Noise({"count": plan.scale}, {"count": plan.std}, {"count": plan.half_width})
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One releasable statistic: everything the node needs to know about it, in one object.
+
+    The callables receive the query's statistic spec (the member of
+    :data:`varde.query.Statistic` whose ``kind`` is in :attr:`kinds`) and ``k``,
+    the most rows one patient has.
+    """
+
+    kinds: tuple[str, ...]
+    exact: Callable[[RegistryData, np.ndarray, Query], Exact]
+    """Exact per-cell aggregates of the selected rows (never leave the node)."""
+    sensitivity: Callable[[StatisticSpec, int], Sensitivity]
+    """How far one patient moves the released vector(s) (:mod:`nodes.sensitivity`)."""
+    vectors: Callable[[Exact, StatisticSpec, int], list[np.ndarray]]
+    """The vector(s) OpenDP noises, one per part of the sensitivity."""
+    cells: Callable[[Exact, StatisticSpec, list[np.ndarray], VectorPlan, int], list[Cell]]
+    """Post-processing: the released cells from the noisy vectors (free of privacy cost)."""
+    noise: Callable[[VectorPlan, StatisticSpec, int], Noise] = lambda plan, _s, _k: count_noise(
+        plan
+    )
+    """The noise's scale, sd and 95% half-width per released part."""
+    exact_value: Callable[[Exact, StatisticSpec, int], tuple[float, dict[str, float]]] | None = None
+    """Aggregate mode: the exact value (and parts) of cell ``i``; None where only DP is allowed."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A costed release: ``cost`` is OpenDP's map of the built measurement."""
+
+    cost: Budget
     mechanism: str
-    noise_scales: dict[str, float]
+    noise: Noise
     _release: Callable[[], list[Cell]] = field(repr=False)
-    noise_std: dict[str, float] = field(default_factory=dict)
-    """Standard deviation of the noise on each released number, by part."""
-    accuracy: dict[str, float] = field(default_factory=dict)
-    """95% half-width of the noise on each released number, by part (known before release)."""
+
+    @property
+    def noise_scales(self) -> dict[str, float]:
+        """Noise scale of each released part."""
+        return self.noise.scales
+
+    @property
+    def noise_std(self) -> dict[str, float]:
+        """Standard deviation of the noise on each released number, by part."""
+        return self.noise.std
+
+    @property
+    def accuracy(self) -> dict[str, float]:
+        """95% half-width of the noise on each released number, by part (known before release)."""
+        return self.noise.accuracy
 
     def release(self) -> list[Cell]:
         """Draw the noise (OpenDP) and return the cells. Charge the ledger first."""

@@ -2,17 +2,17 @@
 
 All three are the same release — a vector of tumour counts over a public grid —
 so they share one exact computation and one OpenDP measurement (discrete
-Laplace, L1 sensitivity ``k``; see :mod:`nodes.sensitivity`).
+Laplace at L1 ``k``, or discrete Gaussian at L2 ``k``; see :mod:`nodes.sensitivity`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from nodes import sensitivity
 from nodes.data import RegistryData
-from nodes.mechanisms import plan_gaussian, plan_laplace
-from nodes.sensitivity import count_l2_sensitivity, count_sensitivity
-from nodes.statistics.base import Exact, Plan, cell_index, cell_labels
+from nodes.mechanisms import VectorPlan
+from nodes.statistics.base import Exact, Statistic, StatisticSpec, cell_index, cell_labels
 from varde.query import Query
 from varde.release import Cell
 
@@ -24,49 +24,31 @@ def exact_counts(data: RegistryData, rows: np.ndarray, query: Query) -> Exact:
     return Exact(labels=cell_labels(query), counts=counts)
 
 
-def plan_counts(ex: Exact, *, epsilon: float, max_rows: int) -> Plan:
-    """Discrete-Laplace release of the count vector."""
-    plan = plan_laplace(sensitivity=count_sensitivity(max_rows), epsilon=epsilon, integer=True)
-
-    def release() -> list[Cell]:
-        return count_cells(ex, plan.release(ex.counts), plan.half_width, plan.std)
-
-    return Plan(
-        plan.epsilon,
-        plan.mechanism,
-        {"count": plan.scale},
-        release,
-        noise_std={"count": plan.std},
-        accuracy={"count": plan.half_width},
-    )
-
-
-def plan_counts_zcdp(ex: Exact, *, rho: float, max_rows: int) -> Plan:
-    """Discrete-Gaussian release of the count vector; ``Plan.epsilon`` holds the rho charged."""
-    plan = plan_gaussian(sensitivity=count_l2_sensitivity(max_rows), rho=rho)
-
-    def release() -> list[Cell]:
-        return count_cells(ex, plan.release(ex.counts), plan.half_width, plan.std)
-
-    return Plan(
-        plan.rho,
-        plan.mechanism,
-        {"count": plan.scale},
-        release,
-        noise_std={"count": plan.std},
-        accuracy={"count": plan.half_width},
-    )
-
-
-def count_cells(ex: Exact, noisy: np.ndarray, half_width: float, std: float) -> list[Cell]:
-    """Released counts with their symmetric 95% interval and noise sd (any additive mechanism)."""
+def count_cells(labels: list[list[str]], noisy: np.ndarray, plan: VectorPlan) -> list[Cell]:
+    """Released numbers with their symmetric 95% interval and noise sd (any additive noise)."""
+    hw, std = plan.half_width, plan.std
     return [
-        Cell(
-            labels=lab,
-            value=float(v),
-            ci_low=float(v) - half_width,
-            ci_high=float(v) + half_width,
-            std=std,
-        )
-        for lab, v in zip(ex.labels, noisy, strict=True)
+        Cell(labels=lab, value=float(v), ci_low=float(v) - hw, ci_high=float(v) + hw, std=std)
+        for lab, v in zip(labels, noisy, strict=True)
     ]
+
+
+def _cells(
+    ex: Exact, _s: StatisticSpec, noisy: list[np.ndarray], plan: VectorPlan, _k: int
+) -> list[Cell]:
+    return count_cells(ex.labels, noisy[0], plan)
+
+
+def _exact_value(ex: Exact, _s: StatisticSpec, i: int) -> tuple[float, dict[str, float]]:
+    return float(ex.counts[i]), {}
+
+
+COUNTS = Statistic(
+    kinds=("count", "histogram", "crosstab"),
+    exact=exact_counts,
+    sensitivity=lambda _s, k: sensitivity.counts(k),
+    vectors=lambda ex, _s, _k: [ex.counts],
+    cells=_cells,
+    exact_value=_exact_value,
+)
+"""Count, histogram and crosstab: one vector of counts over the query's cells."""

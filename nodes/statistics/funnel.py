@@ -2,25 +2,25 @@
 
 Step ``j`` counts the cohort's rows meeting criteria ``1..j`` (per group_by
 cell). Steps are nested, so each is its own discrete-Laplace measurement and
-OpenDP composes them (:func:`nodes.mechanisms.plan_composed_laplace`; the
-sensitivity argument is in :mod:`nodes.sensitivity`). Noise is independent
+OpenDP composes them (:func:`nodes.mechanisms.plan_vector` with one part per
+step; the sensitivity argument is in :mod:`nodes.sensitivity`). Noise is independent
 per step, so released counts can rise from one step to the next; that is
 honest noise, and the interval of each row says how much.
 
 Under zCDP each step is a discrete Gaussian (L2 sensitivity ``k``) and
-OpenDP's ``make_composition`` adds the steps' rho
-(:func:`nodes.mechanisms.plan_composed_gaussian`).
+OpenDP's ``make_composition`` adds the steps' rho.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from nodes import sensitivity
 from nodes.cohort import evaluate
 from nodes.data import RegistryData
-from nodes.mechanisms import ComposedPlan, plan_composed_gaussian, plan_composed_laplace
-from nodes.sensitivity import funnel_step_l2_sensitivity, funnel_step_sensitivity
-from nodes.statistics.base import Exact, Plan, cell_index, cell_labels
+from nodes.mechanisms import Sensitivity, VectorPlan
+from nodes.statistics.base import Exact, Statistic, StatisticSpec, cell_index, cell_labels
+from nodes.statistics.counts import count_cells
 from varde.query import Count, Funnel, Query
 from varde.release import Cell
 
@@ -43,40 +43,34 @@ def exact_funnel(data: RegistryData, rows: np.ndarray, query: Query) -> Exact:
     return Exact(labels=cell_labels(query), counts=counts)
 
 
-def plan_funnel(ex: Exact, stat: Funnel, *, epsilon: float, max_rows: int) -> Plan:
-    """One discrete-Laplace measurement per step, composed by OpenDP to ``epsilon``."""
-    m = len(stat.steps)
-    plan = plan_composed_laplace(
-        sensitivity=funnel_step_sensitivity(max_rows), epsilon=epsilon, parts=m, integer=True
-    )
-    return _funnel_plan(ex, plan)
+def _steps(stat: StatisticSpec) -> int:
+    assert isinstance(stat, Funnel)
+    return len(stat.steps)
 
 
-def plan_funnel_zcdp(ex: Exact, stat: Funnel, *, rho: float, max_rows: int) -> Plan:
-    """One discrete-Gaussian measurement per step, composed by OpenDP to ``rho`` (zCDP)."""
-    plan = plan_composed_gaussian(
-        sensitivity=funnel_step_l2_sensitivity(max_rows), rho=rho, parts=len(stat.steps)
-    )
-    return _funnel_plan(ex, plan)
+def _sensitivity(stat: StatisticSpec, k: int) -> Sensitivity:
+    return sensitivity.funnel_steps(k, steps=_steps(stat))
 
 
-def _funnel_plan(ex: Exact, plan: ComposedPlan) -> Plan:
-    m = plan.parts
-    hw, std = plan.part.half_width, plan.part.std
+def _vectors(ex: Exact, stat: StatisticSpec, _k: int) -> list[np.ndarray]:
+    """One count vector per step (over the group_by cells), each its own measurement."""
+    by_step = ex.counts.reshape(-1, _steps(stat))
+    return [by_step[:, j] for j in range(by_step.shape[1])]
 
-    def release() -> list[Cell]:
-        by_step = ex.counts.reshape(-1, m)
-        noisy = np.stack(plan.release([by_step[:, j] for j in range(m)]), axis=1).reshape(-1)
-        return [
-            Cell(labels=lab, value=float(v), ci_low=float(v) - hw, ci_high=float(v) + hw, std=std)
-            for lab, v in zip(ex.labels, noisy, strict=True)
-        ]
 
-    return Plan(
-        plan.epsilon,
-        plan.mechanism,
-        {"count": plan.part.scale},
-        release,
-        noise_std={"count": std},
-        accuracy={"count": hw},
-    )
+def _cells(
+    ex: Exact, _s: StatisticSpec, noisy: list[np.ndarray], plan: VectorPlan, _k: int
+) -> list[Cell]:
+    counts = np.stack(noisy, axis=1).reshape(-1)  # back to (group, step) row-major
+    return count_cells(ex.labels, counts, plan)
+
+
+FUNNEL = Statistic(
+    kinds=("funnel",),
+    exact=exact_funnel,
+    sensitivity=_sensitivity,
+    vectors=_vectors,
+    cells=_cells,
+    exact_value=lambda ex, _s, i: (float(ex.counts[i]), {}),
+)
+"""Attrition funnel: one count vector per step, composed by OpenDP."""

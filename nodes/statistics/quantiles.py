@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from nodes import sensitivity
 from nodes.data import RegistryData
-from nodes.mechanisms import GaussianPlan, LaplacePlan, plan_gaussian, plan_laplace
-from nodes.sensitivity import quantile_l2_sensitivity, quantile_sensitivity
-from nodes.statistics.base import Exact, Plan, cell_index, cell_labels
+from nodes.mechanisms import VectorPlan
+from nodes.statistics.base import Exact, Statistic, StatisticSpec, cell_index, cell_labels
 from varde.estimates import bin_part, quantiles_from_counts
 from varde.query import Count, Quantile, Query
 from varde.release import Cell
@@ -30,7 +30,7 @@ def exact_quantile(data: RegistryData, rows: np.ndarray, query: Query) -> Exact:
     """Exact count per (group, interval), interval varying fastest.
 
     ``labels`` are the released cells (group x alpha); ``counts`` is longer
-    (group x interval) and is only ever released through :func:`plan_quantile`.
+    (group x interval) and is only ever released through :data:`QUANTILE`.
     """
     stat = query.statistic
     assert isinstance(stat, Quantile)
@@ -47,48 +47,38 @@ def exact_quantile(data: RegistryData, rows: np.ndarray, query: Query) -> Exact:
     return Exact(labels=cell_labels(query), counts=counts)
 
 
-def plan_quantile(ex: Exact, stat: Quantile, *, epsilon: float, max_rows: int) -> Plan:
-    """One discrete-Laplace vector over all interval counts; quantiles are post-processing."""
-    plan = plan_laplace(sensitivity=quantile_sensitivity(max_rows), epsilon=epsilon, integer=True)
-    return _quantile_plan(ex, stat, plan)
-
-
-def plan_quantile_zcdp(ex: Exact, stat: Quantile, *, rho: float, max_rows: int) -> Plan:
-    """One discrete-Gaussian vector over all interval counts (zCDP); same post-processing."""
-    plan = plan_gaussian(sensitivity=quantile_l2_sensitivity(max_rows), rho=rho)
-    return _quantile_plan(ex, stat, plan)
-
-
-def _quantile_plan(ex: Exact, stat: Quantile, plan: LaplacePlan | GaussianPlan) -> Plan:
+def _cells(
+    ex: Exact, stat: StatisticSpec, noisy: list[np.ndarray], plan: VectorPlan, _k: int
+) -> list[Cell]:
+    """Each group's quantiles from its noisy interval counts (post-processing)."""
+    assert isinstance(stat, Quantile)
     n_bins, n_alpha = len(stat.candidates) - 1, len(stat.alphas)
     std = plan.std
-
-    def release() -> list[Cell]:
-        noisy = plan.release(ex.counts).reshape(-1, n_bins)
-        cells = []
-        for g, counts in enumerate(noisy):
-            parts = {bin_part(i): float(c) for i, c in enumerate(counts)}
-            estimates = quantiles_from_counts(
-                stat.candidates, [float(c) for c in counts], stat.alphas, std
-            )
-            for a, (value, lo, hi) in enumerate(estimates):
-                cells.append(
-                    Cell(
-                        labels=ex.labels[g * n_alpha + a],
-                        value=value,
-                        ci_low=lo,
-                        ci_high=hi,
-                        parts=parts,
-                        part_std=dict.fromkeys(parts, std),
-                    )
+    cells = []
+    for g, counts in enumerate(noisy[0].reshape(-1, n_bins)):
+        parts = {bin_part(i): float(c) for i, c in enumerate(counts)}
+        estimates = quantiles_from_counts(
+            stat.candidates, [float(c) for c in counts], stat.alphas, std
+        )
+        for a, (value, lo, hi) in enumerate(estimates):
+            cells.append(
+                Cell(
+                    labels=ex.labels[g * n_alpha + a],
+                    value=value,
+                    ci_low=lo,
+                    ci_high=hi,
+                    parts=parts,
+                    part_std=dict.fromkeys(parts, std),
                 )
-        return cells
+            )
+    return cells
 
-    return Plan(
-        plan.epsilon,
-        plan.mechanism,
-        {"count": plan.scale},
-        release,
-        noise_std={"count": std},
-        accuracy={"count": plan.half_width},
-    )
+
+QUANTILE = Statistic(
+    kinds=("quantile",),
+    exact=exact_quantile,
+    sensitivity=lambda _s, k: sensitivity.counts(k),
+    vectors=lambda ex, _s, _k: [ex.counts],
+    cells=_cells,
+)
+"""Quantiles: one count vector over the public candidate intervals (DP only)."""

@@ -8,24 +8,19 @@ sites by dividing pooled sums by pooled counts, never by averaging site means.
 
 Pure DP uses the Laplace mechanism at the L1 sensitivity, zCDP the Gaussian at
 the L2 sensitivity (:mod:`nodes.sensitivity`); the vector released and the
-cells built from it are the same for both.
+cells built from it are the same for both (:func:`nodes.mechanisms.plan_vector`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from nodes import sensitivity
 from nodes.data import RegistryData
-from nodes.mechanisms import GaussianPlan, LaplacePlan, plan_gaussian, plan_laplace
-from nodes.sensitivity import (
-    MEAN_NORMALISED_L2_SENSITIVITY,
-    MEAN_NORMALISED_SENSITIVITY,
-    mean_centre,
-    mean_half_width,
-    sum_l2_sensitivity,
-    sum_sensitivity,
-)
-from nodes.statistics.base import Exact, Plan, cell_index, cell_labels
+from nodes.mechanisms import Sensitivity, VectorPlan
+from nodes.sensitivity import mean_centre, mean_half_width
+from nodes.statistics.base import Exact, Noise, Statistic, StatisticSpec, cell_index, cell_labels
+from nodes.statistics.counts import count_cells
 from varde.estimates import mean_from_parts
 from varde.query import Mean, Query, Sum
 from varde.release import Cell
@@ -46,92 +41,110 @@ def exact_sums(data: RegistryData, rows: np.ndarray, query: Query) -> Exact:
     return Exact(labels=cell_labels(query), counts=counts, sums=sums)
 
 
-def plan_sum(ex: Exact, stat: Sum, *, epsilon: float, max_rows: int) -> Plan:
-    """Laplace release of the clamped-sum vector (L1 sensitivity ``k max(|L|, |U|)``)."""
-    sens = sum_sensitivity(lower=stat.lower, upper=stat.upper, max_rows=max_rows)
-    return _sum_plan(ex, plan_laplace(sensitivity=sens, epsilon=epsilon, integer=False))
+def _sum_spec(stat: StatisticSpec) -> Sum:
+    assert isinstance(stat, Sum)
+    return stat
 
 
-def plan_sum_zcdp(ex: Exact, stat: Sum, *, rho: float, max_rows: int) -> Plan:
-    """Gaussian release of the clamped-sum vector (L2 sensitivity ``k max(|L|, |U|)``)."""
-    sens = sum_l2_sensitivity(lower=stat.lower, upper=stat.upper, max_rows=max_rows)
-    return _sum_plan(ex, plan_gaussian(sensitivity=sens, rho=rho, integer=False))
+def _mean_spec(stat: StatisticSpec) -> Mean:
+    assert isinstance(stat, Mean)
+    return stat
 
 
-def _sum_plan(ex: Exact, plan: LaplacePlan | GaussianPlan) -> Plan:
+def _sum_sensitivity(stat: StatisticSpec, k: int) -> Sensitivity:
+    spec = _sum_spec(stat)
+    return sensitivity.sums(lower=spec.lower, upper=spec.upper, max_rows=k)
+
+
+def _sums(ex: Exact) -> np.ndarray:
     assert ex.sums is not None
-    hw, std = plan.half_width, plan.std
+    return ex.sums
 
-    def release() -> list[Cell]:
-        noisy = plan.release(ex.sums)  # type: ignore[arg-type]
-        return [
-            Cell(labels=lab, value=float(v), ci_low=float(v) - hw, ci_high=float(v) + hw, std=std)
-            for lab, v in zip(ex.labels, noisy, strict=True)
-        ]
 
-    return Plan(
-        plan.epsilon,
-        plan.mechanism,
-        {"sum": plan.scale},
-        release,
-        noise_std={"sum": std},
-        accuracy={"sum": hw},
+def _sum_noise(plan: VectorPlan, _s: StatisticSpec, _k: int) -> Noise:
+    return Noise({"sum": plan.scale}, {"sum": plan.std}, {"sum": plan.half_width})
+
+
+SUM = Statistic(
+    kinds=("sum",),
+    exact=exact_sums,
+    sensitivity=_sum_sensitivity,
+    vectors=lambda ex, _s, _k: [_sums(ex)],
+    cells=lambda ex, _s, noisy, plan, _k: count_cells(ex.labels, noisy[0], plan),
+    noise=_sum_noise,
+    exact_value=lambda ex, _s, i: (float(_sums(ex)[i]), {}),
+)
+"""Bounded sum: one vector of clamped sums (L1 = L2 = ``k max(|L|, |U|)``)."""
+
+
+def _scales(stat: StatisticSpec, k: int) -> tuple[float, float]:
+    """``(k h, k)``: what the normalised sum and count are multiplied back by."""
+    spec = _mean_spec(stat)
+    return float(k) * mean_half_width(lower=spec.lower, upper=spec.upper), float(k)
+
+
+def _mean_vectors(ex: Exact, stat: StatisticSpec, k: int) -> list[np.ndarray]:
+    """One normalised vector ``[S/(k h), N/k]`` (L1 sensitivity 2, L2 sqrt 2)."""
+    sum_factor, count_factor = _scales(stat, k)
+    return [np.concatenate([_sums(ex) / sum_factor, ex.counts / count_factor])]
+
+
+def _mean_noise(plan: VectorPlan, stat: StatisticSpec, k: int) -> Noise:
+    sum_factor, count_factor = _scales(stat, k)
+    return Noise(
+        {"sum": plan.scale * sum_factor, "count": plan.scale * count_factor},
+        {"sum": plan.std * sum_factor, "count": plan.std * count_factor},
+        {"sum": plan.half_width * sum_factor, "count": plan.half_width * count_factor},
     )
 
 
-def plan_mean(ex: Exact, stat: Mean, *, epsilon: float, max_rows: int) -> Plan:
-    """One vector Laplace over the normalised ``[S/(k h), N/k]`` (L1 sensitivity 2)."""
-    plan = plan_laplace(sensitivity=MEAN_NORMALISED_SENSITIVITY, epsilon=epsilon, integer=False)
-    return _mean_plan(ex, stat, plan, max_rows)
-
-
-def plan_mean_zcdp(ex: Exact, stat: Mean, *, rho: float, max_rows: int) -> Plan:
-    """One vector Gaussian over the normalised ``[S/(k h), N/k]`` (L2 sensitivity sqrt 2)."""
-    plan = plan_gaussian(sensitivity=MEAN_NORMALISED_L2_SENSITIVITY, rho=rho, integer=False)
-    return _mean_plan(ex, stat, plan, max_rows)
-
-
-def _mean_plan(ex: Exact, stat: Mean, plan: LaplacePlan | GaussianPlan, max_rows: int) -> Plan:
+def _mean_cells(
+    ex: Exact, stat: StatisticSpec, noisy: list[np.ndarray], plan: VectorPlan, k: int
+) -> list[Cell]:
     """Cells of a mean from one noisy normalised vector (either mechanism)."""
-    assert ex.sums is not None
-    h = mean_half_width(lower=stat.lower, upper=stat.upper)
-    k = float(max_rows)
+    spec = _mean_spec(stat)
+    sum_factor, count_factor = _scales(stat, k)
+    sum_std, count_std = plan.std * sum_factor, plan.std * count_factor
     n = len(ex.labels)
-    sum_scale, count_scale = plan.scale * k * h, plan.scale * k
-    sum_std, count_std = plan.std * k * h, plan.std * k
-
-    def release() -> list[Cell]:
-        normalised = np.concatenate([ex.sums / (k * h), ex.counts / k])  # type: ignore[operator]
-        noisy = plan.release(normalised)
-        sums, counts = noisy[:n] * k * h, noisy[n:] * k
-        cells = []
-        for lab, s, c in zip(ex.labels, sums, counts, strict=True):
-            mean, std, lo, hi = mean_from_parts(
-                centred_sum=float(s),
-                count=float(c),
-                sum_std=sum_std,
-                count_std=count_std,
-                lower=stat.lower,
-                upper=stat.upper,
+    sums, counts = noisy[0][:n] * sum_factor, noisy[0][n:] * count_factor
+    cells = []
+    for lab, s, c in zip(ex.labels, sums, counts, strict=True):
+        mean, std, lo, hi = mean_from_parts(
+            centred_sum=float(s),
+            count=float(c),
+            sum_std=sum_std,
+            count_std=count_std,
+            lower=spec.lower,
+            upper=spec.upper,
+        )
+        cells.append(
+            Cell(
+                labels=lab,
+                value=mean,
+                ci_low=lo,
+                ci_high=hi,
+                std=std,
+                parts={"centred_sum": float(s), "count": float(c)},
+                part_std={"centred_sum": sum_std, "count": count_std},
             )
-            cells.append(
-                Cell(
-                    labels=lab,
-                    value=mean,
-                    ci_low=lo,
-                    ci_high=hi,
-                    std=std,
-                    parts={"centred_sum": float(s), "count": float(c)},
-                    part_std={"centred_sum": sum_std, "count": count_std},
-                )
-            )
-        return cells
+        )
+    return cells
 
-    return Plan(
-        plan.epsilon,
-        plan.mechanism,
-        {"sum": sum_scale, "count": count_scale},
-        release,
-        noise_std={"sum": sum_std, "count": count_std},
-        accuracy={"sum": plan.half_width * k * h, "count": plan.half_width * k},
-    )
+
+def _mean_exact_value(ex: Exact, stat: StatisticSpec, i: int) -> tuple[float, dict[str, float]]:
+    spec = _mean_spec(stat)
+    total, n = float(_sums(ex)[i]), float(ex.counts[i])
+    value = mean_centre(lower=spec.lower, upper=spec.upper) + total / n
+    return value, {"centred_sum": total, "count": n}
+
+
+MEAN = Statistic(
+    kinds=("mean",),
+    exact=exact_sums,
+    sensitivity=lambda _s, _k: sensitivity.normalised_mean(),
+    vectors=_mean_vectors,
+    cells=_mean_cells,
+    noise=_mean_noise,
+    exact_value=_mean_exact_value,
+)
+"""Bounded mean, released as its noisy centred sum and count (``parts``) and their ratio."""

@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from nodes.sensitivity import mean_centre
 from nodes.statistics.base import Exact
-from varde.query import Funnel, Mean, Query, Sum
+from nodes.statistics.registry import statistic
+from varde.errors import InvalidQuery
+from varde.query import Funnel, Mean, Query
 from varde.release import Cell
 
 
@@ -103,22 +104,15 @@ def release_aggregate(ex: Exact, query: Query, *, min_cell: int) -> list[Cell]:
         i for i, (name, _) in enumerate(axes) if not (isinstance(stat, Funnel) and name == "step")
     ]
     suppressed = complementary_suppression(counts, shape, primary, additive) if axes else primary
+    value_of = statistic(stat.kind).exact_value
+    if value_of is None:  # the query model refuses these in aggregate mode already
+        raise InvalidQuery(f"{stat.kind} is DP only: it has no aggregate-mode release")
     cells: list[Cell] = []
     for i, lab in enumerate(ex.labels):
-        n = int(ex.counts[i])
         if suppressed[i]:
             cells.append(Cell(labels=lab, status="suppressed"))
             continue
-        parts: dict[str, float] = {}
-        if isinstance(stat, Sum):
-            assert ex.sums is not None
-            value = float(ex.sums[i])
-        elif isinstance(stat, Mean):
-            assert ex.sums is not None
-            value = mean_centre(lower=stat.lower, upper=stat.upper) + float(ex.sums[i]) / n
-            parts = {"centred_sum": float(ex.sums[i]), "count": float(n)}
-        else:
-            value = float(n)
+        value, parts = value_of(ex, stat, i)
         cells.append(
             Cell(labels=lab, value=value, ci_low=value, ci_high=value, std=0.0, parts=parts)
         )

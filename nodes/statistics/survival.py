@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from nodes import sensitivity
 from nodes.data import RegistryData
-from nodes.mechanisms import GaussianPlan, LaplacePlan, plan_gaussian, plan_laplace
-from nodes.sensitivity import survival_l2_sensitivity, survival_sensitivity
-from nodes.statistics.base import Exact, Plan, cell_index, cell_labels
+from nodes.mechanisms import VectorPlan
+from nodes.statistics.base import Exact, Statistic, StatisticSpec, cell_index, cell_labels
 from varde.estimates import survival_cells, survival_parts
 from varde.query import DAYS_PER_MONTH, Count, Query, Survival
 from varde.release import Cell
@@ -47,37 +47,26 @@ def exact_survival(data: RegistryData, rows: np.ndarray, query: Query) -> Exact:
     return Exact(labels=cell_labels(query), counts=counts)
 
 
-def plan_survival(ex: Exact, stat: Survival, *, epsilon: float, max_rows: int) -> Plan:
-    """One discrete-Laplace vector over all counts; the curve is post-processing."""
-    plan = plan_laplace(sensitivity=survival_sensitivity(max_rows), epsilon=epsilon, integer=True)
-    return _survival_plan(ex, stat, plan)
-
-
-def plan_survival_zcdp(ex: Exact, stat: Survival, *, rho: float, max_rows: int) -> Plan:
-    """One discrete-Gaussian vector over all counts (zCDP); the curve is post-processing."""
-    plan = plan_gaussian(sensitivity=survival_l2_sensitivity(max_rows), rho=rho)
-    return _survival_plan(ex, stat, plan)
-
-
-def _survival_plan(ex: Exact, stat: Survival, plan: LaplacePlan | GaussianPlan) -> Plan:
+def _cells(
+    ex: Exact, stat: StatisticSpec, noisy: list[np.ndarray], plan: VectorPlan, _k: int
+) -> list[Cell]:
+    """The curve, bands and median of each group from its noisy counts (post-processing)."""
+    assert isinstance(stat, Survival)
     months = stat.months()
     m, per_group = len(months), len(stat.labels())
     keys = survival_parts(m)
-    std = plan.std
+    cells: list[Cell] = []
+    for g, counts in enumerate(noisy[0].reshape(-1, 2 * m + 1)):
+        labels = ex.labels[g * per_group : (g + 1) * per_group]
+        cells.extend(survival_cells(months, labels, [float(x) for x in counts], keys, plan.std))
+    return cells
 
-    def release() -> list[Cell]:
-        noisy = plan.release(ex.counts).reshape(-1, 2 * m + 1)
-        cells: list[Cell] = []
-        for g, counts in enumerate(noisy):
-            labels = ex.labels[g * per_group : (g + 1) * per_group]
-            cells.extend(survival_cells(months, labels, [float(x) for x in counts], keys, std))
-        return cells
 
-    return Plan(
-        plan.epsilon,
-        plan.mechanism,
-        {"count": plan.scale},
-        release,
-        noise_std={"count": std},
-        accuracy={"count": plan.half_width},
-    )
+SURVIVAL = Statistic(
+    kinds=("survival",),
+    exact=exact_survival,
+    sensitivity=lambda _s, k: sensitivity.counts(k),
+    vectors=lambda ex, _s, _k: [ex.counts],
+    cells=_cells,
+)
+"""Kaplan-Meier survival: one count vector of deaths and censorings per interval (DP only)."""

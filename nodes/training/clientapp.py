@@ -40,7 +40,8 @@ turn it into an opaque exception).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,11 @@ from pydantic import ValidationError
 from nodes.data import RegistryData, load_registry
 from nodes.ledger import Ledger
 from nodes.policy import Policy, load_policy
+from nodes.store import NodeStore
+from nodes.training.evaluation import evaluate_model
 from nodes.training.preflight import approval_gate, preflight
 from nodes.training.rounds import RoundResult, run_round
+from varde.budget import ZCDP
 from varde.errors import InvalidQuery, PolicyViolation, VardeError
 from varde.training import TrainingSpec
 
@@ -192,13 +196,29 @@ def _site(context: Context, site: str, job: _Job) -> _Site:
     return _Site(policy, data, state_dir, gate)
 
 
+@contextmanager
+def _books(state_dir: Path) -> Iterator[tuple[Ledger, NodeStore]]:
+    """The node's ledger and audit trail: every charge this process makes is audited there.
+
+    The ClientApp holds no node key: its entries are signed by the node's next
+    checkpoint, like those of the staff's CLI commands.
+    """
+    store = NodeStore.in_directory(state_dir)
+    try:
+        with Ledger.in_directory(state_dir) as ledger:
+            yield ledger, store
+    finally:
+        store.close()
+
+
 def _train(context: Context, site: str, job: _Job, weights: NDArray[Any]) -> RoundResult:
     here = _site(context, site, job)
-    with Ledger.in_directory(here.state_dir) as ledger:
+    with _books(here.state_dir) as (ledger, store):
         return run_round(
             data=here.data,
             policy=here.policy,
             ledger=ledger,
+            store=store,
             spec=job.spec,
             job_id=job.job_id,
             researcher=job.researcher,
@@ -210,18 +230,15 @@ def _train(context: Context, site: str, job: _Job, weights: NDArray[Any]) -> Rou
 def _public_metrics(result: RoundResult) -> dict[str, float | int]:
     """What a site tells the server in the clear about a round: its cost and progress.
 
-    ``zcdp`` is 1 when the site's project accounts in rho: the ``rho-*`` figures
-    were charged then, the ``epsilon-*`` ones otherwise.
+    Every amount is in the measure of the site's project: ``zcdp`` is 1 when that
+    is rho, 0 when it is epsilon (Flower's metric records carry only numbers).
     """
     return {
         "num-examples": result.num_examples,
-        "epsilon-charged": result.epsilon_charged,
-        "epsilon-job": result.epsilon_job,
-        "epsilon-remaining": result.epsilon_remaining,
-        "rho-charged": result.rho_charged,
-        "rho-job": result.rho_job,
-        "rho-remaining": result.rho_remaining,
-        "zcdp": int(result.measure == "rho"),
+        "charged": result.charged.amount,
+        "job-total": result.job_total.amount,
+        "remaining": result.remaining.amount,
+        "zcdp": int(isinstance(result.charged, ZCDP)),
         "site-round": result.round,
     }
 
@@ -294,18 +311,17 @@ def evaluate(msg: Message, context: Context) -> Message:
     (:func:`nodes.training.evaluation.evaluate_model`); replies with the noisy
     count table (``arrays``) and its cost, or a refusal.
     """
-    from nodes.training.evaluation import evaluate_model
-
     site = _node_setting(context, "site")
     weights = msg.content.array_records["arrays"].to_numpy_ndarrays()[0]
     try:
         job = _job(msg.content.config_records["config"], site)
         here = _site(context, site, job)
-        with Ledger.in_directory(here.state_dir) as ledger:
+        with _books(here.state_dir) as (ledger, store):
             result = evaluate_model(
                 data=here.data,
                 policy=here.policy,
                 ledger=ledger,
+                store=store,
                 spec=job.spec,
                 job_id=job.job_id,
                 researcher=job.researcher,
@@ -319,11 +335,9 @@ def evaluate(msg: Message, context: Context) -> Message:
             "arrays": ArrayRecord([result.table]),
             "metrics": MetricRecord(
                 {
-                    "epsilon-charged": result.epsilon_charged,
-                    "epsilon-remaining": result.epsilon_remaining,
-                    "rho-charged": result.rho_charged,
-                    "rho-remaining": result.rho_remaining,
-                    "zcdp": int(result.measure == "rho"),
+                    "charged": result.charged.amount,
+                    "remaining": result.remaining.amount,
+                    "zcdp": int(isinstance(result.charged, ZCDP)),
                     "noise-scale": result.noise_scale,
                 }
             ),

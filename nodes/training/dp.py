@@ -54,6 +54,7 @@ final DP evaluation (:meth:`varde.training.TrainingPrivacy.training_epsilon`;
 inverse, which OpenDP's tighter conversion always beats), so a full job never
 charges more than the epsilon asked for and wastes little of it.
 
+>>> from varde.budget import calibrate_rho, epsilon_for_rho, rho_for_epsilon
 >>> rho = rho_for_epsilon(1.0, 1e-6)
 >>> round(rho, 6)
 0.017469
@@ -76,22 +77,13 @@ import numpy as np
 import opendp.prelude as dp
 from numpy.typing import NDArray
 
-from varde.training import (
-    TrainingSpec,
-    calibrate_rho,
-    epsilon_for_rho,
-    rho_for_epsilon,
-    training_rho,
-)
+from varde.training import TrainingSpec, training_rho
 
 __all__ = [
     "NoisePlan",
-    "calibrate_rho",
     "clipped_step_vector",
-    "epsilon_for_rho",
     "noisy_gradient_descent",
     "plan_noise",
-    "rho_for_epsilon",
     "sigmoid",
 ]
 

@@ -23,7 +23,7 @@ data-independent rule, so parallel composition would allow charging only the
 larger of the two; we charge the sum, which is never less.)
 
 What is charged follows the site's project accounting
-(:func:`nodes.training.rounds.site_account`): the counts' epsilon where it is
+(its :class:`~nodes.accounts.Account`): the counts' epsilon where it is
 ``epsilon``; where it is ``zcdp``, the rho that OpenDP's
 ``make_pureDP_to_zCDP`` gives the very measurement built here (an epsilon-DP
 release is ``epsilon**2 / 2``-zCDP), so for a rho job it is at most
@@ -47,16 +47,19 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from nodes.accounts import Account
 from nodes.data import RegistryData
 from nodes.ledger import Ledger
-from nodes.mechanisms import LaplacePlan, plan_laplace
+from nodes.mechanisms import Mechanism, plan_laplace
 from nodes.policy import Policy
+from nodes.store import NodeStore
 from nodes.training.cox import linear_predictor
 from nodes.training.dp import sigmoid
 from nodes.training.features import design, survival_design
-from nodes.training.rounds import LEDGER_MEASURE, SiteAccount, authorize_training, site_account
+from nodes.training.rounds import authorize_training
+from varde.budget import ZCDP, Budget, pure_release_rho
 from varde.errors import PolicyViolation
-from varde.training import TrainingSpec, pure_release_rho
+from varde.training import TrainingSpec
 from varde.training_metrics import (
     risk_bins,
     risk_bounds,
@@ -71,23 +74,22 @@ Counts = NDArray[np.int64]
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """What leaves the site: the noisy count table, and what it cost."""
+    """What leaves the site: the noisy count table, and what it cost (project's measure)."""
 
     table: Counts
-    epsilon_charged: float
-    epsilon_remaining: float
+    charged: Budget
+    remaining: Budget
     noise_scale: float
     mechanism: str
-    measure: str = LEDGER_MEASURE
-    """What was charged: ``epsilon``, or ``rho`` at a project accounting in zCDP."""
-    rho_charged: float = 0.0
-    rho_remaining: float = 0.0
 
 
 def evaluation_cost(
-    spec: TrainingSpec, account: SiteAccount, *, max_rows_per_patient: int
-) -> tuple[LaplacePlan, float]:
-    """The evaluation's OpenDP plan and what it charges in ``account.measure``.
+    spec: TrainingSpec, account: Account, *, max_rows_per_patient: int
+) -> tuple[Mechanism, Budget]:
+    """The evaluation's OpenDP plan and what it charges ``account`` (its measure).
+
+    The counts are pure epsilon-DP; a project accounting in zCDP pays the rho
+    OpenDP's ``make_pureDP_to_zCDP`` gives this very measurement.
 
     Raises:
         ValueError: The job has no evaluation.
@@ -95,9 +97,9 @@ def evaluation_cost(
     plan = plan_laplace(
         sensitivity=max_rows_per_patient, epsilon=spec.privacy.evaluation_budget(), integer=True
     )
-    if account.measure == "rho":
-        return plan, pure_release_rho(plan.measurement, max_rows_per_patient)
-    return plan, plan.epsilon
+    if isinstance(account.total, ZCDP):
+        return plan, ZCDP(pure_release_rho(plan.measurement, max_rows_per_patient))
+    return plan, plan.cost
 
 
 def evaluation_table(data: RegistryData, spec: TrainingSpec, weights: Floats) -> Counts:
@@ -121,13 +123,14 @@ def evaluate_model(
     data: RegistryData,
     policy: Policy,
     ledger: Ledger,
+    store: NodeStore,
     spec: TrainingSpec,
     job_id: str,
     researcher: str,
     weights: Floats,
     approved: Callable[[], bool] | None = None,
 ) -> EvaluationResult:
-    """Authorise and charge the evaluation, then release the noisy count table.
+    """Authorise and charge the evaluation (audited), then release the noisy count table.
 
     Raises:
         PolicyViolation: The policy refuses the job, the job has no evaluation,
@@ -142,41 +145,45 @@ def evaluate_model(
         raise ValueError("the model to evaluate has non-finite coefficients")
     if spec.privacy.evaluation_budget() <= 0:
         raise PolicyViolation(f"job {job_id!r} declared no evaluation (evaluation budget 0)")
-    account = site_account(project)
-    plan, amount = evaluation_cost(spec, account, max_rows_per_patient=data.max_rows_per_patient)
-    if amount > account.cap:
+    account = Account.of(spec.project, project)
+    plan, cost = evaluation_cost(spec, account, max_rows_per_patient=data.max_rows_per_patient)
+    if cost > account.cap:  # type: ignore[operator]
         raise PolicyViolation(
-            f"evaluation costs {account.measure} {amount:.4g}, above the per-query cap "
-            f"{account.cap} of project {spec.project!r} at {policy.site!r}"
+            f"evaluation costs {cost}, above the per-query cap "
+            f"{account.cap.amount:g} of project {spec.project!r} at {policy.site!r}"
         )
     note = json.dumps(
         {
             "kind": "evaluation",
             "job": job_id,
             "model": spec.model,
-            "measure": account.measure,
-            "epsilon": plan.epsilon,
-            "rho": amount if account.measure == "rho" else None,
+            "measure": cost.measure,
+            "epsilon": plan.cost.amount,
+            "rho": cost.amount if isinstance(cost, ZCDP) else None,
             "mechanism": plan.mechanism,
             "noise_scale": plan.scale,
             "holdout": spec.holdout,
         }
     )
     charge = account.pay(
-        ledger, project=spec.project, amount=amount, query_id=f"evaluation:{job_id}", note=note
+        ledger,
+        store,
+        cost=cost,
+        query_id=f"evaluation:{job_id}",
+        what="evaluation",
+        note=note,
+        job=job_id,
+        model=spec.model,
+        researcher=researcher,
+        policy_version=policy.version,
     )
     # Paid and committed: only now read the held-out rows and draw the noise.
     exact = evaluation_table(data, spec, np.asarray(weights, dtype=np.float64))
     noisy = plan.release(exact.ravel()).reshape(exact.shape)
-    zcdp = account.measure == "rho"
-    epsilon_left, rho_left = account.left(ledger, spec.project, project)
     return EvaluationResult(
         table=np.asarray(noisy, dtype=np.int64),
-        epsilon_charged=0.0 if zcdp else charge.amount,
-        epsilon_remaining=epsilon_left,
+        charged=charge.cost,
+        remaining=account.left(ledger),
         noise_scale=plan.scale,
         mechanism=plan.mechanism,
-        measure=account.measure,
-        rho_charged=charge.amount if zcdp else 0.0,
-        rho_remaining=rho_left,
     )

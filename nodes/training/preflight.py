@@ -27,12 +27,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from nodes.accounts import Account
 from nodes.approvals import ApprovalBook, AwaitingApproval, describe_training, training_request_key
 from nodes.ledger import Ledger
 from nodes.policy import Policy
-from nodes.training.dp import epsilon_for_rho, plan_noise
+from nodes.store import NodeStore
 from nodes.training.evaluation import evaluation_cost
-from nodes.training.rounds import authorize_training, check_same_measure, job_history, site_account
+from nodes.training.rounds import (
+    authorize_training,
+    check_same_measure,
+    job_history,
+    job_total,
+    plan_round,
+    round_cost,
+)
 from varde.errors import BudgetExhausted, PolicyViolation
 from varde.training import TrainingSpec
 
@@ -50,7 +58,7 @@ def preflight(
 
     Mirrors the checks :func:`nodes.training.rounds.run_round` makes for each
     round, for the whole job at once, in the measure the site's project
-    accounts in (:func:`nodes.training.rounds.site_account`): the policy
+    accounts in (its :class:`~nodes.accounts.Account`): the policy
     (project, researcher, model kind, fields), the job's delta, the per-query
     cap of the dearest remaining round and of the evaluation, and the site's
     remaining budget against what the remaining rounds will cost plus the final
@@ -73,7 +81,8 @@ def preflight(
             policy=policy, spec=spec, job_id=job_id, researcher=researcher, state_dir=state_dir
         ),
     )
-    plan = plan_noise(spec, max_rows_per_patient=policy.privacy_unit.max_tumours_per_patient)
+    k = policy.privacy_unit.max_tumours_per_patient
+    plan = plan_round(spec, max_rows_per_patient=k)
     done, rho_paid, delta_paid = job_history(ledger, spec.project, job_id)
     delta = spec.privacy.delta
     if delta_paid is not None and delta_paid != delta:
@@ -82,33 +91,30 @@ def preflight(
         raise PolicyViolation(
             f"job {job_id!r} already ran its {spec.rounds} round(s) at {policy.site!r}"
         )
-    account = site_account(project)
+    account = Account.of(spec.project, project)
     check_same_measure(ledger, spec, job_id, account, policy.site)
-    measure = account.measure
-    dearest = account.round_cost(rho_paid, plan.rho_per_round, delta)
-    if dearest > account.cap:
+    measure, cap = account.total.measure, account.cap.amount
+    dearest = round_cost(account, rho_paid, plan.rho_per_round, delta).amount
+    if dearest > cap:
         raise PolicyViolation(
             f"round costs {measure} {dearest:.4g}, above the per-query cap "
-            f"{account.cap} of project {spec.project!r} at {policy.site!r}"
+            f"{cap:g} of project {spec.project!r} at {policy.site!r}"
         )
     evaluation = 0.0
     if spec.privacy.evaluation_budget() > 0:
-        _, evaluation = evaluation_cost(
-            spec, account, max_rows_per_patient=policy.privacy_unit.max_tumours_per_patient
-        )
-    if evaluation > account.cap:
+        evaluation = evaluation_cost(spec, account, max_rows_per_patient=k)[1].amount
+    if evaluation > cap:
         raise PolicyViolation(
             f"the final evaluation costs {measure} {evaluation:.4g}, above the per-query cap "
-            f"{account.cap} of project {spec.project!r} at {policy.site!r}"
+            f"{cap:g} of project {spec.project!r} at {policy.site!r}"
         )
     rho_job = rho_paid + plan.rho_per_round * (spec.rounds - done)
-    # The final evaluation pays after the last round, so it is still unpaid here.
-    if measure == "rho":
-        rounds_cost = rho_job - rho_paid
-    else:
-        rounds_cost = epsilon_for_rho(rho_job, delta) - epsilon_for_rho(rho_paid, delta)
+    # The rounds' costs telescope; the final evaluation pays after the last round.
+    rounds_cost = (
+        job_total(account, rho_job, delta).amount - job_total(account, rho_paid, delta).amount
+    )
     needed = rounds_cost + evaluation
-    left = ledger.remaining(spec.project, account.budget, measure, account.period)
+    left = account.left(ledger).amount
     # The ledger keeps nano-units and rounds each charge up to 1e-9: allow for that.
     if needed > left - 1e-9 * (spec.rounds - done):
         raise BudgetExhausted(
@@ -180,8 +186,6 @@ def approval_gate(
     """
 
     def approved() -> bool:
-        from nodes.store import NodeStore
-
         store = NodeStore.in_directory(state_dir)
         try:
             check_training_approval(

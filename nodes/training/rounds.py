@@ -9,8 +9,8 @@ ledger's reason and nothing is computed.
 Pricing (see :mod:`nodes.training.dp` for why): the job's cumulative rho so far
 is read from this site's ledger, from the notes of the charges whose
 ``query_id`` starts with ``training:<job id>:``. What the round charges depends
-on how the site's *project* accounts (:func:`site_account`), not on how the
-researcher stated the job's budget (epsilon or rho):
+on how the site's *project* accounts (its :class:`~nodes.accounts.Account`),
+not on how the researcher stated the job's budget (epsilon or rho):
 
 * ``accounting: epsilon``: ``eps(rho_before + rho_round) - eps(rho_before)`` at
   the job's delta, to the ``epsilon`` measure, capped by
@@ -37,107 +37,61 @@ ledger under ``evaluation:<job id>`` and is not counted as a round.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+from nodes.accounts import Account
 from nodes.data import RegistryData
-from nodes.ledger import Charge, Ledger
-from nodes.periods import period_key
+from nodes.ledger import Ledger
 from nodes.policy import Policy, ProjectPolicy
+from nodes.store import NodeStore
 from nodes.training.cox import CoxNoisePlan, noisy_cox_descent, plan_cox_noise
-from nodes.training.dp import NoisePlan, epsilon_for_rho, noisy_gradient_descent, plan_noise
+from nodes.training.dp import NoisePlan, noisy_gradient_descent, plan_noise
 from nodes.training.features import design, survival_design
-from varde.envelope import utcnow
+from varde.budget import ZCDP, Budget, PureDP, epsilon_for_rho
 from varde.errors import PolicyViolation
 from varde.training import TrainingSpec
 
 Floats = NDArray[np.float64]
 
-LEDGER_MEASURE: Literal["epsilon"] = "epsilon"
-"""Training pays from the same account as queries (see :mod:`nodes.training.dp`):
-this measure where the project accounts in epsilon, ``"rho"`` where it accounts in zCDP."""
 
-Measure = Literal["epsilon", "rho"]
+def round_cost(account: Account, rho_before: float, rho_round: float, delta: float) -> Budget:
+    """What a round adding ``rho_round`` to a job at ``rho_before`` charges ``account``.
 
-
-@dataclass(frozen=True)
-class SiteAccount:
-    """Where a project's training charges go at this site: measure, budget, per-query cap."""
-
-    measure: Measure
-    budget: float
-    cap: float
-    period: str = "lifetime"
-    """The ledger account (budget period) charged now: the same one the project's
-    queries pay from, so a quarterly budget is shared by queries and training."""
-
-    def round_cost(self, rho_before: float, rho_round: float, delta: float) -> float:
-        """What a round adding ``rho_round`` to a job at ``rho_before`` charges here."""
-        if self.measure == "rho":
-            return rho_round
-        return epsilon_for_rho(rho_before + rho_round, delta) - epsilon_for_rho(rho_before, delta)
-
-    def pay(
-        self, ledger: Ledger, *, project: str, amount: float, query_id: str, note: str
-    ) -> Charge:
-        """Charge ``amount`` to this account (committed before anything is computed)."""
-        return ledger.charge(
-            project=project,
-            amount=amount,
-            budget=self.budget,
-            query_id=query_id,
-            measure=self.measure,
-            period=self.period,
-            note=note,
-        )
-
-    def left(self, ledger: Ledger, name: str, project: ProjectPolicy) -> tuple[float, float]:
-        """``(epsilon, rho)`` the project has left in this period (rho 0 unless it is charged)."""
-        epsilon = ledger.remaining(name, project.epsilon_budget, LEDGER_MEASURE, self.period)
-        if self.measure != "rho":
-            return epsilon, 0.0
-        return epsilon, ledger.remaining(name, project.rho_budget, "rho", self.period)
-
-
-def site_account(project: ProjectPolicy, now: dt.datetime | None = None) -> SiteAccount:
-    """The account training pays from: the project's own measure and budget period.
-
-    The same account its queries pay from now (:meth:`nodes.pipeline.NodeContext.period`).
+    Its rho where the project accounts in zCDP; where it accounts in epsilon, the
+    increase of the job's OpenDP epsilon at ``delta`` (the rounds telescope to
+    the epsilon of the job's composed rho).
     """
-    period = period_key(project.budget_period, now or utcnow())
-    if project.accounting == "zcdp":
-        return SiteAccount("rho", project.rho_budget, project.max_rho_per_query or 0.0, period)
-    return SiteAccount(
-        LEDGER_MEASURE, project.epsilon_budget, project.max_epsilon_per_query, period
+    if isinstance(account.total, ZCDP):
+        return ZCDP(rho_round)
+    return PureDP(
+        epsilon_for_rho(rho_before + rho_round, delta) - epsilon_for_rho(rho_before, delta)
     )
+
+
+def job_total(account: Account, rho_job: float, delta: float) -> Budget:
+    """What the rounds of a job at cumulative ``rho_job`` have cost ``account`` in all."""
+    if isinstance(account.total, ZCDP):
+        return ZCDP(rho_job)
+    return PureDP(epsilon_for_rho(rho_job, delta))
 
 
 @dataclass(frozen=True)
 class RoundResult:
-    """What leaves the site after one round, and what it cost.
-
-    ``epsilon_*`` are in epsilon and ``rho_*`` in rho; only the fields of
-    ``measure`` (the project's accounting) were charged: the others are 0
-    (``epsilon_remaining`` is then the untouched epsilon account).
-    """
+    """What leaves the site after one round, and what it cost (in the project's measure)."""
 
     weights: Floats
     num_examples: float
     round: int
-    epsilon_charged: float
-    epsilon_job: float
-    epsilon_remaining: float
+    charged: Budget
+    job_total: Budget
+    """What all the job's rounds here have cost so far."""
+    remaining: Budget
     noise_scale: float
-    measure: Measure = "epsilon"
-    rho_charged: float = 0.0
-    rho_job: float = 0.0
-    rho_remaining: float = 0.0
 
 
 def authorize_training(
@@ -149,7 +103,8 @@ def authorize_training(
 ) -> ProjectPolicy:
     """Check the job against this site's policy; raise :class:`PolicyViolation` saying why not.
 
-    Budget is the ledger's job, except for a project with no budget at all.
+    The public terms and the researcher are :meth:`nodes.policy.Policy.authorize_training`
+    (the check the gateway runs on the manifest too); budget left is the ledger's job.
 
     ``approved`` answers whether this site's staff approved the job (see
     :func:`nodes.training.preflight.approval_gate`; it may itself raise the
@@ -158,27 +113,7 @@ def authorize_training(
     none is refused then: the site fails closed rather than trusting that a
     pre-flight ran somewhere.
     """
-    project = policy.projects.get(spec.project)
-    if project is None:
-        raise PolicyViolation(f"site {policy.site!r} does not serve project {spec.project!r}")
-    if project.researchers is not None and researcher not in project.researchers:
-        raise PolicyViolation(
-            f"researcher {researcher!r} is not allowed on project {spec.project!r} "
-            f"at {policy.site!r}"
-        )
-    if spec.model not in project.training:
-        allowed = ", ".join(project.training) or "none"
-        raise PolicyViolation(
-            f"site {policy.site!r} does not allow training {spec.model!r} models for project "
-            f"{spec.project!r} (allowed there: {allowed})"
-        )
-    hidden = sorted(spec.fields_read() - set(policy.fields))
-    if hidden:
-        raise PolicyViolation(f"site {policy.site!r} does not expose field(s) {', '.join(hidden)}")
-    if project.accounting == "zcdp" and project.rho_budget == 0:
-        raise PolicyViolation(f"project {spec.project!r} has no rho budget at {policy.site!r}")
-    if project.accounting == "epsilon" and project.epsilon_budget == 0:
-        raise PolicyViolation(f"project {spec.project!r} has no epsilon budget at {policy.site!r}")
+    project = policy.authorize_training(spec, researcher=researcher)
     if policy.approvals.training_jobs and (approved is None or not approved()):
         raise PolicyViolation(
             f"training jobs at {policy.site!r} need the approval of its staff, and this job "
@@ -235,14 +170,15 @@ def job_measure(ledger: Ledger, project: str, job_id: str) -> str | None:
 
 
 def check_same_measure(
-    ledger: Ledger, spec: TrainingSpec, job_id: str, account: SiteAccount, site: str
+    ledger: Ledger, spec: TrainingSpec, job_id: str, account: Account, site: str
 ) -> None:
     """Refuse a job whose earlier rounds here were paid in another measure."""
     paid_in = job_measure(ledger, spec.project, job_id)
-    if paid_in is not None and paid_in != account.measure:
+    measure = account.total.measure
+    if paid_in is not None and paid_in != measure:
         raise PolicyViolation(
             f"job {job_id!r} paid its earlier rounds at {site!r} in {paid_in}, but project "
-            f"{spec.project!r} now accounts in {account.measure} there: start a new job"
+            f"{spec.project!r} now accounts in {measure} there: start a new job"
         )
 
 
@@ -251,17 +187,20 @@ def run_round(
     data: RegistryData,
     policy: Policy,
     ledger: Ledger,
+    store: NodeStore,
     spec: TrainingSpec,
     job_id: str,
     researcher: str,
     weights: Floats,
     approved: Callable[[], bool] | None = None,
 ) -> RoundResult:
-    """Authorise, price and charge one round, then train it; refuse with a reason instead.
+    """Authorise, price and charge one round (audited), then train it; refuse with a reason.
 
     ``approved`` is the site's staff-approval check of the job (see
     :func:`authorize_training`): every round checks it, not only the pre-flight,
-    so a site never relies on the server having asked first.
+    so a site never relies on the server having asked first. The charge goes
+    through :meth:`nodes.accounts.Account.pay`, so it has its ``charged`` entry in
+    the site's audit trail (job id, round, amount).
 
     Raises:
         PolicyViolation: The policy refuses the job, the round would exceed the
@@ -284,14 +223,14 @@ def run_round(
         raise PolicyViolation(
             f"job {job_id!r} already ran its {spec.rounds} round(s) at {policy.site!r}"
         )
-    account = site_account(project)
+    account = Account.of(spec.project, project)
     check_same_measure(ledger, spec, job_id, account, policy.site)
     rho_after = rho_before + plan.rho_per_round
-    amount = account.round_cost(rho_before, plan.rho_per_round, delta)
-    if amount > account.cap:
+    cost = round_cost(account, rho_before, plan.rho_per_round, delta)
+    if cost > account.cap:  # type: ignore[operator]
         raise PolicyViolation(
-            f"round costs {account.measure} {amount:.4g}, above the per-query cap "
-            f"{account.cap} of project {spec.project!r} at {policy.site!r}"
+            f"round costs {cost}, above the per-query cap "
+            f"{account.cap.amount:g} of project {spec.project!r} at {policy.site!r}"
         )
     number = done + 1
     note = json.dumps(
@@ -299,7 +238,7 @@ def run_round(
             "kind": "training",
             "job": job_id,
             "round": number,
-            "measure": account.measure,
+            "measure": cost.measure,
             "rho_round": plan.rho_per_round,
             "rho_cumulative": rho_after,
             "delta": delta,
@@ -309,25 +248,25 @@ def run_round(
     )
     charge = account.pay(
         ledger,
-        project=spec.project,
-        amount=amount,
+        store,
+        cost=cost,
         query_id=f"training:{job_id}:round:{number}",
+        what="training round",
         note=note,
+        job=job_id,
+        round=number,
+        model=spec.model,
+        researcher=researcher,
+        policy_version=policy.version,
     )
     # Paid and committed: only now touch the rows and draw noise.
     new_weights, count = train_round(data, spec, weights, plan)
-    zcdp = account.measure == "rho"
-    epsilon_left, rho_left = account.left(ledger, spec.project, project)
     return RoundResult(
         weights=new_weights,
         num_examples=count,
         round=number,
-        epsilon_charged=0.0 if zcdp else charge.amount,
-        epsilon_job=0.0 if zcdp else epsilon_for_rho(rho_after, delta),
-        epsilon_remaining=epsilon_left,
+        charged=charge.cost,
+        job_total=job_total(account, rho_after, delta),
+        remaining=account.left(ledger),
         noise_scale=plan.scale,
-        measure=account.measure,
-        rho_charged=charge.amount if zcdp else 0.0,
-        rho_job=rho_after if zcdp else 0.0,
-        rho_remaining=rho_left,
     )

@@ -40,6 +40,7 @@ from nodes.policy import load_policy
 from nodes.synth import generate_registry
 from nodes.training.dp import sigmoid
 from nodes.training.features import design
+from varde.budget import PureDP
 from varde.errors import PolicyViolation
 from varde.processes import Processes
 from varde.training import TrainingPrivacy, TrainingSpec, TrainingStatus, design_columns
@@ -308,8 +309,10 @@ def test_killed_and_exhausted_sites_under_secagg(federation: Federation) -> None
     def kill_and_spend() -> None:
         Processes.kill(federation.supernodes["tromso"])
         with Ledger.in_directory(federation.state["bergen"]) as ledger:
-            left = ledger.remaining("refusals", REFUSAL_BUDGETS["bergen"])
-            ledger.charge(project="refusals", amount=left - 1e-3, budget=50.0, query_id="a-query")
+            left = ledger.remaining("refusals", PureDP(REFUSAL_BUDGETS["bergen"])).amount
+            ledger.charge(
+                project="refusals", cost=PureDP(left - 1e-3), total=PureDP(50.0), query_id="a-query"
+            )
 
     started = time.monotonic()
     status = federation.train(
@@ -358,7 +361,8 @@ def test_gateway_service_validates_then_runs_a_job(federation: Federation) -> No
         with Ledger.in_directory(federation.state[site]) as ledger:
             policy = load_policy(federation.policies[site], site=site)
             remaining = {
-                p: ledger.remaining(p, t.epsilon_budget) for p, t in policy.projects.items()
+                p: ledger.remaining(p, PureDP(t.epsilon_budget)).amount
+                for p, t in policy.projects.items()
             }
             manifests[site] = policy.manifest(remaining)
     job = {

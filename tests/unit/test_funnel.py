@@ -16,6 +16,7 @@ from nodes.pipeline import NodeContext, handle
 from nodes.statistics import exact, plan_dp
 from nodes.statistics.base import Exact
 from nodes.statistics.funnel import plan_funnel
+from varde.budget import PureDP
 from varde.query import Funnel, parse_query
 
 from ..conftest import make_work
@@ -210,7 +211,9 @@ def test_preview_prices_exactly_what_the_release_then_costs(
 def test_preview_flags_a_budget_it_would_exceed(
     node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
 ) -> None:
-    node_ctx.ledger.charge(project="nsclc-feasibility", amount=9.5, budget=10.0, query_id="x")
+    node_ctx.ledger.charge(
+        project="nsclc-feasibility", cost=PureDP(9.5), total=PureDP(10.0), query_id="x"
+    )
     pre = handle(node_ctx, preview_work(gateway_key, FUNNEL, "p1"))
     assert pre.status == "budget_exhausted" and "needs 1" in pre.message
     assert pre.budget_remaining == pytest.approx(0.5)

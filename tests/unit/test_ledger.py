@@ -37,6 +37,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from nodes.ledger import Charge, Ledger
+from varde.budget import PureDP
+from varde.budget import budget as typed_budget
 from varde.errors import BudgetExhausted, Conflict
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -119,7 +121,9 @@ def _charge_units(charge: Charge) -> int:
 
 def test_charge_spent_remaining(ledger: Ledger) -> None:
     before = datetime.now(UTC)
-    charge = ledger.charge(project="p1", amount=0.25, budget=1.0, query_id="q1", note="count")
+    charge = ledger.charge(
+        project="p1", cost=PureDP(0.25), total=PureDP(1.0), query_id="q1", note="count"
+    )
     assert charge == Charge(
         query_id="q1",
         project="p1",
@@ -134,16 +138,16 @@ def test_charge_spent_remaining(ledger: Ledger) -> None:
     assert charge.created_at.utcoffset() == timedelta(0)
     assert before - timedelta(seconds=1) <= charge.created_at <= datetime.now(UTC)
     assert ledger.spent("p1") == 0.25
-    assert ledger.remaining("p1", 1.0) == 0.75
+    assert ledger.remaining("p1", PureDP(1.0)).amount == 0.75
     assert ledger.spent("never-charged") == 0.0
-    assert ledger.remaining("never-charged", 2.0) == 2.0
+    assert ledger.remaining("never-charged", PureDP(2.0)).amount == 2.0
     stored = ledger.charges()
     assert stored == [charge]  # created_at survives the round trip, UTC-aware
 
 
 def test_charges_oldest_first_and_filtered(ledger: Ledger) -> None:
     made = [
-        ledger.charge(project=p, amount=0.1, budget=5.0, query_id=f"q{i}")
+        ledger.charge(project=p, cost=PureDP(0.1), total=PureDP(5.0), query_id=f"q{i}")
         for i, p in enumerate(["a", "b", "a", "c", "b", "a"])
     ]
     assert [c.query_id for c in ledger.charges()] == [c.query_id for c in made]
@@ -153,9 +157,9 @@ def test_charges_oldest_first_and_filtered(ledger: Ledger) -> None:
 
 
 def test_budget_exhausted_states_project_request_and_remaining(ledger: Ledger) -> None:
-    ledger.charge(project="lung-2025", amount=0.75, budget=1.0, query_id="q1")
+    ledger.charge(project="lung-2025", cost=PureDP(0.75), total=PureDP(1.0), query_id="q1")
     with pytest.raises(BudgetExhausted) as excinfo:
-        ledger.charge(project="lung-2025", amount=0.5, budget=1.0, query_id="q2")
+        ledger.charge(project="lung-2025", cost=PureDP(0.5), total=PureDP(1.0), query_id="q2")
     message = str(excinfo.value)
     assert "lung-2025" in message
     assert "0.5" in message  # requested
@@ -164,13 +168,13 @@ def test_budget_exhausted_states_project_request_and_remaining(ledger: Ledger) -
     # A refused charge changes nothing, and its query id stays usable.
     assert ledger.spent("lung-2025") == 0.75
     assert [c.query_id for c in ledger.charges()] == ["q1"]
-    ledger.charge(project="lung-2025", amount=0.25, budget=1.0, query_id="q2")
+    ledger.charge(project="lung-2025", cost=PureDP(0.25), total=PureDP(1.0), query_id="q2")
     assert ledger.spent("lung-2025") == 1.0
 
 
 def test_refused_charge_on_new_account_creates_nothing(ledger: Ledger) -> None:
     with pytest.raises(BudgetExhausted, match="remaining 0.0"):
-        ledger.charge(project="p", amount=0.1, budget=0.0, query_id="q1")
+        ledger.charge(project="p", cost=PureDP(0.1), total=PureDP(0.0), query_id="q1")
     assert ledger.charges() == []
     assert ledger.spent("p") == 0.0
 
@@ -178,33 +182,39 @@ def test_refused_charge_on_new_account_creates_nothing(ledger: Ledger) -> None:
 @pytest.mark.parametrize("amount", [math.nan, math.inf, -math.inf, 0.0, -0.0, -0.1, 1e300])
 def test_invalid_amount_is_value_error(ledger: Ledger, amount: float) -> None:
     with pytest.raises(ValueError):
-        ledger.charge(project="p", amount=amount, budget=1.0, query_id="q")
+        ledger.charge(project="p", cost=PureDP(amount), total=PureDP(1.0), query_id="q")
     assert ledger.charges() == []
 
 
 @pytest.mark.parametrize("budget", [math.nan, math.inf, -math.inf, -0.1])
 def test_invalid_budget_is_value_error(ledger: Ledger, budget: float) -> None:
     with pytest.raises(ValueError):
-        ledger.charge(project="p", amount=0.1, budget=budget, query_id="q")
+        ledger.charge(project="p", cost=PureDP(0.1), total=PureDP(budget), query_id="q")
     with pytest.raises(ValueError):
-        ledger.remaining("p", budget)
+        ledger.remaining("p", PureDP(budget))
     assert ledger.charges() == []
 
 
-@pytest.mark.parametrize("field", ["project", "query_id", "measure", "period"])
+@pytest.mark.parametrize("field", ["project", "query_id", "period"])
 def test_empty_keys_are_value_error(ledger: Ledger, field: str) -> None:
-    kwargs: dict[str, Any] = {"project": "p", "amount": 0.1, "budget": 1.0, "query_id": "q"}
+    kwargs: dict[str, Any] = {
+        "project": "p",
+        "cost": PureDP(0.1),
+        "total": PureDP(1.0),
+        "query_id": "q",
+        "period": "lifetime",
+    }
     kwargs[field] = ""
     with pytest.raises(ValueError):
         ledger.charge(**kwargs)
 
 
 def test_duplicate_query_id_is_conflict_and_changes_nothing(ledger: Ledger) -> None:
-    first = ledger.charge(project="p", amount=0.3, budget=1.0, query_id="work-1")
+    first = ledger.charge(project="p", cost=PureDP(0.3), total=PureDP(1.0), query_id="work-1")
     for kwargs in (
-        {"project": "p", "amount": 0.3, "budget": 1.0},  # exact replay
-        {"project": "other", "amount": 0.1, "budget": 1.0},  # same id, other account
-        {"project": "p", "amount": 5.0, "budget": 1.0},  # would not even fit
+        {"project": "p", "cost": PureDP(0.3), "total": PureDP(1.0)},  # exact replay
+        {"project": "other", "cost": PureDP(0.1), "total": PureDP(1.0)},  # other account
+        {"project": "p", "cost": PureDP(5.0), "total": PureDP(1.0)},  # would not even fit
     ):
         with pytest.raises(Conflict) as excinfo:
             ledger.charge(query_id="work-1", **kwargs)
@@ -217,11 +227,11 @@ def test_duplicate_query_id_is_conflict_and_changes_nothing(ledger: Ledger) -> N
 
 def test_lost_response_does_not_refund(ledger: Ledger) -> None:
     """The node charged, the reply was lost, the gateway re-sends: no refund, no second payment."""
-    ledger.charge(project="p", amount=0.4, budget=1.0, query_id="w")
+    ledger.charge(project="p", cost=PureDP(0.4), total=PureDP(1.0), query_id="w")
     with pytest.raises(Conflict):
-        ledger.charge(project="p", amount=0.4, budget=1.0, query_id="w")
+        ledger.charge(project="p", cost=PureDP(0.4), total=PureDP(1.0), query_id="w")
     assert ledger.spent("p") == 0.4
-    assert ledger.remaining("p", 1.0) == 0.6
+    assert ledger.remaining("p", PureDP(1.0)).amount == 0.6
 
 
 def test_accounts_are_separate_per_project_measure_period(ledger: Ledger) -> None:
@@ -230,20 +240,19 @@ def test_accounts_are_separate_per_project_measure_period(ledger: Ledger) -> Non
         ("b", "epsilon", "lifetime"),
         ("a", "rho", "lifetime"),
         ("a", "epsilon", "2025"),
-        ("a", "delta", "2026"),
+        ("a", "rho", "2026"),
     ]
     for i, (project, measure, period) in enumerate(keys):
         ledger.charge(
             project=project,
-            amount=1.0,
-            budget=1.0,
+            cost=typed_budget(measure, 1.0),
+            total=typed_budget(measure, 1.0),
             query_id=f"q{i}",
-            measure=measure,
             period=period,
         )
     for project, measure, period in keys:
         assert ledger.spent(project, measure, period) == 1.0
-        assert ledger.remaining(project, 1.0, measure, period) == 0.0
+        assert ledger.remaining(project, typed_budget(measure, 1.0), period).amount == 0.0
     assert ledger.spent("b", "rho", "lifetime") == 0.0
     assert ledger.spent("a", "epsilon", "2024") == 0.0
 
@@ -251,48 +260,48 @@ def test_accounts_are_separate_per_project_measure_period(ledger: Ledger) -> Non
 def test_ten_tenths_fit_exactly_and_the_eleventh_does_not(ledger: Ledger) -> None:
     assert sum([0.1] * 10) != 1.0  # the float trap this ledger avoids
     for i in range(10):
-        ledger.charge(project="p", amount=0.1, budget=1.0, query_id=f"q{i}")
+        ledger.charge(project="p", cost=PureDP(0.1), total=PureDP(1.0), query_id=f"q{i}")
     assert ledger.spent("p") == 1.0
-    assert ledger.remaining("p", 1.0) == 0.0
+    assert ledger.remaining("p", PureDP(1.0)).amount == 0.0
     with pytest.raises(BudgetExhausted):
-        ledger.charge(project="p", amount=0.1, budget=1.0, query_id="q10")
+        ledger.charge(project="p", cost=PureDP(0.1), total=PureDP(1.0), query_id="q10")
     # The smallest unit does not fit either.
     with pytest.raises(BudgetExhausted):
-        ledger.charge(project="p", amount=1e-9, budget=1.0, query_id="q11")
+        ledger.charge(project="p", cost=PureDP(1e-9), total=PureDP(1.0), query_id="q11")
     assert len(ledger.charges()) == 10
 
 
 def test_rounding_never_undercharges_nor_overspends(ledger: Ledger) -> None:
-    third = ledger.charge(project="p", amount=1 / 3, budget=1.0, query_id="q1")
+    third = ledger.charge(project="p", cost=PureDP(1 / 3), total=PureDP(1.0), query_id="q1")
     assert third.amount == 0.333333334  # rounded up to the next 1e-9
-    tiny = ledger.charge(project="p", amount=1e-15, budget=1.0, query_id="q2")
+    tiny = ledger.charge(project="p", cost=PureDP(1e-15), total=PureDP(1.0), query_id="q2")
     assert tiny.amount == 1e-9  # anything > 0 costs at least one unit
     # Spent is 333333335 units; a budget of 333333335.9 units rounds down to 333333335.
     with pytest.raises(BudgetExhausted):
-        ledger.charge(project="p", amount=1e-9, budget=0.3333333359, query_id="q3")
+        ledger.charge(project="p", cost=PureDP(1e-9), total=PureDP(0.3333333359), query_id="q3")
 
 
 def test_budget_comes_from_the_policy_at_charge_time(ledger: Ledger) -> None:
-    ledger.charge(project="p", amount=0.6, budget=1.0, query_id="q1")
+    ledger.charge(project="p", cost=PureDP(0.6), total=PureDP(1.0), query_id="q1")
     # The site's policy shrinks the budget below what was spent: nothing more, never negative.
-    assert ledger.remaining("p", 0.5) == 0.0
+    assert ledger.remaining("p", PureDP(0.5)).amount == 0.0
     with pytest.raises(BudgetExhausted):
-        ledger.charge(project="p", amount=0.1, budget=0.5, query_id="q2")
+        ledger.charge(project="p", cost=PureDP(0.1), total=PureDP(0.5), query_id="q2")
     # The policy grows it again: the ledger kept the spend, not the total.
-    ledger.charge(project="p", amount=1.4, budget=2.0, query_id="q3")
+    ledger.charge(project="p", cost=PureDP(1.4), total=PureDP(2.0), query_id="q3")
     assert ledger.spent("p") == 2.0
-    assert ledger.remaining("p", 3.0) == 1.0
+    assert ledger.remaining("p", PureDP(3.0)).amount == 1.0
 
 
 def test_charges_survive_reopening(open_ledger: Callable[[], Ledger]) -> None:
     first = open_ledger()
-    made = first.charge(project="p", amount=0.5, budget=1.0, query_id="q1")
+    made = first.charge(project="p", cost=PureDP(0.5), total=PureDP(1.0), query_id="q1")
     first.close()
     second = open_ledger()  # creating tables again is a no-op
     assert second.charges() == [made]
     assert second.spent("p") == 0.5
     with pytest.raises(Conflict):
-        second.charge(project="p", amount=0.5, budget=1.0, query_id="q1")
+        second.charge(project="p", cost=PureDP(0.5), total=PureDP(1.0), query_id="q1")
 
 
 class _InjectedCrash(Exception):
@@ -300,22 +309,22 @@ class _InjectedCrash(Exception):
 
 
 def test_crash_before_commit_changes_nothing(ledger: Ledger) -> None:
-    ledger.charge(project="p", amount=0.2, budget=1.0, query_id="q1")
+    ledger.charge(project="p", cost=PureDP(0.2), total=PureDP(1.0), query_id="q1")
 
     def crash() -> None:
         raise _InjectedCrash("power cut between UPDATE and COMMIT")
 
     ledger._before_commit = crash
     with pytest.raises(_InjectedCrash):
-        ledger.charge(project="p", amount=0.3, budget=1.0, query_id="q2")
+        ledger.charge(project="p", cost=PureDP(0.3), total=PureDP(1.0), query_id="q2")
     with pytest.raises(_InjectedCrash):  # a brand-new account is rolled back too
-        ledger.charge(project="new", amount=0.3, budget=1.0, query_id="q3")
+        ledger.charge(project="new", cost=PureDP(0.3), total=PureDP(1.0), query_id="q3")
     ledger._before_commit = None
     assert ledger.spent("p") == 0.2
     assert ledger.spent("new") == 0.0
     assert [c.query_id for c in ledger.charges()] == ["q1"]
     # Nothing was committed, so the work item may pay when it is retried.
-    ledger.charge(project="p", amount=0.3, budget=1.0, query_id="q2")
+    ledger.charge(project="p", cost=PureDP(0.3), total=PureDP(1.0), query_id="q2")
     assert ledger.spent("p") == 0.5
 
 
@@ -323,7 +332,7 @@ def test_closed_ledger_refuses_work(ledger: Ledger) -> None:
     ledger.close()
     ledger.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
-        ledger.charge(project="p", amount=0.1, budget=1.0, query_id="q")
+        ledger.charge(project="p", cost=PureDP(0.1), total=PureDP(1.0), query_id="q")
     with pytest.raises(RuntimeError, match="closed"):
         ledger.spent("p")
 
@@ -331,7 +340,7 @@ def test_closed_ledger_refuses_work(ledger: Ledger) -> None:
 def test_in_directory_uses_a_wal_sqlite_file(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with Ledger.in_directory(state) as ledger:
-        ledger.charge(project="p", amount=0.1, budget=1.0, query_id="q")
+        ledger.charge(project="p", cost=PureDP(0.1), total=PureDP(1.0), query_id="q")
     path = state / "ledger.sqlite"
     assert path.is_file()
     conn = sqlite3.connect(path)
@@ -381,7 +390,7 @@ def _race(threads: int, work: Callable[[int], str]) -> list[str]:
 
 def _try_charge(ledger: Ledger, query_id: str, project: str = "p") -> str:
     try:
-        ledger.charge(project=project, amount=0.1, budget=1.0, query_id=query_id)
+        ledger.charge(project=project, cost=PureDP(0.1), total=PureDP(1.0), query_id=query_id)
     except BudgetExhausted:
         return "exhausted"
     except Conflict:
@@ -511,10 +520,9 @@ class LedgerMachine(RuleBasedStateMachine):
         try:
             charge = self.ledger.charge(
                 project=project,
-                amount=amount,
-                budget=budget,
+                cost=typed_budget(measure, amount),
+                total=typed_budget(measure, budget),
                 query_id=query_id,
-                measure=measure,
                 period=period,
             )
         except BudgetExhausted as err:
@@ -548,10 +556,9 @@ class LedgerMachine(RuleBasedStateMachine):
             with pytest.raises(_Crash if fits else BudgetExhausted):
                 self.ledger.charge(
                     project=key[0],
-                    amount=amount,
-                    budget=budget,
+                    cost=typed_budget(key[1], amount),
+                    total=typed_budget(key[1], budget),
                     query_id=query_id,
-                    measure=key[1],
                     period=key[2],
                 )
         finally:
@@ -570,10 +577,9 @@ class LedgerMachine(RuleBasedStateMachine):
         with pytest.raises(Conflict) as excinfo:
             self.ledger.charge(
                 project=key[0],
-                amount=0.1,
-                budget=100.0,
+                cost=typed_budget(key[1], 0.1),
+                total=typed_budget(key[1], 100.0),
                 query_id=query_id,
-                measure=key[1],
                 period=key[2],
             )
         assert excinfo.type is Conflict
@@ -596,7 +602,7 @@ class LedgerMachine(RuleBasedStateMachine):
         for key, units in self.spent.items():
             assert self.ledger.spent(*key) == units / NANO
         for key, budget in self.last_budget.items():
-            left = self.ledger.remaining(key[0], budget, key[1], key[2])
+            left = self.ledger.remaining(key[0], typed_budget(key[1], budget), key[2]).amount
             assert left >= 0.0
             assert left == max(0, _budget_units(budget) - self.spent.get(key, 0)) / NANO
 

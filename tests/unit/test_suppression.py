@@ -17,6 +17,7 @@ from nodes.data import RegistryData
 from nodes.pipeline import NodeContext, handle
 from nodes.statistics import exact, release_aggregate
 from nodes.statistics.suppression import complementary_suppression
+from varde.budget import PureDP
 from varde.query import parse_query
 
 from ..conftest import make_work
@@ -126,8 +127,8 @@ def test_aggregate_statuses_are_distinct(
     assert refused.status == "policy_violation" and refused.cells == []
     node_ctx.ledger.charge(
         project="breast-outcomes",
-        amount=node_ctx.policy.projects["breast-outcomes"].epsilon_budget,
-        budget=node_ctx.policy.projects["breast-outcomes"].epsilon_budget,
+        cost=PureDP(node_ctx.policy.projects["breast-outcomes"].epsilon_budget),
+        total=PureDP(node_ctx.policy.projects["breast-outcomes"].epsilon_budget),
         query_id="x",
     )
     dp = {**hist, "statistic": {"kind": "count"}, "privacy": {"mode": "dp", "epsilon": 0.5}}

@@ -95,7 +95,9 @@ def pending(state: Path) -> list[tuple[str, str, str]]:
         store.close()
 
 
-def test_pending_then_approved_then_the_same_job_passes(ledger: Ledger, state: Path) -> None:
+def test_pending_then_approved_then_the_same_job_passes(
+    ledger: Ledger, store: NodeStore, state: Path
+) -> None:
     policy = make_policy(message="Kari decides within a day.")
     with pytest.raises(AwaitingApproval) as first:
         fly(policy, ledger, state, job="job-1")
@@ -128,7 +130,7 @@ def test_pending_then_approved_then_the_same_job_passes(ledger: Ledger, state: P
     assert ledger.charges("p") == []  # and nothing was ever charged on the way
 
 
-def test_denied_carries_the_staff_reason(ledger: Ledger, state: Path) -> None:
+def test_denied_carries_the_staff_reason(ledger: Ledger, store: NodeStore, state: Path) -> None:
     policy = make_policy()
     with pytest.raises(AwaitingApproval):
         fly(policy, ledger, state, job="job-1")
@@ -152,7 +154,9 @@ def test_denied_carries_the_staff_reason(ledger: Ledger, state: Path) -> None:
     assert "epsilon 3" in listed.output
 
 
-def test_a_different_job_needs_its_own_approval(ledger: Ledger, state: Path) -> None:
+def test_a_different_job_needs_its_own_approval(
+    ledger: Ledger, store: NodeStore, state: Path
+) -> None:
     policy = make_policy()
     for job, spec in [("a", SPEC), ("b", SPEC.model_copy(update={"rounds": 4}))]:
         with pytest.raises(AwaitingApproval):
@@ -161,12 +165,14 @@ def test_a_different_job_needs_its_own_approval(ledger: Ledger, state: Path) -> 
     assert training_request_key(SPEC, "alice") != training_request_key(SPEC, "bob")
 
 
-def test_without_the_rule_no_request_is_made(ledger: Ledger, state: Path) -> None:
+def test_without_the_rule_no_request_is_made(ledger: Ledger, store: NodeStore, state: Path) -> None:
     fly(make_policy(approval=False), ledger, state, job="job-1")
     assert pending(state) == []
 
 
-def test_policy_refusals_come_before_asking_staff(ledger: Ledger, state: Path) -> None:
+def test_policy_refusals_come_before_asking_staff(
+    ledger: Ledger, store: NodeStore, state: Path
+) -> None:
     """Staff are not asked to approve a job their own policy refuses anyway."""
     spec = SPEC.model_copy(update={"features": ["sex", "pdl1_tps"]})
     with pytest.raises(PolicyViolation, match="does not expose field\\(s\\) pdl1_tps"):
@@ -175,7 +181,7 @@ def test_policy_refusals_come_before_asking_staff(ledger: Ledger, state: Path) -
 
 
 def test_every_round_refuses_an_unapproved_job(
-    data: RegistryData, ledger: Ledger, state: Path
+    data: RegistryData, ledger: Ledger, store: NodeStore, state: Path
 ) -> None:
     """Sovereignty: a server that skips the pre-flight still meets the site's staff."""
     policy = make_policy()
@@ -197,6 +203,7 @@ def test_every_round_refuses_an_unapproved_job(
             data=data,
             policy=policy,
             ledger=ledger,
+            store=store,
             spec=SPEC,
             job_id="job-1",
             researcher="alice",
@@ -224,6 +231,7 @@ def test_every_round_refuses_an_unapproved_job(
             data=data,
             policy=policy,
             ledger=ledger,
+            store=store,
             spec=SPEC,
             job_id="job-1",
             researcher="bob",
@@ -238,6 +246,7 @@ def test_every_round_refuses_an_unapproved_job(
         data=data,
         policy=policy,
         ledger=ledger,
+        store=store,
         spec=SPEC,
         job_id="job-1",
         researcher="alice",
@@ -259,7 +268,7 @@ def test_every_round_refuses_an_unapproved_job(
 
 
 def test_the_console_shows_and_approves_training_requests(
-    ledger: Ledger, state: Path, tmp_path: Path
+    ledger: Ledger, store: NodeStore, state: Path, tmp_path: Path
 ) -> None:
     policy = make_policy()
     with pytest.raises(AwaitingApproval):
@@ -293,7 +302,7 @@ def test_the_console_shows_and_approves_training_requests(
 # --- the policy side: which models a project may train, and how a change reads -------------------
 
 
-def test_training_models_are_validated_and_published(ledger: Ledger) -> None:
+def test_training_models_are_validated_and_published(ledger: Ledger, store: NodeStore) -> None:
     base = make_policy(approval=False).model_dump()
     for bad, message in [
         (["forest"], "Input should be 'logistic' or 'cox'"),

@@ -26,6 +26,7 @@ from gateway.training.serverapp import run_job
 from nodes.ledger import Ledger
 from nodes.synth import generate_registry
 from nodes.training.clientapp import app as client_app
+from varde.budget import PureDP
 from varde.training import TrainingPrivacy, TrainingSpec, TrainingStatus
 
 FIELDS = ["sex", "age_at_diagnosis", "stage", "first_treatment", "vital_status", "survival_days"]
@@ -175,7 +176,7 @@ def before_train_batch(number: int, action: Callable[[], None]) -> Callable[[lis
 def spend(state_dir: str, amount: float, budget: float) -> None:
     """A query paying at the site while the job runs (the ledger is shared)."""
     with Ledger.in_directory(Path(state_dir)) as ledger:
-        ledger.charge(project="p", amount=amount, budget=budget, query_id="query-1")
+        ledger.charge(project="p", cost=PureDP(amount), total=PureDP(budget), query_id="query-1")
 
 
 def assert_ledgers_match(sites: dict[str, dict[str, str]], status: TrainingStatus) -> None:

@@ -21,6 +21,7 @@ from nodes.data import RegistryData, prepare
 from nodes.ledger import Ledger
 from nodes.mechanisms import plan_laplace
 from nodes.policy import Policy
+from nodes.store import NodeStore
 from nodes.synth import generate_registry
 from nodes.training.cox import (
     ROWS_PER_BLOCK,
@@ -30,11 +31,11 @@ from nodes.training.cox import (
     clipped_gradient_sum,
     plan_cox_noise,
 )
-from nodes.training.dp import epsilon_for_rho
 from nodes.training.evaluation import evaluate_model, evaluation_table
 from nodes.training.features import holdout_mask, survival_design
 from nodes.training.rounds import job_history
 from tests.unit.training_helpers import federate
+from varde.budget import epsilon_for_rho
 from varde.training import TrainingPrivacy, TrainingSpec, design_columns, training_rho
 from varde.training_metrics import concordance_parts, cox_metrics
 
@@ -211,6 +212,14 @@ def ledgers(tmp_path: Path) -> Iterator[dict[str, Ledger]]:
         ledger.close()
 
 
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[dict[str, NodeStore]]:
+    opened = {site: NodeStore.in_directory(tmp_path / site) for site in SITES}
+    yield opened
+    for store in opened.values():
+        store.close()
+
+
 def contrasts(beta: np.ndarray) -> np.ndarray:
     """Identifiable Cox contrasts: male - female, age, each stage - stage 0."""
     return np.array([beta[1] - beta[0], beta[2], *(beta[4:9] - beta[3])])
@@ -225,7 +234,9 @@ def exact_concordance(lp: np.ndarray, time: np.ndarray, event: np.ndarray) -> tu
 
 
 def test_federated_cox_matches_lifelines_stratified_by_site(
-    registries_3: dict[str, RegistryData], ledgers: dict[str, Ledger]
+    registries_3: dict[str, RegistryData],
+    ledgers: dict[str, Ledger],
+    stores: dict[str, NodeStore],
 ) -> None:
     """At epsilon 100 per site (1 of it for the DP evaluation), FedAvg over three sites.
 
@@ -243,7 +254,9 @@ def test_federated_cox_matches_lifelines_stratified_by_site(
         learning_rate=5.0,
         privacy=TrainingPrivacy(epsilon=100.0, clip=0.5, evaluation_epsilon=1.0),
     )
-    beta = federate(spec, {s: registries_3[s] for s in SITES}, ledgers, make_policy, job_id="cox")
+    beta = federate(
+        spec, {s: registries_3[s] for s in SITES}, ledgers, stores, make_policy, job_id="cox"
+    )
     assert all(job_history(ledgers[s], "p", "cox")[0] == spec.rounds for s in SITES)
 
     frames = []
@@ -281,6 +294,7 @@ def test_federated_cox_matches_lifelines_stratified_by_site(
             data=registries_3[site],
             policy=make_policy(site),
             ledger=ledgers[site],
+            store=stores[site],
             spec=spec,
             job_id="cox",
             researcher="alice",

@@ -7,14 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from nodes.training.dp import (
-    calibrate_rho,
-    clipped_step_vector,
-    epsilon_for_rho,
-    noisy_gradient_descent,
-    plan_noise,
-    rho_for_epsilon,
-)
+from nodes.training.dp import clipped_step_vector, noisy_gradient_descent, plan_noise
+from varde.budget import calibrate_rho, epsilon_for_rho, rho_for_epsilon
 from varde.training import TrainingPrivacy, TrainingSpec, training_rho
 
 

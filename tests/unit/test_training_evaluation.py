@@ -15,6 +15,7 @@ from nodes.data import RegistryData, prepare
 from nodes.ledger import Ledger
 from nodes.mechanisms import plan_laplace
 from nodes.policy import Policy
+from nodes.store import NodeStore
 from nodes.synth import generate_registry
 from nodes.training import evaluation
 from nodes.training.dp import sigmoid
@@ -167,11 +168,18 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
         yield led
 
 
-def evaluate(data: RegistryData, ledger: Ledger, spec: TrainingSpec, policy: Policy | None = None):
+def evaluate(
+    data: RegistryData,
+    ledger: Ledger,
+    store: NodeStore,
+    spec: TrainingSpec,
+    policy: Policy | None = None,
+):
     return evaluate_model(
         data=data,
         policy=policy or make_policy(),
         ledger=ledger,
+        store=store,
         spec=spec,
         job_id="j",
         researcher="alice",
@@ -181,7 +189,11 @@ def evaluate(data: RegistryData, ledger: Ledger, spec: TrainingSpec, policy: Pol
 
 @pytest.mark.parametrize("model", ["logistic", "cox"])
 def test_evaluation_is_charged_first_once_and_is_no_round(
-    data: RegistryData, ledger: Ledger, monkeypatch: pytest.MonkeyPatch, model: str
+    data: RegistryData,
+    ledger: Ledger,
+    store: NodeStore,
+    monkeypatch: pytest.MonkeyPatch,
+    model: str,
 ) -> None:
     spec = make_spec(model=model)
     seen: list[float] = []
@@ -192,7 +204,7 @@ def test_evaluation_is_charged_first_once_and_is_no_round(
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(evaluation, "evaluation_table", spy)
-    result = evaluate(data, ledger, spec)
+    result = evaluate(data, ledger, store, spec)
     assert seen == [pytest.approx(0.3)]  # paid before the held-out rows were read
     assert result.epsilon_charged == pytest.approx(0.3)
     assert result.mechanism == "opendp.discrete_laplace"
@@ -201,11 +213,13 @@ def test_evaluation_is_charged_first_once_and_is_no_round(
     )
     assert job_history(ledger, "p", "j")[0] == 0  # not a round
     with pytest.raises(Conflict):
-        evaluate(data, ledger, spec)
+        evaluate(data, ledger, store, spec)
     assert ledger.spent("p") == pytest.approx(0.3)
 
 
-def test_a_whole_job_costs_its_epsilon(data: RegistryData, ledger: Ledger) -> None:
+def test_a_whole_job_costs_its_epsilon(
+    data: RegistryData, ledger: Ledger, store: NodeStore
+) -> None:
     spec = make_spec(model="cox")
     weights = np.zeros(spec.n_coefficients())
     for _ in range(spec.rounds):
@@ -213,12 +227,13 @@ def test_a_whole_job_costs_its_epsilon(data: RegistryData, ledger: Ledger) -> No
             data=data,
             policy=make_policy(),
             ledger=ledger,
+            store=store,
             spec=spec,
             job_id="j",
             researcher="alice",
             weights=weights,
         ).weights
-    evaluate(data, ledger, spec)
+    evaluate(data, ledger, store, spec)
     assert ledger.spent("p") == pytest.approx(3.0, rel=1e-6)
     assert job_history(ledger, "p", "j")[0] == spec.rounds
 
@@ -236,10 +251,15 @@ def test_a_whole_job_costs_its_epsilon(data: RegistryData, ledger: Ledger) -> No
     ],
 )
 def test_refusals_charge_nothing(
-    data: RegistryData, ledger: Ledger, spec: TrainingSpec, policy: Policy, message: str
+    data: RegistryData,
+    ledger: Ledger,
+    store: NodeStore,
+    spec: TrainingSpec,
+    policy: Policy,
+    message: str,
 ) -> None:
     with pytest.raises(PolicyViolation, match=message):
-        evaluate(data, ledger, spec, policy)
+        evaluate(data, ledger, store, spec, policy)
     assert ledger.charges() == []
 
 
@@ -275,13 +295,15 @@ def test_dp_auc_of_a_federated_logistic_model_is_close_to_the_exact_auc(
         for i, s in enumerate(SITES)
     }
     ledgers = {s: Ledger.in_directory(tmp_path / s) for s in SITES}
+    stores = {s: NodeStore.in_directory(tmp_path / s) for s in SITES}
     try:
-        weights = federate(spec, datas, ledgers, make_policy, job_id="j")
+        weights = federate(spec, datas, ledgers, stores, make_policy, job_id="j")
         released = [
             evaluate_model(
                 data=datas[s],
                 policy=make_policy(s),
                 ledger=ledgers[s],
+                store=stores[s],
                 spec=spec,
                 job_id="j",
                 researcher="alice",
@@ -294,6 +316,8 @@ def test_dp_auc_of_a_federated_logistic_model_is_close_to_the_exact_auc(
     finally:
         for led in ledgers.values():
             led.close()
+        for opened in stores.values():
+            opened.close()
     held = [design(datas[s], spec, "holdout") for s in SITES]
     score = np.concatenate([sigmoid(x @ weights) for x, _ in held])
     label = np.concatenate([y for _, y in held])

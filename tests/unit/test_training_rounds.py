@@ -12,9 +12,10 @@ from nodes.data import RegistryData, prepare
 from nodes.ledger import Ledger
 from nodes.periods import period_key
 from nodes.policy import Policy
+from nodes.store import NodeStore
 from nodes.synth import generate_registry
 from nodes.training import rounds
-from nodes.training.dp import epsilon_for_rho, plan_noise
+from nodes.training.dp import plan_noise
 from nodes.training.features import (
     design,
     encode_features,
@@ -22,6 +23,7 @@ from nodes.training.features import (
     outcome_death_within_2y,
 )
 from nodes.training.rounds import job_history, run_round
+from varde.budget import PureDP, epsilon_for_rho
 from varde.envelope import utcnow
 from varde.errors import BudgetExhausted, PolicyViolation
 from varde.schema import FIELDS_BY_NAME
@@ -78,11 +80,19 @@ def ledger(tmp_path: Path) -> Ledger:
         yield led
 
 
-def play(data: RegistryData, ledger: Ledger, spec: TrainingSpec, policy: Policy, job: str = "j1"):
+def play(
+    data: RegistryData,
+    ledger: Ledger,
+    store: NodeStore,
+    spec: TrainingSpec,
+    policy: Policy,
+    job: str = "j1",
+):
     return run_round(
         data=data,
         policy=policy,
         ledger=ledger,
+        store=store,
         spec=spec,
         job_id=job,
         researcher="alice",
@@ -115,7 +125,7 @@ def test_design_matches_public_columns_and_outcome(data: RegistryData) -> None:
 
 
 def test_round_is_charged_before_training_and_totals_telescope(
-    data: RegistryData, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+    data: RegistryData, ledger: Ledger, store: NodeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec, policy = make_spec(), make_policy()
     seen: list[float] = []
@@ -126,7 +136,7 @@ def test_round_is_charged_before_training_and_totals_telescope(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rounds, "noisy_gradient_descent", spy)
-    results = [play(data, ledger, spec, policy) for _ in range(spec.rounds)]
+    results = [play(data, ledger, store, spec, policy) for _ in range(spec.rounds)]
     charges = ledger.charges("p")
     assert [c.query_id for c in charges] == [f"training:j1:round:{i}" for i in (1, 2, 3)]
     assert seen == pytest.approx([c.spent_after for c in charges])
@@ -142,11 +152,13 @@ def test_round_is_charged_before_training_and_totals_telescope(
     assert job_history(ledger, "p", "j1")[0] == 3
 
 
-def test_more_rounds_than_declared_are_refused(data: RegistryData, ledger: Ledger) -> None:
+def test_more_rounds_than_declared_are_refused(
+    data: RegistryData, ledger: Ledger, store: NodeStore
+) -> None:
     spec, policy = make_spec(rounds=1), make_policy()
-    play(data, ledger, spec, policy)
+    play(data, ledger, store, spec, policy)
     with pytest.raises(PolicyViolation, match="already ran its 1 round"):
-        play(data, ledger, spec, policy)
+        play(data, ledger, store, spec, policy)
     assert len(ledger.charges()) == 1
 
 
@@ -164,25 +176,25 @@ def test_more_rounds_than_declared_are_refused(data: RegistryData, ledger: Ledge
     ],
 )
 def test_refusals_charge_nothing(
-    data: RegistryData, ledger: Ledger, policy: Policy, message: str
+    data: RegistryData, ledger: Ledger, store: NodeStore, policy: Policy, message: str
 ) -> None:
     with pytest.raises(PolicyViolation, match=message):
-        play(data, ledger, make_spec(), policy)
+        play(data, ledger, store, make_spec(), policy)
     assert ledger.charges() == []
 
 
-def test_unknown_project_is_refused(data: RegistryData, ledger: Ledger) -> None:
+def test_unknown_project_is_refused(data: RegistryData, ledger: Ledger, store: NodeStore) -> None:
     with pytest.raises(PolicyViolation, match="does not serve project 'other'"):
-        play(data, ledger, make_spec(project="other"), make_policy())
+        play(data, ledger, store, make_spec(project="other"), make_policy())
 
 
-def test_budget_runs_out_mid_job(data: RegistryData, ledger: Ledger) -> None:
+def test_budget_runs_out_mid_job(data: RegistryData, ledger: Ledger, store: NodeStore) -> None:
     """A budget of 2.2 pays the first rounds of a 3-epsilon job, then refuses; nothing overspent."""
     spec, policy = make_spec(rounds=3), make_policy(budget=2.2, cap=2.2)
     paid = 0
     with pytest.raises(BudgetExhausted, match="privacy budget exhausted"):
         for _ in range(spec.rounds):
-            play(data, ledger, spec, policy)
+            play(data, ledger, store, spec, policy)
             paid += 1
     assert 1 <= paid < 3
     assert len(ledger.charges("p")) == paid
@@ -190,20 +202,25 @@ def test_budget_runs_out_mid_job(data: RegistryData, ledger: Ledger) -> None:
     assert ledger.spent("p") == pytest.approx(sum(c.amount for c in ledger.charges("p")))
 
 
-def test_changing_delta_mid_job_is_refused(data: RegistryData, ledger: Ledger) -> None:
-    play(data, ledger, make_spec(), make_policy())
+def test_changing_delta_mid_job_is_refused(
+    data: RegistryData, ledger: Ledger, store: NodeStore
+) -> None:
+    play(data, ledger, store, make_spec(), make_policy())
     other = make_spec(privacy=TrainingPrivacy(epsilon=3.0, delta=1e-7))
     with pytest.raises(PolicyViolation, match="changed its delta"):
-        play(data, ledger, other, make_policy())
+        play(data, ledger, store, other, make_policy())
 
 
-def test_wrong_weight_shape_is_an_error(data: RegistryData, ledger: Ledger) -> None:
+def test_wrong_weight_shape_is_an_error(
+    data: RegistryData, ledger: Ledger, store: NodeStore
+) -> None:
     spec = make_spec()
     with pytest.raises(ValueError, match="weights"):
         run_round(
             data=data,
             policy=make_policy(),
             ledger=ledger,
+            store=store,
             spec=spec,
             job_id="j",
             researcher="alice",
@@ -213,7 +230,7 @@ def test_wrong_weight_shape_is_an_error(data: RegistryData, ledger: Ledger) -> N
 
 
 def test_cox_round_is_charged_before_training_and_totals_telescope(
-    data: RegistryData, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+    data: RegistryData, ledger: Ledger, store: NodeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec, policy = make_spec(model="cox"), make_policy()
     seen: list[float] = []
@@ -224,7 +241,7 @@ def test_cox_round_is_charged_before_training_and_totals_telescope(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rounds, "noisy_cox_descent", spy)
-    results = [play(data, ledger, spec, policy) for _ in range(spec.rounds)]
+    results = [play(data, ledger, store, spec, policy) for _ in range(spec.rounds)]
     assert seen == pytest.approx([c.spent_after for c in ledger.charges("p")])
     assert results[-1].weights.shape == (spec.n_coefficients(),)
     assert np.isfinite(results[-1].weights).all()
@@ -233,7 +250,7 @@ def test_cox_round_is_charged_before_training_and_totals_telescope(
 
 
 def test_training_pays_from_the_current_budget_period_like_queries(
-    data: RegistryData, ledger: Ledger
+    data: RegistryData, ledger: Ledger, store: NodeStore
 ) -> None:
     """A quarterly budget is one account for queries and training: no second, lifetime purse."""
     policy = make_policy(budget=3.5, cap=3.0)
@@ -241,12 +258,12 @@ def test_training_pays_from_the_current_budget_period_like_queries(
     policy = policy.model_copy(update={"projects": {"p": quarterly}})
     period = period_key("quarter", utcnow())
     # a query already spent 1.0 of this quarter's 3.5
-    ledger.charge(project="p", amount=1.0, budget=3.5, query_id="q1", period=period)
+    ledger.charge(project="p", cost=PureDP(1.0), total=PureDP(3.5), query_id="q1", period=period)
     spec = make_spec(rounds=1, privacy=TrainingPrivacy(epsilon=2.0, evaluation_epsilon=0.0))
-    done = play(data, ledger, spec.model_copy(update={"holdout": 0.0}), policy)
+    done = play(data, ledger, store, spec.model_copy(update={"holdout": 0.0}), policy)
     assert {c.period for c in ledger.charges("p")} == {period}
     assert done.epsilon_remaining == pytest.approx(3.5 - 1.0 - done.epsilon_charged, abs=1e-8)
     assert ledger.spent("p", period=period) == pytest.approx(1.0 + done.epsilon_charged, abs=1e-8)
     # the quarter cannot pay for another such job, whatever the lifetime account says
     with pytest.raises(BudgetExhausted):
-        play(data, ledger, spec.model_copy(update={"holdout": 0.0}), policy, job="j2")
+        play(data, ledger, store, spec.model_copy(update={"holdout": 0.0}), policy, job="j2")

@@ -21,9 +21,10 @@ from gateway.training.validation import check_job
 from nodes.data import RegistryData, prepare
 from nodes.ledger import Ledger
 from nodes.policy import Policy
+from nodes.store import NodeStore
 from nodes.synth import generate_registry
 from nodes.training import rounds
-from nodes.training.dp import epsilon_for_rho, plan_noise
+from nodes.training.dp import plan_noise
 from nodes.training.evaluation import evaluate_model
 from nodes.training.preflight import preflight
 from nodes.training.rounds import job_history
@@ -34,6 +35,7 @@ from tests.unit.test_training_apps import (  # noqa: F401 (task_identity: an aut
     task_identity,
 )
 from tests.unit.test_training_rounds import play
+from varde.budget import epsilon_for_rho
 from varde.errors import BudgetExhausted, PolicyViolation
 from varde.release import Manifest, ProjectTerms
 from varde.training import (
@@ -110,11 +112,14 @@ def check(policy: Policy, ledger: Ledger, spec: TrainingSpec, tmp_path: Path, jo
     )
 
 
-def evaluate(data: RegistryData, ledger: Ledger, spec: TrainingSpec, policy: Policy):
+def evaluate(
+    data: RegistryData, ledger: Ledger, store: NodeStore, spec: TrainingSpec, policy: Policy
+):
     return evaluate_model(
         data=data,
         policy=policy,
         ledger=ledger,
+        store=store,
         spec=spec,
         job_id="j1",
         researcher="alice",
@@ -199,7 +204,11 @@ def test_an_epsilon_job_costs_its_calibrated_rho_at_a_zcdp_site() -> None:
 
 
 def test_zcdp_site_pays_rounds_from_its_rho_ledger_before_training(
-    data: RegistryData, ledger: Ledger, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    data: RegistryData,
+    ledger: Ledger,
+    store: NodeStore,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     spec, policy = make_spec(rho=RHO), make_policy()
     seen: list[float] = []
@@ -211,7 +220,7 @@ def test_zcdp_site_pays_rounds_from_its_rho_ledger_before_training(
 
     monkeypatch.setattr(rounds, "noisy_gradient_descent", spy)
     check(policy, ledger, spec, tmp_path)
-    results = [play(data, ledger, spec, policy) for _ in range(spec.rounds)]
+    results = [play(data, ledger, store, spec, policy) for _ in range(spec.rounds)]
     charges = ledger.charges("p")
     assert [c.measure for c in charges] == ["rho"] * 3
     assert seen == pytest.approx([c.spent_after for c in charges])
@@ -226,7 +235,7 @@ def test_zcdp_site_pays_rounds_from_its_rho_ledger_before_training(
     assert last.rho_remaining == pytest.approx(2.0 - 0.9 * RHO, abs=1e-8)
     assert last.epsilon_remaining == 20.0
     # The evaluation pays OpenDP's rho of its counts: the job costs exactly its rho.
-    result = evaluate(data, ledger, spec, policy)
+    result = evaluate(data, ledger, store, spec, policy)
     assert result.measure == "rho" and result.epsilon_charged == 0.0
     assert result.rho_charged == pytest.approx(0.1 * RHO, abs=1e-8)
     assert ledger.spent("p", "rho") == pytest.approx(RHO, abs=1e-8)
@@ -234,23 +243,23 @@ def test_zcdp_site_pays_rounds_from_its_rho_ledger_before_training(
 
 
 def test_an_epsilon_job_at_a_zcdp_site_pays_its_rounds_rho(
-    data: RegistryData, ledger: Ledger, tmp_path: Path
+    data: RegistryData, ledger: Ledger, store: NodeStore, tmp_path: Path
 ) -> None:
     spec, policy = make_spec(epsilon=3.0), make_policy()
     check(policy, ledger, spec, tmp_path)
-    play(data, ledger, spec, policy)
+    play(data, ledger, store, spec, policy)
     assert ledger.spent("p", "rho") == pytest.approx(training_rho(spec) / 3, abs=1e-8)
     assert ledger.spent("p", "epsilon") == 0
 
 
 def test_a_rho_job_at_an_epsilon_site_pays_epsilon_increments(
-    data: RegistryData, ledger: Ledger, tmp_path: Path
+    data: RegistryData, ledger: Ledger, store: NodeStore, tmp_path: Path
 ) -> None:
     spec, policy = make_spec(rho=RHO), make_policy(accounting="epsilon")
     check(policy, ledger, spec, tmp_path)
     for _ in range(spec.rounds):
-        play(data, ledger, spec, policy)
-    evaluate(data, ledger, spec, policy)
+        play(data, ledger, store, spec, policy)
+    evaluate(data, ledger, store, spec, policy)
     assert {c.measure for c in ledger.charges("p")} == {"epsilon"}
     assert ledger.spent("p", "rho") == 0
     assert ledger.spent("p") == pytest.approx(sum(round_costs(spec)), abs=1e-8)
@@ -266,6 +275,7 @@ def test_a_rho_job_at_an_epsilon_site_pays_epsilon_increments(
 def test_zcdp_refusals_name_site_and_measure_and_charge_nothing(
     data: RegistryData,
     ledger: Ledger,
+    store: NodeStore,
     tmp_path: Path,
     policy: Policy,
     error: type[Exception],
@@ -277,11 +287,13 @@ def test_zcdp_refusals_name_site_and_measure_and_charge_nothing(
     assert ledger.charges() == []
     if error is PolicyViolation:
         with pytest.raises(PolicyViolation, match="rho .*above the per-query cap"):
-            play(data, ledger, spec, policy)
+            play(data, ledger, store, spec, policy)
         assert ledger.charges() == []
 
 
-def test_evaluation_above_the_rho_cap_is_refused_first(ledger: Ledger, tmp_path: Path) -> None:
+def test_evaluation_above_the_rho_cap_is_refused_first(
+    ledger: Ledger, store: NodeStore, tmp_path: Path
+) -> None:
     spec = make_spec(rho=RHO, evaluation_rho=0.2)  # rounds 0.1/3 each, evaluation 0.2
     with pytest.raises(PolicyViolation, match="final evaluation costs rho 0.2.*cap 0.1"):
         check(make_policy(rho_cap=0.1), ledger, spec, tmp_path)
@@ -289,17 +301,17 @@ def test_evaluation_above_the_rho_cap_is_refused_first(ledger: Ledger, tmp_path:
 
 
 def test_a_project_without_rho_budget_and_a_changed_accounting_are_refused(
-    data: RegistryData, ledger: Ledger, tmp_path: Path
+    data: RegistryData, ledger: Ledger, store: NodeStore, tmp_path: Path
 ) -> None:
     spec = make_spec(rho=RHO)
     with pytest.raises(PolicyViolation, match="no rho budget"):
-        play(data, ledger, spec, make_policy(rho_budget=0.0, rho_cap=0.1))
-    play(data, ledger, spec, make_policy())
+        play(data, ledger, store, spec, make_policy(rho_budget=0.0, rho_cap=0.1))
+    play(data, ledger, store, spec, make_policy())
     epsilon_now = make_policy(accounting="epsilon")
     with pytest.raises(PolicyViolation, match="paid its earlier rounds at 'oslo' in rho"):
         check(epsilon_now, ledger, spec, tmp_path)
     with pytest.raises(PolicyViolation, match="now accounts in epsilon"):
-        play(data, ledger, spec, epsilon_now)
+        play(data, ledger, store, spec, epsilon_now)
     assert len(ledger.charges()) == 1
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from nodes.data import RegistryData
 from nodes.ledger import Ledger
 from nodes.policy import Policy
+from nodes.store import NodeStore
 from nodes.training.rounds import run_round
 from varde.training import TrainingSpec
 
@@ -17,6 +18,7 @@ def federate(
     spec: TrainingSpec,
     datas: Mapping[str, RegistryData],
     ledgers: Mapping[str, Ledger],
+    stores: Mapping[str, NodeStore],
     policy: Callable[[str], Policy],
     *,
     job_id: str,
@@ -32,6 +34,7 @@ def federate(
                 data=datas[site],
                 policy=policy(site),
                 ledger=ledgers[site],
+                store=stores[site],
                 spec=spec,
                 job_id=job_id,
                 researcher="alice",

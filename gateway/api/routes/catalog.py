@@ -81,12 +81,16 @@ def get_sites(state: State, _researcher: CurrentResearcher) -> list[SiteInfo]:
     return out
 
 
+_BUDGET_FIELDS = {"accounting", "budget", "max_per_query", "remaining"}
+
+
 @router.get("/budgets")
 def get_budgets(state: State, researcher: CurrentResearcher) -> dict[str, Any]:
     """Per project of yours and per site: budget, cap and what is left (as last reported).
 
-    ``accounting`` names the measure the project spends at that site; a zcdp
-    project also shows its rho budget, cap and rho left.
+    Each site's terms are in the measure the project accounts in there
+    (``accounting``): ``{"epsilon": x}`` or ``{"rho": x}``; a site that does not
+    serve the project is ``null``.
     """
     with state.sessions() as s:
         sites = enrolled_sites(s)
@@ -99,21 +103,9 @@ def get_budgets(state: State, researcher: CurrentResearcher) -> dict[str, Any]:
             per_site[site] = (
                 None
                 if terms is None
-                else {
-                    "accounting": terms.accounting,
-                    "epsilon_budget": terms.epsilon_budget,
-                    "max_epsilon_per_query": terms.max_epsilon_per_query,
-                    "epsilon_remaining": terms.epsilon_remaining,
-                    **(
-                        {
-                            "rho_budget": terms.rho_budget,
-                            "max_rho_per_query": terms.max_rho_per_query,
-                            "rho_remaining": terms.rho_remaining,
-                        }
-                        if terms.accounting == "zcdp"
-                        else {}
-                    ),
-                }
+                else terms.model_dump(
+                    mode="json", include={"accounting", "budget", "max_per_query", "remaining"}
+                )
             )
         out[project] = per_site
     return {"projects": out}
