@@ -65,7 +65,8 @@ from pydantic import ValidationError
 
 from nodes.data import RegistryData, load_registry
 from nodes.ledger import Ledger
-from nodes.policy import Policy, load_policy
+from nodes.policy import Policy
+from nodes.policy_check import load_policy
 from nodes.training.preflight import approval_gate, preflight
 from nodes.training.rounds import RoundResult, run_round
 from varde.errors import InvalidQuery, PolicyViolation, VardeError
