@@ -4,6 +4,8 @@
 validated here with pydantic: unknown keys, unknown fields, identifiers, bad
 budgets are errors that name the offending key. A *missing* policy file denies
 everything (:meth:`Policy.deny_all`): no project is served, no field exposed.
+This module is the model only; reading the file, with each problem at its YAML
+line, is :func:`nodes.policy_check.load_policy`.
 
 Unsafe settings are refused outside ``profile: development``: a non-DP aggregate
 mode with a minimum cell size below :data:`SAFE_MIN_CELL`, or a per-query epsilon
@@ -14,11 +16,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nodes.periods import BudgetPeriod
 from varde.budget import ZCDP, Budget, Measure, PureDP, measure_of
@@ -337,37 +337,3 @@ class Policy(_Strict):
         :meth:`nodes.pipeline.NodeContext.remaining` reports it.
         """
         return self.terms(remaining)
-
-
-class PolicyError(ValueError):
-    """A policy file that cannot be used; the message names file, key and problem."""
-
-
-def load_policy(path: Path, *, site: str | None = None) -> Policy:
-    """Read and validate ``path``; a missing file means :meth:`Policy.deny_all`.
-
-    ``site`` is required to build the deny-all policy when the file is missing.
-    """
-    if not path.exists():
-        if site is None:
-            raise PolicyError(f"{path}: no such policy file (and no site name to deny all for)")
-        return Policy.deny_all(site)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise PolicyError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise PolicyError(f"{path}: a policy is a YAML mapping")
-    try:
-        policy = Policy.model_validate(data)
-    except ValidationError as err:
-        from nodes.policy_tools import check_policy_text  # imports this module
-
-        located = check_policy_text(path.read_text(), source=str(path)).problems
-        problems = "; ".join(str(p) for p in located) or "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
-        )
-        raise PolicyError(f"{path}: {problems}") from err
-    if site is not None and policy.site != site:
-        raise PolicyError(f"{path}: policy is for site {policy.site!r}, not {site!r}")
-    return policy

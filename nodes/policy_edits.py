@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from nodes.policy import Policy
-from nodes.policy_tools import check_policy_text, set_scalar
+from nodes.policy_check import check_policy_text
 from nodes.store import NodeStore
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "approve_project",
     "record_project_approval",
     "set_budget",
+    "set_scalar",
     "write_policy_version",
 ]
 
@@ -99,6 +100,25 @@ def approve_project(text: str, project: str) -> str:
     if not listed.flow_style:  # a block list ends at the next line's start: keep that newline
         end = listed.value[-1].end_mark.index if listed.value else start
     return text[:start] + _flow_list([*names, project]) + text[end:]
+
+
+def set_scalar(text: str, path: tuple[str, ...], value: str) -> str:
+    """``text`` with the scalar at ``path`` replaced by ``value``, everything else untouched.
+
+    Why not load, change and dump: the file is the staff's, with their comments
+    and order; an edit from the console must change one number, not the file.
+    Raises ``KeyError`` when ``path`` does not name an existing scalar.
+    """
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    node: yaml.Node | None = root
+    for part in path:
+        if not isinstance(node, yaml.MappingNode):
+            raise KeyError(".".join(path))
+        node = next((v for k, v in node.value if str(k.value) == part), None)
+    if not isinstance(node, yaml.ScalarNode):
+        raise KeyError(".".join(path))
+    start, end = node.start_mark.index, node.end_mark.index
+    return text[:start] + value + text[end:]
 
 
 def set_budget(text: str, project: str, budget: float) -> str:

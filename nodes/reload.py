@@ -30,7 +30,8 @@ from typing import Literal
 
 from nodes.pipeline import NodeContext
 from nodes.policy import Policy
-from nodes.policy_tools import check_policy_text, diff_policies
+from nodes.policy_check import check_policy_text
+from nodes.policy_diff import diff_policies
 
 log = logging.getLogger("varde.node.reload")
 

@@ -16,7 +16,8 @@ from nodes.data import load_registry
 from nodes.enrollment import NodeIdentity, enroll, key_path, load_identity
 from nodes.ledger import Ledger
 from nodes.pipeline import NodeContext
-from nodes.policy import Policy, load_policy
+from nodes.policy import Policy
+from nodes.policy_check import load_policy
 from nodes.reload import PolicyReloader
 from nodes.store import NodeStore
 from nodes.training.supernode import SuperNode, SuperNodeSettings

@@ -14,7 +14,8 @@ from launcher.network import DEFAULT_POLICIES
 from nodes.data import RegistryData, prepare
 from nodes.ledger import Ledger
 from nodes.pipeline import NodeContext
-from nodes.policy import Policy, load_policy
+from nodes.policy import Policy
+from nodes.policy_check import load_policy
 from nodes.store import NodeStore
 from nodes.synth import generate_registry
 from varde.crypto import generate_key, public_key_b64

@@ -19,7 +19,7 @@ def policy_check(
     ] = None,
 ) -> None:
     """Validate a policy file; every problem is printed with its YAML line (exit 1 if any)."""
-    from nodes.policy_tools import check_policy_file
+    from nodes.policy_check import check_policy_file
 
     result = check_policy_file(file, site=site)
     typer.echo(result.explain())
@@ -33,7 +33,8 @@ def policy_diff(
     new: Annotated[Path, typer.Argument(help="The proposed policy.")],
 ) -> None:
     """Show what replacing OLD by NEW does to budgets and exposure (both must be valid)."""
-    from nodes.policy_tools import check_policy_file, render_diff
+    from nodes.policy_check import check_policy_file
+    from nodes.policy_diff import render_diff
 
     results = [check_policy_file(old), check_policy_file(new)]
     bad = [r for r in results if not r.ok]
@@ -48,6 +49,6 @@ def policy_diff(
 @policy_app.command("schema")
 def policy_schema() -> None:
     """Print the policy schema as Markdown (``varde policy schema > docs/POLICY.md``)."""
-    from nodes.policy_tools import render_policy_markdown
+    from nodes.policy_docs import render_policy_markdown
 
     sys.stdout.write(render_policy_markdown())

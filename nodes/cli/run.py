@@ -65,7 +65,7 @@ def node_run(
     ] = None,
 ) -> None:
     """Run a node: enroll if needed, then long-poll the gateway and answer work."""
-    from nodes.policy import PolicyError
+    from nodes.policy_check import PolicyError
     from nodes.runner import run_node
     from nodes.training.supernode import SuperNodeSettings
 

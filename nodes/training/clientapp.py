@@ -66,7 +66,8 @@ from pydantic import ValidationError
 
 from nodes.data import RegistryData, load_registry
 from nodes.ledger import Ledger
-from nodes.policy import Policy, load_policy
+from nodes.policy import Policy
+from nodes.policy_check import load_policy
 from nodes.store import NodeStore
 from nodes.training.evaluation import evaluate_model
 from nodes.training.preflight import approval_gate, preflight

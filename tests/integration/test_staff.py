@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from launcher.network import DEFAULT_POLICIES, LocalNetwork
-from nodes.policy_tools import check_policy_text
+from nodes.policy_check import check_policy_text
 from nodes.store import NodeStore
 from varde_client import VardeClient
 

@@ -36,7 +36,7 @@ from gateway.training.service import TrainingService
 from launcher.flower import start_local_supernode
 from nodes.data import RegistryData, prepare
 from nodes.ledger import Ledger
-from nodes.policy import load_policy
+from nodes.policy_check import load_policy
 from nodes.synth import generate_registry
 from nodes.training.dp import sigmoid
 from nodes.training.features import design

@@ -9,7 +9,8 @@ import yaml
 from pydantic import ValidationError
 
 from launcher.network import DEFAULT_POLICIES
-from nodes.policy import Policy, PolicyError, load_policy
+from nodes.policy import Policy
+from nodes.policy_check import PolicyError, load_policy
 from varde.errors import BudgetExhausted, PolicyViolation
 from varde.query import parse_query
 

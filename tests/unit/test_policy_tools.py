@@ -9,14 +9,10 @@ from typer.testing import CliRunner
 
 from launcher.network import DEFAULT_POLICIES
 from nodes.cli import policy_app
-from nodes.policy import Policy, load_policy
-from nodes.policy_tools import (
-    check_policy_file,
-    check_policy_text,
-    diff_policies,
-    render_diff,
-    render_policy_markdown,
-)
+from nodes.policy import Policy
+from nodes.policy_check import check_policy_file, check_policy_text, load_policy
+from nodes.policy_diff import diff_policies, render_diff
+from nodes.policy_docs import render_policy_markdown
 
 runner = CliRunner()
 

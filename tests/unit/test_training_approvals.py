@@ -326,7 +326,7 @@ def test_training_models_are_validated_and_published(ledger: Ledger, store: Node
 def test_policy_diff_shows_training_changes(tmp_path: Path) -> None:
     import yaml
 
-    from nodes.policy_tools import diff_policies
+    from nodes.policy_diff import diff_policies
 
     old = make_policy(approval=False)
     body = old.model_dump()
