@@ -32,8 +32,9 @@ from gateway.combine import combine
 from nodes.cohort import evaluate
 from nodes.data import prepare
 from nodes.mechanisms import discrete_laplace_std
-from nodes.statistics import exact, plan_dp
+from nodes.statistics import exact, plan
 from nodes.synth import generate_registry
+from varde.budget import PureDP
 from varde.query import parse_query
 from varde.release import SiteRelease
 
@@ -57,7 +58,7 @@ def network_rmse(
     exacts: list[Any], query: Any, *, epsilon: float, k: int, runs: int
 ) -> tuple[float, float]:
     """RMSE of the combined network count around the exact total, and the mean reported sd."""
-    plans = [plan_dp(ex, query, epsilon=epsilon, max_rows=k) for ex in exacts]
+    plans = [plan(ex, query, PureDP(epsilon), max_rows=k) for ex in exacts]
     truth = float(sum(int(ex.counts[0]) for ex in exacts))
     errors, stds = [], []
     for _ in range(runs):

@@ -67,7 +67,7 @@ def test_new_project_waits_then_runs_after_approval(
     path, reloader = policy_file
     rel = handle(node_ctx, make_work(gateway_key, COUNT, query_id="q1"))
     assert rel.status == "awaiting_approval"
-    assert rel.cells == [] and rel.epsilon_charged == 0
+    assert rel.cells == [] and rel.charged is None
     assert "awaiting approval at oslo" in rel.message
     assert rel.message.endswith("The Oslo registry team decides within 2 days.")
     assert node_ctx.ledger.charges() == []
@@ -106,7 +106,7 @@ def test_new_project_waits_then_runs_after_approval(
     assert f"is now version {node_ctx.policy.version}" in res.output
 
     ok = handle(node_ctx, make_work(gateway_key, COUNT, query_id="q3"))
-    assert ok.status == "ok" and ok.epsilon_charged == pytest.approx(0.5)
+    assert ok.status == "ok" and ok.charged.epsilon == pytest.approx(0.5)
     other = {**COUNT, "statistic": {"kind": "histogram", "field": "stage"}}
     assert handle(node_ctx, make_work(gateway_key, other, query_id="q4")).status == "ok"
     kinds = [
@@ -118,7 +118,9 @@ def test_new_project_waits_then_runs_after_approval(
         "approval_requested",
         "cli_policy_edit",
         "approval_granted",
+        "charged",
         "released",
+        "charged",
         "released",
     ]
     edit = node_ctx.store.events("cli_policy_edit")[0]

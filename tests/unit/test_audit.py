@@ -253,8 +253,10 @@ def test_pipeline_audits_receipt_refusals_charges_and_released_values(
     handle(node_ctx, make_work(gateway_key, {**query, "project": "rogue"}, query_id="bad-1"))
     handle(node_ctx, make_work(generate_key(), query, query_id="forged-1"))
     by_kind = {e.kind: e for e in node_ctx.store.events()}
-    released = by_kind["released"].data
-    assert released["epsilon"] == 0.5 and released["spent_after"] == 0.5
+    released, charged = by_kind["released"].data, by_kind["charged"].data
+    assert released["charged"] == {"epsilon": 0.5}
+    assert (charged["measure"], charged["amount"], charged["spent_after"]) == ("epsilon", 0.5, 0.5)
+    assert charged["what"] == "query" and by_kind["charged"].query_id == "ok-1"
     assert released["policy_version"] == node_ctx.policy.version
     assert [c["value"] for c in released["cells"]] == [c.value for c in rel.cells]
     assert by_kind["policy_violation"].query_id == "bad-1"

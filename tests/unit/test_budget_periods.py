@@ -42,11 +42,11 @@ def test_monthly_budget_renews_next_month(
         for i in range(3)
     ]
     assert statuses == ["ok", "ok", "budget_exhausted"]
-    assert node_ctx.remaining()["nsclc-feasibility"] == 0.0
+    assert node_ctx.remaining()["nsclc-feasibility"].epsilon == 0.0
     node_ctx.clock = lambda: dt.datetime(2026, 12, 1, 0, 30, tzinfo=dt.UTC)
-    assert node_ctx.remaining()["nsclc-feasibility"] == pytest.approx(2.0)
+    assert node_ctx.remaining()["nsclc-feasibility"].epsilon == pytest.approx(2.0)
     rel = handle(node_ctx, make_work(gateway_key, query(9), query_id="d1"))
-    assert rel.status == "ok" and rel.budget_remaining == pytest.approx(1.0)
+    assert rel.status == "ok" and rel.budget_remaining.amount == pytest.approx(1.0)
     assert node_ctx.ledger.spent("nsclc-feasibility", period="2026-11") == pytest.approx(2.0)
     assert node_ctx.ledger.spent("nsclc-feasibility", period="2026-12") == pytest.approx(1.0)
     assert node_ctx.ledger.spent("nsclc-feasibility") == 0.0  # the lifetime account is untouched
@@ -62,10 +62,10 @@ def test_preview_reads_the_current_period(
     from .test_funnel import preview_work
 
     pre = handle(node_ctx, preview_work(gateway_key, query(1), "p1"))
-    assert pre.status == "budget_exhausted" and pre.budget_remaining == 0.0
+    assert pre.status == "budget_exhausted" and pre.budget_remaining.amount == 0.0
     node_ctx.clock = lambda: dt.datetime(2026, 4, 1, tzinfo=dt.UTC)
     pre = handle(node_ctx, preview_work(gateway_key, query(1), "p2"))
-    assert pre.status == "ok" and pre.budget_remaining == pytest.approx(1.0)
+    assert pre.status == "ok" and pre.budget_remaining.amount == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(

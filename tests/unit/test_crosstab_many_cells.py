@@ -65,7 +65,7 @@ def test_four_way_dp_release(
     assert rel.status == "ok", rel.message
     assert len(rel.cells) == N_CELLS
     assert [name for name, _ in rel.axes] == AXES
-    assert rel.epsilon_charged == pytest.approx(1.0)
+    assert rel.charged.epsilon == pytest.approx(1.0)
     assert len(node_ctx.ledger.charges()) == 1
     want = pandas_counts(bound_contributions(oslo_frame, 3))
     noise = np.array([c.value for c in rel.cells]) - want

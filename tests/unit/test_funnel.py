@@ -13,11 +13,10 @@ from pydantic import ValidationError
 from nodes.cohort import evaluate
 from nodes.data import RegistryData, bound_contributions
 from nodes.pipeline import NodeContext, handle
-from nodes.statistics import exact, plan_dp
+from nodes.statistics import exact, plan
 from nodes.statistics.base import Exact
-from nodes.statistics.funnel import plan_funnel
 from varde.budget import PureDP
-from varde.query import Funnel, parse_query
+from varde.query import Funnel, Query, parse_query
 
 from ..conftest import make_work
 
@@ -71,8 +70,8 @@ def test_funnel_release_at_large_epsilon_is_close_and_charged_once(
     rel = handle(node_ctx, make_work(gateway_key, FUNNEL))
     assert rel.status == "ok", rel.message
     assert rel.axes == [("step", [s["label"] for s in STEPS])]
-    assert rel.epsilon_charged == pytest.approx(1.0)
-    assert rel.epsilon_charged <= 1.0
+    assert rel.charged.epsilon == pytest.approx(1.0)
+    assert rel.charged.epsilon <= 1.0
     assert rel.mechanism == "opendp.composition(4 x discrete_laplace)"
     # each of the 4 steps gets eps/4: scale = k * 4 / eps
     assert rel.noise_scales == {"count": pytest.approx(3 * 4 / 1.0)}
@@ -84,12 +83,17 @@ def test_funnel_release_at_large_epsilon_is_close_and_charged_once(
         assert cell.ci_high - cell.ci_low == pytest.approx(2 * (cell.value - cell.ci_low))
 
 
+def funnel_query(stat: Funnel) -> Query:
+    """The funnel query of the module with ``stat`` as its statistic."""
+    return parse_query({**FUNNEL, "statistic": stat.model_dump(mode="json")})
+
+
 def test_composition_map_is_the_sum_of_the_steps() -> None:
     stat = Funnel.model_validate({"kind": "funnel", "steps": STEPS[:3]})
     ex = Exact(labels=[["a"], ["b"], ["c"]], counts=np.zeros(3, dtype=np.int64))
-    plan = plan_funnel(ex, stat, epsilon=0.9, max_rows=2)
-    assert plan.epsilon == pytest.approx(0.9) and plan.epsilon <= 0.9
-    assert plan.noise_scales["count"] == pytest.approx(2 * 3 / 0.9)
+    costed = plan(ex, funnel_query(stat), PureDP(0.9), max_rows=2)
+    assert costed.cost.epsilon == pytest.approx(0.9) and costed.cost.epsilon <= 0.9
+    assert costed.noise_scales["count"] == pytest.approx(2 * 3 / 0.9)
 
 
 def test_noise_scale_is_statistically_right() -> None:
@@ -98,8 +102,8 @@ def test_noise_scale_is_statistically_right() -> None:
     stat = Funnel.model_validate({"kind": "funnel", "steps": STEPS[:m]})
     labels = [[str(g), s["label"]] for g in range(groups) for s in STEPS[:m]]
     counts = np.full(groups * m, 1000, dtype=np.int64)
-    plan = plan_funnel(Exact(labels=labels, counts=counts), stat, epsilon=0.2, max_rows=1)
-    cells = plan.release()
+    ex = Exact(labels=labels, counts=counts)
+    cells = plan(ex, funnel_query(stat), PureDP(0.2), max_rows=1).release()
     noise = np.array([c.value for c in cells]) - 1000
     want = cells[0].std
     assert want == pytest.approx(np.sqrt(2) * 1 * m / 0.2, rel=0.01)
@@ -166,7 +170,7 @@ def test_funnel_needs_policy_exposure_of_every_criterion_field(
 def test_plan_dp_routes_funnels(oslo_data: RegistryData) -> None:
     query = parse_query(FUNNEL)
     ex = exact(oslo_data, evaluate(oslo_data, None), query)
-    assert plan_dp(ex, query, epsilon=1.0, max_rows=3).mechanism.startswith("opendp.composition")
+    assert plan(ex, query, PureDP(1.0), max_rows=3).mechanism.startswith("opendp.composition")
 
 
 def preview_work(key: Ed25519PrivateKey, query: dict[str, Any], query_id: str) -> Any:
@@ -194,17 +198,17 @@ def test_preview_prices_exactly_what_the_release_then_costs(
     pre = handle(node_ctx, preview_work(gateway_key, FUNNEL, "p1"))
     assert pre.status == "ok" and pre.preview and pre.cells == []
     assert node_ctx.ledger.charges() == []
-    assert pre.epsilon_planned == pytest.approx(1.0)
+    assert pre.planned.epsilon == pytest.approx(1.0)
     assert "previewed" in [e.kind for e in node_ctx.store.events()]
     rel = handle(node_ctx, make_work(gateway_key, FUNNEL, query_id="q1"))
-    assert rel.epsilon_charged == pre.epsilon_planned
+    assert rel.charged.epsilon == pre.planned.epsilon
     assert rel.noise_scales == pre.noise_scales and rel.mechanism == pre.mechanism
     cell = rel.cells[0]
     assert cell.ci_high - cell.value == pytest.approx(pre.accuracy["count"])
     assert cell.std == pytest.approx(pre.noise_std["count"])
     # a repeat would come from the cache: priced at zero
     again = handle(node_ctx, preview_work(gateway_key, FUNNEL, "p2"))
-    assert again.cached and again.epsilon_planned == 0.0
+    assert again.cached and again.planned.epsilon == 0.0
     assert len(node_ctx.ledger.charges()) == 1
 
 
@@ -216,7 +220,7 @@ def test_preview_flags_a_budget_it_would_exceed(
     )
     pre = handle(node_ctx, preview_work(gateway_key, FUNNEL, "p1"))
     assert pre.status == "budget_exhausted" and "needs 1" in pre.message
-    assert pre.budget_remaining == pytest.approx(0.5)
+    assert pre.budget_remaining.amount == pytest.approx(0.5)
     assert len(node_ctx.ledger.charges()) == 1
 
 

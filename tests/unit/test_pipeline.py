@@ -31,15 +31,15 @@ def test_release_is_charged_signed_shape(
 ) -> None:
     rel = handle(node_ctx, make_work(gateway_key, COUNT))
     assert rel.status == "ok", rel.message
-    assert rel.epsilon_charged == pytest.approx(0.5)
+    assert rel.charged.epsilon == pytest.approx(0.5)
     assert spent(node_ctx) == pytest.approx(0.5)
-    assert rel.budget_remaining == pytest.approx(9.5)
+    assert rel.budget_remaining.amount == pytest.approx(9.5)
     assert rel.mechanism == "opendp.discrete_laplace"
     assert rel.noise_scales == {"count": pytest.approx(3 / 0.5)}
     (cell,) = rel.cells
     assert cell.ci_low < cell.value < cell.ci_high
     kinds = [e.kind for e in node_ctx.store.events()]
-    assert kinds == ["work_received", "released"]
+    assert kinds == ["work_received", "charged", "released"]  # the charge has its own entry
 
 
 def test_project_not_in_policy_is_refused_even_if_gateway_signed_it(
@@ -147,7 +147,7 @@ def test_aggregate_mode_where_policy_allows(
     }
     rel = handle(node_ctx, make_work(gateway_key, query))
     assert rel.status == "ok" and rel.mode == "aggregate"
-    assert rel.epsilon_charged == 0 and node_ctx.ledger.charges() == []
+    assert rel.charged is None and node_ctx.ledger.charges() == []
     assert all(c.status == "suppressed" or c.value == int(c.value) for c in rel.cells)
 
 

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from gateway.combine import combine
 from nodes.cohort import evaluate
 from nodes.data import RegistryData, bound_contributions
-from nodes.statistics import exact, plan_dp
+from nodes.statistics import exact, plan
+from varde.budget import PureDP
 from varde.query import parse_query
 from varde.release import SiteRelease
 
@@ -52,7 +53,7 @@ def test_exact_interval_counts(oslo_frame: pd.DataFrame, oslo_data: RegistryData
 def test_dp_quantiles_at_large_epsilon(oslo_frame: pd.DataFrame, oslo_data: RegistryData) -> None:
     query = parse_query(MEDIAN)
     ex = exact(oslo_data, evaluate(oslo_data, None), query)
-    cells = plan_dp(ex, query, epsilon=200.0, max_rows=3).release()
+    cells = plan(ex, query, PureDP(200.0), max_rows=3).release()
     ages = bound_contributions(oslo_frame, 3).age_at_diagnosis.dropna().to_numpy()
     for cell, alpha in zip(cells, [0.25, 0.5, 0.75], strict=True):
         assert cell.value == pytest.approx(interpolated_quantile(ages, alpha), abs=0.05)
@@ -67,9 +68,9 @@ def test_interval_count_noise_has_the_planned_scale(oslo_data: RegistryData) -> 
         {**MEDIAN, "statistic": {**MEDIAN["statistic"], "candidates": edges, "alphas": [0.5]}}
     )
     ex = exact(oslo_data, evaluate(oslo_data, None), query)
-    plan = plan_dp(ex, query, epsilon=0.5, max_rows=3)
-    assert plan.noise_scales == {"count": pytest.approx(6.0)}
-    (cell,) = plan.release()
+    costed = plan(ex, query, PureDP(0.5), max_rows=3)
+    assert costed.noise_scales == {"count": pytest.approx(6.0)}
+    (cell,) = costed.release()
     noise = np.array([cell.parts[f"bin{i}"] for i in range(1000)]) - ex.counts
     assert np.std(noise) == pytest.approx(cell.part_std["bin0"], rel=0.1)
     assert cell.ci_low < cell.value < cell.ci_high
@@ -78,8 +79,8 @@ def test_interval_count_noise_has_the_planned_scale(oslo_data: RegistryData) -> 
 def _site_release(data: RegistryData, site: str, mask: np.ndarray, eps: float) -> SiteRelease:
     query = parse_query({**MEDIAN, "statistic": {**MEDIAN["statistic"], "alphas": [0.5]}})
     ex = exact(data, mask, query)
-    plan = plan_dp(ex, query, epsilon=eps, max_rows=3)
-    return SiteRelease(query_id="q", site=site, status="ok", cells=plan.release())
+    costed = plan(ex, query, PureDP(eps), max_rows=3)
+    return SiteRelease(query_id="q", site=site, status="ok", cells=costed.release())
 
 
 def test_pooled_median_is_the_median_of_the_union_not_the_mean_of_medians(

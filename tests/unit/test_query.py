@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from varde.budget import PureDP
 from varde.query import Query, parse_query, predicate_fields
 from varde.schema import FIELDS_BY_NAME, FieldKind
 
@@ -42,7 +43,7 @@ def test_feasibility_query_parses() -> None:
     assert query.fields_read() == {
         "topography", "stage", "egfr", "age_at_diagnosis", "diagnosis_date", "sex",
     }  # fmt: skip
-    assert query.epsilon == 0.5
+    assert query.budget == PureDP(0.5)
     assert query.cell_count() == 1
 
 

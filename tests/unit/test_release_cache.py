@@ -55,11 +55,11 @@ def test_repeat_returns_the_same_release_and_charges_nothing(
     assert first.status == again.status == rewritten.status == "ok"
     assert not first.cached and again.cached and rewritten.cached
     assert again.cells == first.cells == rewritten.cells
-    assert again.epsilon_charged == 0.0 and first.epsilon_charged == pytest.approx(0.5)
+    assert again.charged.epsilon == 0.0 and first.charged.epsilon == pytest.approx(0.5)
     assert again.noise_scales == first.noise_scales and again.mechanism == first.mechanism
     assert "repeat of query q1" in again.message
     assert [c.query_id for c in node_ctx.ledger.charges()] == ["q1"]
-    assert again.budget_remaining == pytest.approx(9.5)
+    assert again.budget_remaining.amount == pytest.approx(9.5)
     assert [e.kind for e in node_ctx.store.events()].count("released_from_cache") == 2
 
 

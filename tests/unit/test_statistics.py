@@ -16,7 +16,9 @@ from nodes.cohort import evaluate
 from nodes.data import RegistryData, prepare
 from nodes.mechanisms import ALPHA, discrete_laplace_std, plan_laplace
 from nodes.sensitivity import MEAN_NORMALISED_SENSITIVITY, count_sensitivity, sum_sensitivity
-from nodes.statistics import exact, plan_dp, release_aggregate
+from nodes.statistics import exact, plan
+from nodes.statistics.suppression import release_aggregate
+from varde.budget import PureDP
 from varde.query import parse_query
 
 LUNG = {"op": "eq", "field": "cancer_type", "value": "lung"}
@@ -100,9 +102,9 @@ def test_dp_at_large_epsilon_is_close(oslo_data: RegistryData) -> None:
         privacy={"mode": "dp", "epsilon": 50.0},
     )
     ex = exact(oslo_data, evaluate(oslo_data, q.cohort), q)
-    plan = plan_dp(ex, q, epsilon=50.0, max_rows=3)
-    assert plan.epsilon <= 50.0
-    cells = plan.release()
+    costed = plan(ex, q, PureDP(50.0), max_rows=3)
+    assert costed.cost.epsilon <= 50.0
+    cells = costed.release()
     for cell, n in zip(cells, ex.counts, strict=True):
         assert abs(cell.value - n) <= 3  # scale 3/50: |noise| > 3 has probability ~e^-50
         assert cell.ci_low <= n <= cell.ci_high
@@ -115,7 +117,7 @@ def test_dp_mean_at_large_epsilon(oslo_frame: pd.DataFrame, oslo_data: RegistryD
         privacy={"mode": "dp", "epsilon": 5.0},
     )
     ex = exact(oslo_data, evaluate(oslo_data, q.cohort), q)
-    cell = plan_dp(ex, q, epsilon=5.0, max_rows=3).release()[0]
+    cell = plan(ex, q, PureDP(5.0), max_rows=3).release()[0]
     ref = bounded_frame(oslo_frame, 3)
     want = ref[ref.cancer_type == "lung"].age_at_diagnosis.clip(18, 100).mean()
     assert cell.value == pytest.approx(want, abs=0.5)
@@ -165,16 +167,16 @@ def test_sum_noise_is_laplace_with_the_right_scale() -> None:
 
 def test_mean_release_charges_epsilon_once() -> None:
     plan = plan_laplace(sensitivity=MEAN_NORMALISED_SENSITIVITY, epsilon=0.4, integer=False)
-    assert plan.epsilon <= 0.4
-    assert plan.epsilon == pytest.approx(0.4, rel=1e-9)
+    assert plan.cost.epsilon <= 0.4
+    assert plan.cost.epsilon == pytest.approx(0.4, rel=1e-9)
 
 
 def test_charge_never_exceeds_request_despite_rounding() -> None:
     # 10/0.7 rounds so that OpenDP's map says 0.7000000000000001; the plan must nudge the scale
     plan = plan_laplace(sensitivity=2.0, epsilon=0.3, integer=False)
-    assert plan.epsilon <= 0.3
+    assert plan.cost.epsilon <= 0.3
     for eps in (0.7, 0.3, 0.1, 1 / 3):
-        assert plan_laplace(sensitivity=10.0, epsilon=eps, integer=False).epsilon <= eps
+        assert plan_laplace(sensitivity=10.0, epsilon=eps, integer=False).cost.epsilon <= eps
 
 
 # --- sensitivity: removing any one patient moves the exact vector by at most the stated L1 ---

@@ -15,8 +15,8 @@ from hypothesis.extra import numpy as hnp
 from nodes.cohort import evaluate
 from nodes.data import RegistryData
 from nodes.pipeline import NodeContext, handle
-from nodes.statistics import exact, release_aggregate
-from nodes.statistics.suppression import complementary_suppression
+from nodes.statistics import exact
+from nodes.statistics.suppression import complementary_suppression, release_aggregate
 from varde.budget import PureDP
 from varde.query import parse_query
 

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from gateway.combine import combine
 from nodes.cohort import evaluate
 from nodes.data import RegistryData, bound_contributions
-from nodes.statistics import exact, plan_dp
+from nodes.statistics import exact, plan
+from varde.budget import PureDP
 from varde.estimates import survival_from_counts
 from varde.query import DAYS_PER_MONTH, parse_query
 from varde.release import SiteRelease
@@ -59,7 +60,7 @@ def test_dp_curve_matches_lifelines_at_large_epsilon(
 ) -> None:
     query = parse_query(SURV)
     ex = exact(oslo_data, evaluate(oslo_data, query.cohort), query)
-    cells = plan_dp(ex, query, epsilon=100.0, max_rows=3).release()
+    cells = plan(ex, query, PureDP(100.0), max_rows=3).release()
     assert len(cells) == 61 and cells[-1].labels == ["median"]
     curve = np.array([c.value for c in cells[:60]])
     want = km_exact(lung(oslo_frame), list(range(1, 61)))
@@ -81,10 +82,10 @@ def test_band_covers_the_exact_curve_at_small_epsilon(
     query = parse_query(SURV)
     ex = exact(oslo_data, evaluate(oslo_data, query.cohort), query)
     want = km_exact(lung(oslo_frame), [12, 24, 36])
-    plan = plan_dp(ex, query, epsilon=0.2, max_rows=3)
+    costed = plan(ex, query, PureDP(0.2), max_rows=3)
     hits, total = 0, 0
     for _ in range(60):
-        cells = plan.release()
+        cells = costed.release()
         for j, month in enumerate([12, 24, 36]):
             cell = cells[month - 1]
             hits += cell.ci_low <= want[j] <= cell.ci_high
@@ -101,7 +102,7 @@ def test_pooled_curve_is_the_curve_of_the_pooled_data(
     releases = []
     for site, ctype in {"a": "lung", "b": "breast", "c": "pancreas"}.items():
         mask = types == ctype
-        cells = plan_dp(exact(oslo_data, mask, query), query, epsilon=100.0, max_rows=3).release()
+        cells = plan(exact(oslo_data, mask, query), query, PureDP(100.0), max_rows=3).release()
         releases.append(SiteRelease(query_id="q", site=site, status="ok", cells=cells))
     net = combine(query, releases)
     assert net is not None and len(net.cells) == 61
@@ -119,7 +120,7 @@ def test_group_by_stage_gives_one_curve_per_stage(oslo_data: RegistryData) -> No
         {**SURV, "group_by": ["stage"], "statistic": {"kind": "survival", "horizon_months": 24}}
     )
     ex = exact(oslo_data, evaluate(oslo_data, query.cohort), query)
-    cells = plan_dp(ex, query, epsilon=100.0, max_rows=3).release()
+    cells = plan(ex, query, PureDP(100.0), max_rows=3).release()
     assert len(cells) == 6 * 25
     by_stage = {c.labels[0]: c.value for c in cells if c.labels[1] == "24m"}
     assert by_stage["I"] > by_stage["IV"]  # stage IV lung cancer dies faster

@@ -47,13 +47,13 @@ def test_zcdp_release_charges_rho_with_gaussian_noise_of_the_planned_scale(
     rel = handle(node_ctx, make_work(gateway_key, query(), query_id="z1"))
     assert rel.status == "ok", rel.message
     assert rel.mode == "zcdp" and rel.mechanism == "opendp.discrete_gaussian"
-    assert rel.rho_charged == pytest.approx(0.125) and rel.epsilon_charged == 0.0
+    assert rel.charged.rho == pytest.approx(0.125) and rel.charged.measure == "rho"
     # L2 sensitivity k = 3, rho = 0.125: scale = 3 / sqrt(2 * 0.125) = 6
     assert rel.noise_scales == {"count": pytest.approx(6.0)}
     (charge,) = node_ctx.ledger.charges()
     assert charge.measure == "rho" and charge.amount == pytest.approx(0.125)
     assert node_ctx.ledger.spent(P) == 0.0  # the epsilon account is untouched
-    assert rel.budget_total == 0.5 and rel.budget_remaining == pytest.approx(0.375)
+    assert rel.budget_total.amount == 0.5 and rel.budget_remaining.amount == pytest.approx(0.375)
     q = parse_query(query())
     want = exact(oslo_data, evaluate(oslo_data, q.cohort), q).counts
     noise = np.array([c.value for c in rel.cells]) - want
@@ -74,7 +74,7 @@ def test_rho_budget_is_enforced_and_repeats_are_free(
     ]
     assert statuses == ["ok", "ok", "budget_exhausted"]
     again = handle(node_ctx, make_work(gateway_key, query(0, rho=0.2), query_id="again"))
-    assert again.cached and again.mode == "zcdp" and again.rho_charged == 0.0
+    assert again.cached and again.mode == "zcdp" and again.charged.rho == 0.0
     assert node_ctx.ledger.spent(P, measure="rho") == pytest.approx(0.4)
 
 
@@ -104,7 +104,7 @@ def test_preview_prices_rho(node_ctx: NodeContext, gateway_key: Ed25519PrivateKe
     zcdp(node_ctx)
     pre = handle(node_ctx, preview_work(gateway_key, query(), "p1"))
     assert pre.status == "ok" and pre.mode == "zcdp"
-    assert pre.rho_planned == pytest.approx(0.125) and pre.epsilon_planned == 0.0
+    assert pre.planned.rho == pytest.approx(0.125) and pre.planned.measure == "rho"
     assert node_ctx.ledger.charges() == []
 
 

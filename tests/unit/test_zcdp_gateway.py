@@ -22,6 +22,7 @@ from gateway.core.db import Node
 from gateway.queries import precheck
 from gateway.state import GatewayState
 from nodes.policy import Policy
+from varde.budget import ZCDP, PureDP
 from varde.query import parse_query
 from varde.release import Manifest
 
@@ -38,7 +39,7 @@ def zcdp_manifest(oslo_policy: Policy, left: float = 0.4) -> Manifest:
     pol = policy_with(
         oslo_policy, "bergen", accounting="zcdp", rho_budget=0.5, max_rho_per_query=0.25
     )
-    return pol.manifest({P: left})
+    return pol.manifest({P: ZCDP(left)})
 
 
 def q(privacy: dict[str, Any], statistic: dict[str, Any] | None = None) -> Any:
@@ -50,12 +51,15 @@ def q(privacy: dict[str, Any], statistic: dict[str, Any] | None = None) -> Any:
 def test_manifest_carries_the_accounting_and_rho(oslo_policy: Policy) -> None:
     terms = zcdp_manifest(oslo_policy).projects[P]
     assert terms.accounting == "zcdp"
-    assert (terms.rho_budget, terms.max_rho_per_query, terms.rho_remaining) == (0.5, 0.25, 0.4)
-    assert terms.remaining == 0.4
-    assert terms.epsilon_remaining == terms.epsilon_budget  # queries spend rho, not epsilon
-    eps = oslo_policy.manifest({P: 7.5}).projects[P]
-    assert eps.accounting == "epsilon" and eps.remaining == eps.epsilon_remaining == 7.5
-    assert eps.rho_remaining == 0.0 and eps.max_rho_per_query is None
+    assert (terms.budget, terms.max_per_query, terms.remaining) == (
+        ZCDP(0.5),
+        ZCDP(0.25),
+        ZCDP(0.4),
+    )
+    assert terms.remaining == ZCDP(0.4)  # queries spend rho, not epsilon: no epsilon is published
+    eps = oslo_policy.manifest({P: PureDP(7.5)}).projects[P]
+    assert eps.accounting == "epsilon" and eps.remaining == PureDP(7.5)
+    assert eps.budget.measure == eps.max_per_query.measure == "epsilon"
 
 
 @pytest.mark.parametrize(
@@ -97,13 +101,13 @@ def test_precheck_compares_rho_for_a_zcdp_project(
     want: tuple[str, str] | None,
 ) -> None:
     manifest = zcdp_manifest(oslo_policy, left=0.2)
-    assert precheck(manifest, q(privacy, statistic), "bergen") == want
+    assert precheck(manifest, q(privacy, statistic)) == want
 
 
 def test_precheck_refuses_zcdp_to_an_epsilon_project(oslo_policy: Policy) -> None:
-    manifest = oslo_policy.manifest({P: 10.0})
+    manifest = oslo_policy.manifest({P: PureDP(10.0)})
     # rho 0.5 is below the epsilon cap 1.0: the old pre-check compared them and let it through
-    assert precheck(manifest, q({"mode": "zcdp", "rho": 0.5}), "oslo") == (
+    assert precheck(manifest, q({"mode": "zcdp", "rho": 0.5})) == (
         "policy_violation",
         "project 'nsclc-feasibility' accounts in epsilon at 'oslo': "
         'ask with privacy {"mode": "dp", "epsilon": ...}',
@@ -136,7 +140,7 @@ def api(tmp_path: Path, oslo_policy: Policy) -> Api:
         s.add_all([Node(site="bergen", public_key="x"), Node(site="oslo", public_key="y")])
         s.commit()
     state.dispatcher._site("bergen").manifest = zcdp_manifest(oslo_policy)
-    state.dispatcher._site("oslo").manifest = oslo_policy.manifest({P: 9.0})
+    state.dispatcher._site("oslo").manifest = oslo_policy.manifest({P: PureDP(9.0)})
     return Api(state, token)
 
 
@@ -146,15 +150,12 @@ def test_budgets_show_rho_for_zcdp_projects(api: Api) -> None:
     sites = resp.json()["projects"][P]
     assert sites["bergen"] == {
         "accounting": "zcdp",
-        "epsilon_budget": 10.0,
-        "max_epsilon_per_query": 1.0,
-        "epsilon_remaining": 10.0,
-        "rho_budget": 0.5,
-        "max_rho_per_query": 0.25,
-        "rho_remaining": 0.4,
+        "budget": {"rho": 0.5},
+        "max_per_query": {"rho": 0.25},
+        "remaining": {"rho": 0.4},
     }
-    assert sites["oslo"]["accounting"] == "epsilon" and "rho_remaining" not in sites["oslo"]
-    assert sites["oslo"]["epsilon_remaining"] == 9.0
+    assert sites["oslo"]["accounting"] == "epsilon"
+    assert sites["oslo"]["remaining"] == {"epsilon": 9.0}
 
 
 def test_preview_and_query_refuse_the_wrong_mode_per_site(api: Api) -> None:
@@ -166,7 +167,7 @@ def test_preview_and_query_refuse_the_wrong_mode_per_site(api: Api) -> None:
     pre = api.call("POST", "/v1/queries/preview", body)
     assert pre.status_code == 200, pre.text
     rows = {r["site"]: r for r in pre.json()["sites"]}
-    assert pre.json()["rho_requested"] == 0.2 and pre.json()["epsilon_requested"] == 0.0
+    assert pre.json()["requested"] == {"rho": 0.2}
     assert rows["oslo"]["status"] == "policy_violation"
     assert "accounts in epsilon at 'oslo'" in rows["oslo"]["message"]
     assert rows["bergen"]["status"] == "unavailable"  # passed the pre-check; not connected
@@ -181,8 +182,9 @@ def test_preview_and_query_refuse_the_wrong_mode_per_site(api: Api) -> None:
 
 def test_a_zcdp_release_updates_the_gateways_rho_view(api: Api, oslo_policy: Policy) -> None:
     disp = api.app.state.varde.dispatcher
-    disp.note_budget("bergen", P, 0.15)
-    disp.note_budget("oslo", P, 8.0)
+    disp.note_budget("bergen", P, ZCDP(0.15))
+    disp.note_budget("oslo", P, PureDP(8.0))
+    disp.note_budget("oslo", P, ZCDP(0.01))  # a release in another measure cannot apply here
     bergen, oslo = disp.manifest("bergen").projects[P], disp.manifest("oslo").projects[P]
-    assert bergen.rho_remaining == 0.15 and bergen.epsilon_remaining == 10.0
-    assert oslo.epsilon_remaining == 8.0 and oslo.rho_remaining == 0.0
+    assert bergen.remaining == ZCDP(0.15)
+    assert oslo.remaining == PureDP(8.0)

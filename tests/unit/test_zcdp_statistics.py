@@ -19,7 +19,8 @@ from gateway.combine import combine
 from nodes.cohort import evaluate
 from nodes.data import RegistryData, bound_contributions
 from nodes.pipeline import NodeContext, handle
-from nodes.statistics import cost_zcdp, exact, plan_zcdp
+from nodes.statistics import exact, plan, price
+from varde.budget import ZCDP
 from varde.estimates import survival_from_counts
 from varde.query import DAYS_PER_MONTH, Query, parse_query
 from varde.release import SiteRelease
@@ -88,8 +89,8 @@ def test_sum_and_mean_match_pandas_at_large_rho(
     assert rel.mode == "zcdp" and rel.mechanism == "opendp.gaussian"
     # L2 sensitivity k * max(|L|, |U|) = 300; scale 300 / sqrt(2 rho)
     assert rel.noise_scales["sum"] == pytest.approx(300 / math.sqrt(2 * HUGE))
-    assert rel.rho_charged == pytest.approx(HUGE) and rel.rho_charged <= HUGE
-    assert rel.epsilon_charged == 0.0
+    assert rel.charged.rho == pytest.approx(HUGE) and rel.charged.rho <= HUGE
+    assert rel.charged.measure == "rho"  # no epsilon is charged in zCDP mode
     (cell,) = rel.cells
     assert cell.value == pytest.approx(float(ages.clip(0, 100).sum()), abs=1.0)
     assert cell.ci_low < cell.value < cell.ci_high
@@ -112,7 +113,7 @@ def test_funnel_matches_the_exact_attrition_at_large_rho(
     assert rel.mechanism == "opendp.composition(4 x discrete_gaussian)"
     # rho split over 4 steps by OpenDP's composition: each step's scale is 3 / sqrt(2 rho / 4)
     assert rel.noise_scales["count"] == pytest.approx(K / math.sqrt(2 * HUGE / 4))
-    assert rel.rho_charged == pytest.approx(HUGE) and rel.rho_charged <= HUGE
+    assert rel.charged.rho == pytest.approx(HUGE) and rel.charged.rho <= HUGE
     want = exact_attrition(bounded(oslo_frame), by="sex").to_numpy().reshape(-1)
     assert [c.value for c in rel.cells] == want.tolist()
 
@@ -158,14 +159,14 @@ def test_survival_matches_the_exact_counts_at_large_rho(
 def _plan(data: RegistryData, spec: dict[str, Any], rho: float) -> tuple[Query, Any, Any]:
     q = parse_query(spec)
     ex = exact(data, evaluate(data, q.cohort), q)
-    return q, ex, plan_zcdp(ex, q, rho=rho, max_rows=K)
+    return q, ex, plan(ex, q, ZCDP(rho), max_rows=K)
 
 
 def test_sum_noise_has_the_gaussian_scale(oslo_data: RegistryData) -> None:
     rho = 0.5
     _, ex, plan = _plan(oslo_data, body("sum", rho, group_by=GROUPS), rho)
     sd = K * 100 / math.sqrt(2 * rho)  # 300
-    assert plan.noise_scales == {"sum": pytest.approx(sd)} and plan.epsilon <= rho
+    assert plan.noise_scales == {"sum": pytest.approx(sd)} and plan.cost.rho <= rho
     cells = plan.release()
     noise = np.array([c.value for c in cells]) - ex.sums
     assert noise.size == 1944
@@ -200,7 +201,7 @@ def test_funnel_steps_have_the_composed_gaussian_scale(oslo_data: RegistryData) 
     _, ex, plan = _plan(oslo_data, spec, rho)
     sd = K / math.sqrt(2 * rho / len(STEPS))  # 3 / sqrt(0.2) ~ 6.7 per step
     assert plan.noise_scales == {"count": pytest.approx(sd)}
-    assert plan.epsilon == pytest.approx(rho) and plan.epsilon <= rho
+    assert plan.cost.rho == pytest.approx(rho) and plan.cost.rho <= rho
     noise = np.array([c.value for c in plan.release()]) - ex.counts
     assert noise.size == len(ex.labels) == 864  # 216 (type, stage, sex) groups x 4 steps
     assert_sd(noise, sd)
@@ -244,7 +245,7 @@ def test_network_row_adds_gaussian_variances(oslo_data: RegistryData) -> None:
             site=site,
             status="ok",
             mode="zcdp",
-            rho_charged=plan.epsilon,
+            charged=plan.cost,
             cells=plan.release(),
         )
         for site in ("a", "b", "c")
@@ -255,7 +256,7 @@ def test_network_row_adds_gaussian_variances(oslo_data: RegistryData) -> None:
     assert cell.std == pytest.approx(math.sqrt(3) * 300)
     assert cell.value == pytest.approx(sum(r.cells[0].value or 0 for r in releases))
     assert cell.ci_high - cell.value == pytest.approx(1.959964 * math.sqrt(3) * 300, rel=1e-5)
-    assert net.rho_spent == {s: pytest.approx(rho) for s in "abc"}
+    assert {s: b.rho for s, b in net.spent.items()} == {s: pytest.approx(rho) for s in "abc"}
 
 
 @pytest.mark.parametrize("kind", sorted(STATISTICS))
@@ -266,12 +267,12 @@ def test_preview_prices_rho_for_every_statistic(
     pre = handle(node_ctx, preview_work(gateway_key, body(kind, 0.2), "p"))
     assert pre.status == "ok", pre.message
     assert pre.mode == "zcdp" and "gaussian" in pre.mechanism
-    assert pre.rho_planned == pytest.approx(0.2) and pre.epsilon_planned == 0.0
-    assert pre.budget_remaining == pytest.approx(0.5)
+    assert pre.planned.rho == pytest.approx(0.2) and pre.planned.measure == "rho"
+    assert pre.budget_remaining.amount == pytest.approx(0.5)
     assert pre.accuracy and all(v > 0 for v in pre.accuracy.values())
     assert node_ctx.ledger.charges() == []
     # the preview's price is the plan's: OpenDP's map of the measurement that would release
-    assert cost_zcdp(parse_query(body(kind, 0.2)), rho=0.2, max_rows=K).epsilon == pre.rho_planned
+    assert price(parse_query(body(kind, 0.2)), ZCDP(0.2), max_rows=K).cost.rho == pre.planned.rho
 
 
 # ---------------------------------------------------------------- bad input: 4xx, nothing charged
