@@ -448,9 +448,9 @@ def _refusal(query_id: str, site: str, err: VardeError, started: float) -> SiteR
     )
 
 
-def run(ctx: NodeContext, item: WorkState, steps: Sequence[Step] = PIPELINE) -> SiteRelease:
-    """Run ``steps`` on ``item``; the first release a step returns ends it."""
-    for step in steps:
+def run(ctx: NodeContext, item: WorkState, steps: Sequence[Step] | None = None) -> SiteRelease:
+    """Run ``steps`` (default :data:`PIPELINE`) on ``item``; a step's release ends it early."""
+    for step in PIPELINE if steps is None else steps:
         early = step(ctx, item)
         if early is not None:
             return early

@@ -133,7 +133,7 @@ def test_killed_node_then_restart_keeps_its_ledger(network: LocalNetwork) -> Non
     again = _query(network, {**COUNT, "timeout_s": 10})
     site = {r["site"]: r for r in again["sites"]}["trondheim"]
     was = {r["site"]: r for r in first["sites"]}["trondheim"]
-    assert site["cached"] and site["epsilon_charged"] == 0.0
+    assert site["cached"] and site["charged"] == {"epsilon": 0.0}
     assert site["cells"] == was["cells"]
     assert led.spent("nsclc-feasibility") == pytest.approx(spent_before)
     # a new question is charged
@@ -142,7 +142,9 @@ def test_killed_node_then_restart_keeps_its_ledger(network: LocalNetwork) -> Non
     rows = {r["site"]: r for r in res["sites"]}
     assert rows["trondheim"]["status"] == "ok" and not rows["trondheim"]["cached"]
     assert led.spent("nsclc-feasibility") == pytest.approx(spent_before + 0.1)
-    assert rows["trondheim"]["budget_remaining"] == pytest.approx(6.0 - spent_before - 0.1)
+    assert rows["trondheim"]["budget_remaining"]["epsilon"] == pytest.approx(
+        6.0 - spent_before - 0.1
+    )
     led.close()
 
 

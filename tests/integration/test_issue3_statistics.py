@@ -53,7 +53,7 @@ def test_repeat_query_is_served_from_each_sites_cache(
     for was, now in zip(first["sites"], again["sites"], strict=True):
         assert was["status"] == now["status"] == "ok"
         assert not was["cached"] and now["cached"]
-        assert now["epsilon_charged"] == 0.0
+        assert now["charged"] == {"epsilon": 0.0}
         assert now["cells"] == was["cells"]
     assert again["network"]["cells"] == first["network"]["cells"]
     after = {s: ledger_of(network, s).spent("nsclc-feasibility") for s in network.sites}
@@ -92,7 +92,9 @@ def test_preview_then_funnel(network: LocalNetwork) -> None:
     preview = pre.json()
     assert charges_everywhere(network) == before  # a preview charges nothing
     assert preview["cells"] == 3
-    assert preview["epsilon_planned"] == pytest.approx(dict.fromkeys(network.sites, 0.6))
+    assert {s: b["epsilon"] for s, b in preview["planned"].items()} == pytest.approx(
+        dict.fromkeys(network.sites, 0.6)
+    )
     for row in preview["sites"]:
         assert row["preview"] and row["cells"] == []
         # eps 0.6 over 3 steps by composition: scale k * 3 / 0.6 per step
@@ -114,7 +116,7 @@ def test_preview_then_funnel(network: LocalNetwork) -> None:
     raw = res.json()
     assert raw["axes"] == [["step", ["lung", "stage IV", "age 18-75"]]]
     for row in raw["sites"]:
-        assert row["status"] == "ok" and row["epsilon_charged"] == pytest.approx(0.6)
+        assert row["status"] == "ok" and row["charged"]["epsilon"] == pytest.approx(0.6)
         assert row["mechanism"] == "opendp.composition(3 x discrete_laplace)"
         hw = row["accuracy"]["count"]
         site_pre = next(p for p in preview["sites"] if p["site"] == row["site"])
@@ -177,7 +179,7 @@ def test_preview_refuses_like_the_query(network: LocalNetwork) -> None:
     )
     assert over.status_code == 200
     assert {r["status"] for r in over.json()["sites"]} == {"policy_violation"}
-    assert over.json()["epsilon_planned"] == {}
+    assert over.json()["planned"] == {}
 
 
 def test_four_way_crosstab_over_the_network(network: LocalNetwork, client: VardeClient) -> None:

@@ -52,7 +52,7 @@ def test_feasibility_count_end_to_end(network: LocalNetwork, client: VardeClient
         scale = ks[row["site"]] / 0.5
         assert row["noise_scales"]["count"] == pytest.approx(scale)
         assert abs(cell["value"] - want) < 12 * scale  # |Laplace| > 12 b has probability e^-12
-        assert row["epsilon_charged"] == pytest.approx(0.5)
+        assert row["charged"] == {"epsilon": pytest.approx(0.5)}
         after = ledger_of(network, row["site"]).spent("nsclc-feasibility")
         assert after - before[row["site"]] == pytest.approx(0.5)
         assert row["budget_remaining"] is not None
@@ -224,7 +224,7 @@ def test_catalog_endpoints(network: LocalNetwork, client: VardeClient) -> None:
     assert set(sites.site) == set(network.sites) and sites.connected.all()
     budgets = client.budgets()
     row = budgets[(budgets.project == "nsclc-feasibility") & (budgets.site == "oslo")].iloc[0]
-    assert row.epsilon_budget == 10.0 and row.epsilon_remaining <= 10.0
+    assert row.measure == "epsilon" and row.budget == 10.0 and row.remaining <= 10.0
     unserved = budgets[(budgets.project == "breast-outcomes") & (budgets.site == "trondheim")]
     assert list(unserved.accounting) == ["not served"]
     assert httpx.get(f"{network.url}/docs").status_code == 200

@@ -116,7 +116,9 @@ def test_hot_reload_under_concurrent_queries_loses_and_doubles_no_charge(
     released_ids = [r["query_id"] for r in results]
     # every released answer paid exactly once, and nothing was charged that was not released
     assert sorted(charged_ids) == sorted(released_ids)
-    assert sum(c.amount for c in charges) == pytest.approx(sum(s["epsilon_charged"] for s in rows))
+    assert sum(c.amount for c in charges) == pytest.approx(
+        sum(s["charged"]["epsilon"] for s in rows)
+    )
 
     changed = _events(staff_net, "policy_changed")[-4:]
     refused = _events(staff_net, "policy_refused")
@@ -134,7 +136,7 @@ def test_hot_reload_under_concurrent_queries_loses_and_doubles_no_charge(
     with VardeClient(staff_net.url, staff_net.token, timeout=60) as client:
         (site,) = client.query(_query(999)).raw["sites"]
     assert site["status"] == "ok"
-    assert site["budget_total"] == 10.0
+    assert site["budget_total"] == {"epsilon": 10.0}
 
 
 def test_audit_trail_of_a_running_node_verifies(staff_net: LocalNetwork) -> None:
@@ -187,7 +189,7 @@ def test_approvals_end_to_end(staff_net: LocalNetwork) -> None:
         assert res.exit_code == 0, res.output
         assert len(led.charges()) == before  # nothing charged while waiting
         (site,) = client.query(big).raw["sites"]
-        assert site["status"] == "ok" and site["epsilon_charged"] == pytest.approx(0.5)
+        assert site["status"] == "ok" and site["charged"]["epsilon"] == pytest.approx(0.5)
         assert len(led.charges()) == before + 1
 
         other = _query(701, epsilon=0.6)
@@ -258,7 +260,7 @@ def test_project_approval_is_a_policy_version_the_running_node_loads(
             )
         )
         (row,) = client.query(_query(900)).raw["sites"]
-        assert row["status"] == "ok" and row["epsilon_charged"] > 0
+        assert row["status"] == "ok" and row["charged"]["epsilon"] > 0
     (edit,) = _events(staff_net, "cli_policy_edit")
     assert (edit.project, edit.data["user"], edit.data["version"]) == (
         "nsclc-feasibility",

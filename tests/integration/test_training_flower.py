@@ -222,7 +222,7 @@ def test_federated_auc_is_close_to_central(federation: Federation) -> None:
         assert progress.refusal is None
         assert progress.rounds_completed == AUC_SPEC.rounds
         # Every round's charge, as the site reported it in the clear under SecAgg+.
-        assert progress.epsilon_spent == pytest.approx(
+        assert progress.spent.epsilon == pytest.approx(
             AUC_SPEC.privacy.training_epsilon(), rel=1e-6
         )
         with Ledger.in_directory(federation.state[site]) as ledger:
@@ -231,7 +231,7 @@ def test_federated_auc_is_close_to_central(federation: Federation) -> None:
             evaluation = paid["evaluation:auc-job"]
             assert evaluation == pytest.approx(AUC_SPEC.privacy.evaluation_budget())
             assert ledger.spent("outcomes") == pytest.approx(
-                progress.epsilon_spent + evaluation, abs=1e-8
+                progress.spent.epsilon + evaluation, abs=1e-8
             )
     assert status.sites["tromso"].refusal == (
         "policy_violation: site 'tromso' is not among the job's sites"
@@ -343,7 +343,7 @@ def test_killed_and_exhausted_sites_under_secagg(federation: Federation) -> None
             job = [c for c in charges if json.loads(c.note)["job"] == "dropout-job"]
             assert len(job) == status.sites[site].rounds_completed
             assert sum(c.amount for c in job) == pytest.approx(
-                status.sites[site].epsilon_spent, abs=1e-8
+                status.sites[site].spent.epsilon, abs=1e-8
             )
             assert ledger.spent("refusals") <= REFUSAL_BUDGETS[site]
 
@@ -395,7 +395,7 @@ def test_gateway_service_validates_then_runs_a_job(federation: Federation) -> No
     for site in ALL_SITES:
         with Ledger.in_directory(federation.state[site]) as ledger:
             if site in ("oslo", "bergen"):
-                spent = status.sites[site].epsilon_spent
+                spent = status.sites[site].spent.epsilon
                 assert spec.privacy.training_epsilon() - 1e-6 <= spent <= 1.0 + 1e-6
                 evaluation = spec.privacy.evaluation_budget()  # the final DP evaluation
                 assert ledger.spent("service") == pytest.approx(spent + evaluation, abs=1e-8)

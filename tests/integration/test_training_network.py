@@ -16,8 +16,10 @@ tumours. A researcher submits with ``VardeClient.train`` over HTTP:
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,7 +115,7 @@ def test_training_job_through_the_gateway(network: LocalNetwork, client: VardeCl
         assert progress.refusal is None and progress.rounds_completed == 2
         paid = ledger_charges(network, site)
         rounds = sum(v for k, v in paid.items() if k.startswith("training:"))
-        assert rounds == pytest.approx(progress.epsilon_spent, abs=1e-8)
+        assert rounds == pytest.approx(progress.spent.epsilon, abs=1e-8)
         assert rounds == pytest.approx(1.5 - 0.15, rel=1e-6)  # the job less its evaluation
         assert paid[f"evaluation:{status.id}"] == pytest.approx(0.15)
         assert len(paid) == 3  # two rounds and the evaluation, nothing else
@@ -125,9 +127,53 @@ def test_training_job_through_the_gateway(network: LocalNetwork, client: VardeCl
     budgets = {"oslo": 10.0, "bergen": 8.0, "trondheim": 6.0}
     deadline = time.monotonic() + 20
     while True:
-        view = client.budgets().set_index(["project", "site"])["epsilon_remaining"]
+        view = client.budgets().set_index(["project", "site"])["remaining"]
         left = {site: float(view[(PROJECT, site)]) for site in SITES}
         if all(left[s] == pytest.approx(budgets[s] - 1.5) for s in SITES):
             break
         assert time.monotonic() < deadline, f"gateway still shows {left}"
         time.sleep(0.5)
+
+
+def test_every_training_charge_is_in_the_sites_audit_trail(
+    network: LocalNetwork, client: VardeClient
+) -> None:
+    """What a data-protection officer reads: ``varde audit verify`` and ``varde audit export``.
+
+    After the job of the test above, each node's trail verifies, lists a ``charged`` entry
+    for each round (job id, round, amount) and the evaluation, and its audited total
+    equals what the ledger holds for the project.
+    """
+    jobs = client.trainings()
+    if jobs.empty or "finished" not in set(jobs["state"]):
+        client.train(JOB, wait=True, progress=False, poll_s=1.0, timeout_s=150)
+        jobs = client.trainings()
+    job = str(jobs[jobs["state"] == "finished"].iloc[0]["id"])
+    varde = [sys.executable, "-m", "launcher.cli"]
+    for site in SITES:
+        state = str(network.node_state(site))
+        verified = subprocess.run(
+            [*varde, "audit", "verify", "--state-dir", state],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "audit trail OK" in verified.stdout
+        exported = subprocess.run(
+            [*varde, "audit", "export", "--state-dir", state, "--kind", "charged"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        charged = [e for e in json.loads(exported.stdout) if e["project"] == PROJECT]
+        details = [e["detail"] for e in charged]
+        rounds = sorted(
+            d["round"] for d in details if d["what"] == "training round" and d["job"] == job
+        )
+        assert rounds == [1, 2], details
+        assert any(d["what"] == "evaluation" and d["job"] == job for d in details)
+        paid = ledger_charges(network, site)
+        assert {e["query_id"] for e in charged} == set(paid)
+        assert sum(d["amount"] for d in details) == pytest.approx(sum(paid.values()), abs=1e-9)

@@ -74,14 +74,15 @@ def test_statistics_under_zcdp_are_charged_in_rho_at_every_site(zcdp_net: LocalN
         mean = client.query(
             _query({"kind": "mean", "field": "age_at_diagnosis", "lower": 0, "upper": 110}, 0.1)
         ).raw
-        assert mean["budget_measure"] == "rho"
+        assert mean["requested"] == {"rho": 0.1}
         for row in mean["sites"]:
             assert row["status"] == "ok" and row["mode"] == "zcdp"
-            assert 0 < row["rho_charged"] <= 0.1
+            assert 0 < row["charged"]["rho"] <= 0.1
             assert "gaussian" in row["mechanism"]
         (cell,) = mean["network"]["cells"]
         assert 55 < cell["value"] < 80 and cell["ci_low"] < cell["value"] < cell["ci_high"]
-        assert set(mean["network"]["rho_spent"]) == set(SITES)
+        assert set(mean["network"]["spent"]) == set(SITES)
+        assert all("rho" in b for b in mean["network"]["spent"].values())
 
         survival = client.query(
             _query({"kind": "survival", "interval_months": 3, "horizon_months": 24}, 0.1)
@@ -90,22 +91,23 @@ def test_statistics_under_zcdp_are_charged_in_rho_at_every_site(zcdp_net: LocalN
         spent = _rho_spent(zcdp_net)
         for row in survival["sites"]:
             assert spent[row["site"]] == pytest.approx(
-                row["rho_charged"]
-                + next(r["rho_charged"] for r in mean["sites"] if r["site"] == row["site"]),
+                row["charged"]["rho"]
+                + next(r["charged"]["rho"] for r in mean["sites"] if r["site"] == row["site"]),
                 abs=1e-8,
             )
         # the same question again: the cached release, no new rho
         again = client.query(
             _query({"kind": "mean", "field": "age_at_diagnosis", "lower": 0, "upper": 110}, 0.1)
         ).raw
-        assert all(r["cached"] and r["rho_charged"] == 0 for r in again["sites"])
+        assert all(r["cached"] and r["charged"] == {"rho": 0.0} for r in again["sites"])
         assert _rho_spent(zcdp_net) == spent
 
         budgets = client.budgets()
         mine = budgets[budgets["project"] == PROJECT].set_index("site")
         for site in SITES:
             assert mine.loc[site, "accounting"] == "zcdp"
-            assert mine.loc[site, "rho_remaining"] == pytest.approx(RHO_BUDGET - spent[site])
+            assert mine.loc[site, "measure"] == "rho"
+            assert mine.loc[site, "remaining"] == pytest.approx(RHO_BUDGET - spent[site])
 
         # rho above the cap, or an epsilon query to this project: 4xx, nothing charged
         with pytest.raises(VardeHTTPError) as err:
