@@ -1,6 +1,6 @@
 """The common registry schema: one row per tumour, defined once, here.
 
-Why one module: the synthetic generator (``nodes/synth.py``), each site's policy
+Why one module: the synthetic generator (``nodes/synth/``), each site's policy
 (which fields it exposes), the query validator (which fields and categories a
 query may name) and the gateway's ``GET /v1/schema`` all read this table, so a
 field or category can never mean two things in two places.

@@ -1,4 +1,4 @@
-"""Tests of the synthetic registry generator (nodes/synth.py).
+"""Tests of the synthetic registry generator (nodes/synth/).
 
 One 200k-row Oslo registry is generated once per module and shared; statistical checks use
 tolerances wide enough for that size (binomial standard errors are well under 1 point) but
