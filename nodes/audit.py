@@ -47,12 +47,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    event,
     insert,
     select,
     update,
 )
 
+from nodes.sqlite import serialised_writes
 from varde.crypto import public_key_b64, sign, verify
 from varde.envelope import utcnow
 
@@ -74,7 +74,6 @@ GENESIS = "0" * 64
 CHECKPOINT_EVERY = 100
 """Entries between signed checkpoints (a checkpoint costs one Ed25519 signature, ~50 us)."""
 
-_WRITE = "varde_audit_write"
 _CHECKPOINT_DOMAIN = b"varde-audit-checkpoint\x00"
 
 metadata = MetaData()
@@ -195,36 +194,13 @@ def _row_entry(row: Any) -> AuditEntry:
 
 
 def configure_sqlite(engine: Engine) -> Engine:
-    """Set up an SQLite engine for serialised writers; returns the engine for writes.
+    """Set up the trail's SQLite engine for serialised writers; returns the engine for writes.
 
-    Why not the ``sqlite3`` module's own transactions: it starts them deferred,
-    and a deferred transaction that reads the chain head and then writes fails
-    with "database is locked" when another writer got in between (in WAL mode
-    the busy timeout does not help). So the module's BEGIN is switched off and
-    transactions of the returned engine start with ``BEGIN IMMEDIATE``, which
-    takes the write lock first and waits for it on the busy timeout.
+    A committed entry survives a process crash (``synchronous=NORMAL``); only a power
+    cut can lose the last few. The privacy-critical state, the ledger, keeps ``FULL``
+    (:mod:`nodes.sqlite`).
     """
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.fetchall()
-        # WAL + NORMAL: a committed entry survives a process crash; only a power cut can lose
-        # the last few. The privacy-critical state (the ledger) keeps synchronous=FULL.
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get(_WRITE):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.exec_driver_sql("BEGIN")
-
-    return engine.execution_options(**{_WRITE: True})
+    return serialised_writes(engine, synchronous="NORMAL")
 
 
 class AuditLog:

@@ -50,7 +50,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
-    event,
     insert,
     select,
     text,
@@ -61,10 +60,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.schema import CreateSchema
 from sqlalchemy.types import TypeDecorator
 
+from nodes.sqlite import BUSY_TIMEOUT_S, serialised_writes
 from varde.budget import ZCDP, Budget, Measure, PureDP, budget
 from varde.errors import BudgetExhausted, Conflict
 
@@ -77,14 +76,6 @@ UNITS_PER_EPSILON = 10**9
 # ``spent + units`` can never overflow a 64-bit integer column (SQLite would
 # silently turn an overflowing sum into a float, PostgreSQL would raise).
 _MAX_UNITS = 10**18
-
-# Seconds a SQLite connection waits for another writer before failing: charges
-# are short transactions, so waiting is always better than refusing a query.
-_SQLITE_BUSY_TIMEOUT_S = 30.0
-
-# Execution option that marks the engine used for charges, so SQLite starts
-# those transactions with BEGIN IMMEDIATE (see ``_on_sqlite_begin``).
-_WRITE_OPTION = "varde_ledger_write"
 
 
 class _UTCDateTime(TypeDecorator[datetime]):
@@ -238,41 +229,6 @@ def _require_text(**values: str) -> None:
             raise ValueError(f"{name} must be a non-empty string, got {value!r}")
 
 
-def _on_sqlite_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
-    """Prepare every new SQLite connection for many writers and for durability.
-
-    * ``isolation_level = None`` stops the ``sqlite3`` module from issuing its own
-      (deferred) BEGIN, so ``_on_sqlite_begin`` decides how a transaction starts.
-    * WAL lets readers proceed while a charge is being written, and lets other
-      processes wait on the busy timeout instead of failing.
-    * ``synchronous=FULL`` makes a committed charge survive power loss, which is
-      the point of charging before release.
-    """
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {int(_SQLITE_BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.fetchall()
-        cursor.execute("PRAGMA synchronous = FULL")
-    finally:
-        cursor.close()
-
-
-def _on_sqlite_begin(conn: Connection) -> None:
-    """Start write transactions with BEGIN IMMEDIATE, reads with a plain BEGIN.
-
-    Why: a deferred transaction that reads and then writes must upgrade its lock,
-    and in WAL mode that upgrade fails at once ("database is locked") if another
-    writer committed in between; the busy timeout does not help. BEGIN IMMEDIATE
-    takes the write lock up front and waits on the busy timeout instead.
-    """
-    if conn.get_execution_options().get(_WRITE_OPTION):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
-
-
 class Ledger:
     """The node's privacy budget ledger, backed by SQLite or PostgreSQL.
 
@@ -312,15 +268,15 @@ class Ledger:
                 raise ValueError("schema is only supported on PostgreSQL")
             engine = create_engine(
                 parsed,
-                connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S},
+                connect_args={"timeout": BUSY_TIMEOUT_S},
                 # All writers serialise on SQLite's file lock anyway; a few pooled
                 # connections are enough, and waiting threads queue in the pool.
                 pool_size=5,
                 max_overflow=10,
-                pool_timeout=_SQLITE_BUSY_TIMEOUT_S * 4,
+                pool_timeout=BUSY_TIMEOUT_S * 4,
             )
-            event.listen(engine, "connect", _on_sqlite_connect)
-            event.listen(engine, "begin", _on_sqlite_begin)
+            # synchronous=FULL: a committed charge survives power loss (charge before release)
+            write_engine = serialised_writes(engine, synchronous="FULL")
         elif backend == "postgresql":
             engine = create_engine(
                 parsed,
@@ -329,6 +285,7 @@ class Ledger:
                 pool_timeout=60.0,
                 pool_pre_ping=True,
             )
+            write_engine = engine
         else:
             raise ValueError(f"unsupported ledger database {backend!r}: use sqlite or postgresql")
 
@@ -338,7 +295,11 @@ class Ledger:
         self._engine: Engine = (
             engine.execution_options(schema_translate_map={None: schema}) if schema else engine
         )
-        self._write_engine: Engine = self._engine.execution_options(**{_WRITE_OPTION: True})
+        self._write_engine: Engine = (
+            write_engine.execution_options(schema_translate_map={None: schema})
+            if schema
+            else write_engine
+        )
         self._closed = False
         self._before_commit: Callable[[], None] | None = None
         try:
