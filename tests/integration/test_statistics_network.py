@@ -1,4 +1,4 @@
-"""Registry statistics end to end (issue 3): repeat-query defence, funnels, many-cell crosstabs."""
+"""Registry statistics over a live network: repeats, previews, funnels, many-cell crosstabs."""
 
 from __future__ import annotations
 
