@@ -20,6 +20,7 @@ backoff; a release that cannot be delivered is never refunded.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -28,7 +29,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 import httpx
 
 from nodes.pipeline import NodeContext, handle
-from varde.envelope import SignedEnvelope, seal
+from varde.envelope import SignedEnvelope, peek, seal
+from varde.errors import EnvelopeRejected
 from varde.release import SiteRelease
 
 log = logging.getLogger("varde.node.agent")
@@ -94,17 +96,41 @@ class Agent:
     def _sealed_release(self, release: SiteRelease) -> dict[str, object]:
         return self._sealed("release", release.model_dump(mode="json"))
 
+    def _answer_of(self, env: SignedEnvelope, fut: Future[SiteRelease]) -> dict[str, object]:
+        """The signed release of one work item; an error answer if anything went wrong.
+
+        :func:`nodes.pipeline.handle` never raises, but signing or encoding its
+        release could; whatever one item does, the others and the poll loop go on.
+        """
+        try:
+            return self._sealed_release(fut.result())
+        except Exception:  # one bad item must not end the loop
+            try:
+                query_id = str(peek(env).body.get("query_id", ""))
+            except EnvelopeRejected:
+                query_id = ""
+            log.exception("could not send the answer to work item %s", query_id or "?")
+            self.ctx.store.audit("error", query_id=query_id, message="answer could not be sent")
+            return self._sealed_release(
+                SiteRelease(
+                    query_id=query_id,
+                    site=self.ctx.site,
+                    status="error",
+                    message="internal error at the site",
+                )
+            )
+
     def answer(self, batch: list[SignedEnvelope]) -> None:
         """Run a batch; releases ready within ``inline_wait`` go out with the next poll."""
-        futures = [self.pool.submit(handle, self.ctx, env) for env in batch]
+        futures = {self.pool.submit(handle, self.ctx, env): env for env in batch}
         done, pending = wait(futures, timeout=self.inline_wait)
         for fut in done:
-            self._outbox.append(self._sealed_release(fut.result()))
+            self._outbox.append(self._answer_of(futures[fut], fut))
         for fut in pending:
-            fut.add_done_callback(self._send_later)
+            fut.add_done_callback(functools.partial(self._send_later, futures[fut]))
 
-    def _send_later(self, fut: Future[SiteRelease]) -> None:
-        self._post(self._sealed_release(fut.result()))
+    def _send_later(self, env: SignedEnvelope, fut: Future[SiteRelease]) -> None:
+        self._post(self._answer_of(env, fut))
 
     def send(self, release: SiteRelease) -> None:
         """Post one signed release on its own."""
@@ -145,8 +171,17 @@ class Agent:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            except Exception:  # a bug in one round trip must not take the node down
+                log.exception("unexpected error in the poll loop; going on")
+                self.connected.clear()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
             if batch:
-                self.answer(batch)
+                try:
+                    self.answer(batch)
+                except Exception:
+                    log.exception("unexpected error answering a batch; going on")
 
     def close(self) -> None:
         """Flush releases still waiting for a poll, stop workers and the HTTP client."""
