@@ -1,0 +1,74 @@
+"""HTML building blocks shared by the console's pages: the page frame, tables, error pages.
+
+Why one module: every page carries the same navigation, style and security
+headers (a strict Content-Security-Policy, no framing, no caching), and every
+value shown goes through :func:`esc`; keeping them here means a router cannot
+forget either.
+"""
+
+from __future__ import annotations
+
+import html
+
+from fastapi.responses import HTMLResponse
+
+__all__ = ["HEADERS", "esc", "page", "problem", "table"]
+
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:0;color:#1d2730}
+header{background:#1d3b53;color:#fff;padding:.6em 1.2em;display:flex;gap:1.2em;align-items:center}
+header a{color:#fff}
+main{padding:1em 1.5em}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #c8d0d8;padding:.25em .6em;text-align:left;vertical-align:top}
+pre{background:#f4f6f8;padding:.6em;overflow:auto;max-width:90em}
+.ok{color:#1a7f37}.bad{color:#b42318}
+"""
+
+
+def esc(value: object) -> str:
+    """``value`` as escaped HTML text.
+
+    >>> esc("<b>too much</b>")
+    '&lt;b&gt;too much&lt;/b&gt;'
+    """
+    return html.escape(str(value))
+
+
+def page(title: str, body: str, user: str | None = None, site: str = "") -> HTMLResponse:
+    """A whole page around ``body`` (already HTML); the navigation only for a logged-in user."""
+    nav = (
+        '<a href="/">Overview</a><a href="/policy">Policy</a><a href="/audit">Audit trail</a>'
+        '<a href="/approvals">Approvals</a>'
+        f'<form method="post" action="/logout" style="margin-left:auto">{esc(user)} '
+        '<button type="submit">Log out</button></form>'
+        if user
+        else ""
+    )
+    doc = (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)} - "
+        f"{esc(site)} site console</title><style>{_STYLE}</style></head><body>"
+        f"<header><strong>Varde site console: {esc(site)}</strong>{nav}</header>"
+        f"<main><h1>{esc(title)}</h1>{body}</main></body></html>"
+    )
+    return HTMLResponse(doc, headers=HEADERS)
+
+
+def table(table_id: str, head: list[str], rows: list[list[str]]) -> str:
+    """A table; cells are already escaped HTML."""
+    th = "".join(f"<th>{esc(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def problem(message: str, user: str, site: str) -> HTMLResponse:
+    """A 422 page saying why an edit was not saved."""
+    resp = page("Not saved", f'<pre id="problem">{esc(message)}</pre>', user, site)
+    resp.status_code = 422
+    return resp

@@ -1,0 +1,129 @@
+"""The overview page and the budget edit it offers: connection, policy in force, spend per project.
+
+Why together: the budgets table is the overview's main content and its form
+posts back here; a saved budget redirects to the overview with a notice. The
+edit goes through :func:`nodes.policy_edits.write_policy_version`, validated
+exactly like ``varde policy check`` and audited, and only when the console was
+given the policy file.
+"""
+
+from __future__ import annotations
+
+import math
+from urllib.parse import urlencode
+
+from fastapi import APIRouter
+from fastapi.responses import RedirectResponse, Response
+
+from nodes.console.deps import Context, FormFields, StaffAction, StaffUser
+from nodes.console.pages import esc, page, problem, table
+from nodes.policy_edits import PolicyEditError, set_budget, write_policy_version
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+def _chart(points: list[float], budget: float) -> str:
+    """Cumulative spend as an inline SVG line (charge by charge), with the budget as a rule."""
+    width, height = 320, 80
+    top = max([budget, *points]) or 1.0
+    xs = [i * width / max(1, len(points)) for i in range(len(points) + 1)]
+    ys = [height - v * height / top for v in [0.0, *points]]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
+    rule = height - budget * height / top
+    return (
+        f'<svg width="{width}" height="{height}" role="img" aria-label="spent over time">'
+        f'<line x1="0" x2="{width}" y1="{rule:.1f}" y2="{rule:.1f}" stroke="#b42318" '
+        f'stroke-dasharray="4"/><polyline fill="none" stroke="#1d3b53" stroke-width="2" '
+        f'points="{line}"/></svg>'
+    )
+
+
+def _budget_form(project: str, budget: float) -> str:
+    p = esc(project)
+    return (
+        f'<form method="post" action="/budgets/{p}"><input name="budget" id="budget-{p}" '
+        f'size="6" value="{budget:g}" required> <button type="submit" id="set-budget-{p}">'
+        "Set budget</button></form>"
+    )
+
+
+@router.get("/")
+def overview(ctx: Context, user: StaffUser, saved: str = "") -> Response:
+    """Gateway connection, policy version, pending approvals, training state, budgets."""
+    pol = ctx.policy()
+    state = ctx.connected()
+    conn = (
+        "unknown"
+        if state is None
+        else ('<span class="ok">connected</span>' if state else '<span class="bad">down</span>')
+    )
+    charges = ctx.ledger.charges()
+    rows = []
+    for name, p in sorted(pol.projects.items()):
+        spent = ctx.ledger.spent(name)
+        series = [c.spent_after for c in charges if c.project == name]
+        rows.append(
+            [
+                esc(name),
+                f"{p.epsilon_budget:g}",
+                f"{spent:g}",
+                f"{ctx.ledger.remaining(name, p.epsilon_budget):g}",
+                f"{p.max_epsilon_per_query:g}",
+                _chart(series, p.epsilon_budget),
+                _budget_form(name, p.epsilon_budget) if ctx.policy_file is not None else "",
+            ]
+        )
+    pending = len(ctx.store.approvals.requests("pending"))
+    notice = f'<p class="ok" id="notice">{esc(saved)}</p>' if saved else ""
+    body = (
+        notice + f'<p>Gateway connection: <strong id="connection">{conn}</strong>. '
+        f'Policy in force: <code id="policy-version">{esc(pol.version)}</code>. '
+        f'<a href="/approvals">Pending approvals: <strong id="pending">{pending}</strong></a>'
+        "</p>"
+        + (
+            f'<p>Training (Flower SuperNode): <strong id="training">{esc(flower)}</strong></p>'
+            if (flower := ctx.training()) is not None
+            else ""
+        )
+        + "<h2>Budgets (epsilon)</h2>"
+        + table(
+            "budgets",
+            ["project", "budget", "spent", "remaining", "max per query", "spent over time", ""],
+            rows,
+        )
+    )
+    return page("Overview", body, user, ctx.site)
+
+
+@router.post("/budgets/{project}")
+async def save_budget(ctx: Context, user: StaffAction, project: str, form: FormFields) -> Response:
+    """Write a new policy version with ``project``'s budget changed (then back to the overview)."""
+    if ctx.policy_file is None:
+        return Response("this console cannot edit the policy", status_code=404)
+    raw = form.get("budget", "")
+    try:
+        budget = float(raw)
+        if not math.isfinite(budget) or budget < 0:
+            raise ValueError
+    except ValueError:
+        return problem(f"{raw!r} is not a budget (a number >= 0)", user, ctx.site)
+    projects = ctx.policy().projects
+    old = projects[project].epsilon_budget if project in projects else None
+    try:
+        saved = write_policy_version(
+            ctx.policy_file,
+            lambda text: set_budget(text, project, budget),
+            site=ctx.site,
+            store=ctx.store,
+            user=user,
+            via="console",
+            project=project,
+            change={"key": "epsilon_budget", "old": old, "new": budget},
+            saved=ctx.policy_saved,
+        )
+    except PolicyEditError as err:
+        return problem(str(err), user, ctx.site)
+    msg = f"saved {project} budget {budget:g}: policy version {saved.version}"
+    return RedirectResponse("/?" + urlencode({"saved": msg}), status_code=303)
