@@ -40,6 +40,7 @@ import yaml
 from nodes.policy import Policy
 from nodes.policy_check import check_policy_text
 from nodes.store import NodeStore
+from varde.budget import ZCDP, Budget
 
 __all__ = [
     "PolicyEditError",
@@ -121,12 +122,18 @@ def set_scalar(text: str, path: tuple[str, ...], value: str) -> str:
     return text[:start] + value + text[end:]
 
 
-def set_budget(text: str, project: str, budget: float) -> str:
-    """``text`` with ``projects.<project>.epsilon_budget`` set to ``budget``."""
+def budget_key(budget: Budget) -> str:
+    """The policy key that holds a project's budget in ``budget``'s measure."""
+    return "rho_budget" if isinstance(budget, ZCDP) else "epsilon_budget"
+
+
+def set_budget(text: str, project: str, budget: Budget) -> str:
+    """``text`` with the project's budget in ``budget``'s measure set to it."""
+    key = budget_key(budget)
     try:
-        return set_scalar(text, ("projects", project, "epsilon_budget"), repr(budget))
+        return set_scalar(text, ("projects", project, key), repr(budget.amount))
     except KeyError as err:
-        raise PolicyEditError(f"project {project!r} has no epsilon_budget in the file") from err
+        raise PolicyEditError(f"project {project!r} has no {key} in the file") from err
 
 
 def write_policy_version(

@@ -15,9 +15,10 @@ from urllib.parse import urlencode
 from fastapi import APIRouter
 from fastapi.responses import RedirectResponse, Response
 
+from nodes.accounts import Account
 from nodes.console.deps import Context, FormFields, StaffAction, StaffUser
 from nodes.console.pages import esc, page, problem, table
-from nodes.policy_edits import PolicyEditError, set_budget, write_policy_version
+from nodes.policy_edits import PolicyEditError, budget_key, set_budget, write_policy_version
 
 __all__ = ["router"]
 
@@ -62,17 +63,24 @@ def overview(ctx: Context, user: StaffUser, saved: str = "") -> Response:
     charges = ctx.ledger.charges()
     rows = []
     for name, p in sorted(pol.projects.items()):
-        spent = ctx.ledger.spent(name)
-        series = [c.spent_after for c in charges if c.project == name]
+        account = Account.of(name, p)
+        total = account.total.amount
+        series = [
+            c.spent_after
+            for c in charges
+            if (c.project, c.measure, c.period) == (name, p.measure, account.period)
+        ]
         rows.append(
             [
                 esc(name),
-                f"{p.epsilon_budget:g}",
-                f"{spent:g}",
-                f"{ctx.ledger.remaining(name, p.epsilon_budget):g}",
-                f"{p.max_epsilon_per_query:g}",
-                _chart(series, p.epsilon_budget),
-                _budget_form(name, p.epsilon_budget) if ctx.policy_file is not None else "",
+                p.measure,
+                esc(account.period),
+                f"{total:g}",
+                f"{ctx.ledger.spent(name, p.measure, account.period):g}",
+                f"{account.left(ctx.ledger).amount:g}",
+                f"{account.cap.amount:g}",
+                _chart(series, total),
+                _budget_form(name, total) if ctx.policy_file is not None else "",
             ]
         )
     pending = len(ctx.store.approvals.requests("pending"))
@@ -87,10 +95,20 @@ def overview(ctx: Context, user: StaffUser, saved: str = "") -> Response:
             if (flower := ctx.training()) is not None
             else ""
         )
-        + "<h2>Budgets (epsilon)</h2>"
+        + "<h2>Budgets (each in its project's measure, current period)</h2>"
         + table(
             "budgets",
-            ["project", "budget", "spent", "remaining", "max per query", "spent over time", ""],
+            [
+                "project",
+                "measure",
+                "period",
+                "budget",
+                "spent",
+                "remaining",
+                "max per query",
+                "spent over time",
+                "",
+            ],
             rows,
         )
     )
@@ -110,17 +128,20 @@ async def save_budget(ctx: Context, user: StaffAction, project: str, form: FormF
     except ValueError:
         return problem(f"{raw!r} is not a budget (a number >= 0)", user, ctx.site)
     projects = ctx.policy().projects
-    old = projects[project].epsilon_budget if project in projects else None
+    if project not in projects:
+        return problem(f"this site's policy has no project {project!r}", user, ctx.site)
+    old = projects[project].budget
+    new = old.like(budget)
     try:
         saved = write_policy_version(
             ctx.policy_file,
-            lambda text: set_budget(text, project, budget),
+            lambda text: set_budget(text, project, new),
             site=ctx.site,
             store=ctx.store,
             user=user,
             via="console",
             project=project,
-            change={"key": "epsilon_budget", "old": old, "new": budget},
+            change={"key": budget_key(new), "old": old.amount, "new": budget},
             saved=ctx.policy_saved,
         )
     except PolicyEditError as err:
