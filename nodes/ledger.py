@@ -64,7 +64,7 @@ from sqlalchemy.schema import CreateSchema
 from sqlalchemy.types import TypeDecorator
 
 from nodes.sqlite import BUSY_TIMEOUT_S, serialised_writes
-from varde.budget import ZCDP, Budget, Measure, PureDP, budget
+from varde.budget import MAX_AMOUNT, ZCDP, Budget, Measure, PureDP, budget
 from varde.errors import BudgetExhausted, Conflict
 
 __all__ = ["UNITS_PER_EPSILON", "Charge", "Ledger"]
@@ -75,7 +75,7 @@ UNITS_PER_EPSILON = 10**9
 # Largest charge or budget in units. Kept far below 2**63 so that
 # ``spent + units`` can never overflow a 64-bit integer column (SQLite would
 # silently turn an overflowing sum into a float, PostgreSQL would raise).
-_MAX_UNITS = 10**18
+_MAX_UNITS = int(MAX_AMOUNT) * UNITS_PER_EPSILON
 
 
 class _UTCDateTime(TypeDecorator[datetime]):

@@ -46,6 +46,19 @@ dp.enable_features("contrib")
 ALPHA = 0.05
 """Intervals are 95%: the noise exceeds the half-width with probability ALPHA."""
 
+LATTICE_SCALE = 1e3
+"""Above this scale the discrete Gaussian's accuracy is taken from the continuous one."""
+
+MAX_HALF_WIDTH = float(2**53)
+"""Real-valued noise wider than this would exceed the precision of the numbers it hides (a
+float holds every integer up to 2**53 exactly): a budget that small releases nothing but
+noise, and the post-processing of such numbers (squares of their sd) could overflow."""
+
+MAX_INTEGER_HALF_WIDTH = float(2**31 // 32)
+"""OpenDP adds integer noise in 32-bit integers (``atom_domain(T=int)``) and saturates at
++-2**31 (measured: scale 1e15 returns -2147483648): an integer release keeps its 95% noise
+32 times inside that range, where the chance of reaching it is below 1e-25."""
+
 
 @dataclass(frozen=True)
 class Sensitivity:
@@ -107,7 +120,16 @@ class Mechanism:
 
     @property
     def half_width(self) -> float:
-        """95% accuracy from OpenDP's helpers: ``P(|noise| > half_width) <= ALPHA``."""
+        """95% accuracy from OpenDP's helpers: ``P(|noise| > half_width) <= ALPHA``.
+
+        OpenDP's discrete-Gaussian helper sums the pmf term by term, so its time grows
+        with the scale (0.6 s at scale 1e6, minutes at 1e8): a tiny rho would hold a
+        worker for ever. Above :data:`LATTICE_SCALE` the lattice no longer matters and
+        the continuous Gaussian's half-width, rounded up and widened by one step, is a
+        conservative bound (at scale 1e4 OpenDP gives 19601, this gives 19601).
+        """
+        if self.gaussian and self.integer and self.scale > LATTICE_SCALE:
+            return math.ceil(float(dp.gaussian_scale_to_accuracy(self.scale, ALPHA))) + 1.0
         if self.gaussian:
             helper = dp.discrete_gaussian_scale_to_accuracy if self.integer else None
             helper = helper or dp.gaussian_scale_to_accuracy
@@ -176,6 +198,11 @@ def _representable(mech: Mechanism, what: str) -> Mechanism:
         raise InvalidQuery(
             f"{what} {mech.cost.amount:g} cannot be released: its noise (scale "
             f"{mech.scale:g}) has no finite standard deviation or 95% interval"
+        )
+    if mech.half_width > (MAX_INTEGER_HALF_WIDTH if mech.integer else MAX_HALF_WIDTH):
+        raise InvalidQuery(
+            f"{what} {mech.cost.amount:g} is too small to release anything: its noise "
+            f"(95% within +-{mech.half_width:.3g}) exceeds what a number can hold exactly"
         )
     return mech
 
@@ -286,6 +313,11 @@ def plan_vector(sensitivity: Sensitivity, budget: Budget) -> VectorPlan:
     gaussian = isinstance(budget, ZCDP)
     sens = sensitivity.l2 if gaussian else sensitivity.l1
     target = budget.amount / parts
+    if not target > 0:
+        raise InvalidQuery(
+            f"{budget} cannot be split over {parts} parts: each part's share is not a "
+            "positive number"
+        )
     d_in: int | float = int(sens) if sensitivity.integer else float(sens)
     for _ in range(64):
         part = _calibrate(float(sens), target, sensitivity.integer, gaussian)

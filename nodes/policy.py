@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nodes.periods import BudgetPeriod
-from varde.budget import ZCDP, Budget, Measure, PureDP, measure_of
+from varde.budget import MAX_AMOUNT, ZCDP, Budget, Measure, PureDP, measure_of
 from varde.errors import PolicyViolation
 from varde.query import MAX_CELLS, Query
 from varde.release import Manifest, ProjectTerms, SiteLimits
@@ -46,10 +46,18 @@ class ProjectPolicy(_Strict):
     """Budget and caps for one project at this site."""
 
     epsilon_budget: float = Field(
-        ge=0, allow_inf_nan=False, description="Lifetime epsilon the project may spend here."
+        ge=0,
+        le=MAX_AMOUNT,
+        allow_inf_nan=False,
+        strict=True,
+        description="Epsilon the project may spend here per budget period.",
     )
     max_epsilon_per_query: float = Field(
-        gt=0, allow_inf_nan=False, description="Largest epsilon one query may ask for."
+        gt=0,
+        le=MAX_AMOUNT,
+        allow_inf_nan=False,
+        strict=True,
+        description="Largest epsilon one query may ask for.",
     )
     researchers: list[str] | None = Field(
         default=None, description="If set, only these researcher names may use the project here."
@@ -69,13 +77,17 @@ class ProjectPolicy(_Strict):
     rho_budget: float = Field(
         default=0.0,
         ge=0,
+        le=MAX_AMOUNT,
         allow_inf_nan=False,
+        strict=True,
         description="Rho the project may spend here per budget period (zcdp accounting).",
     )
     max_rho_per_query: float | None = Field(
         default=None,
         gt=0,
+        le=MAX_AMOUNT,
         allow_inf_nan=False,
+        strict=True,
         description="Largest rho one query may ask for (required with zcdp accounting).",
     )
     training: list[TrainingModel] = Field(

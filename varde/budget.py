@@ -48,6 +48,10 @@ dp.enable_features("contrib")
 Measure = Literal["epsilon", "rho"]
 """The ledger measure of a budget: pure-DP epsilon, or zCDP rho."""
 
+MAX_AMOUNT = 1e9
+"""The largest budget or charge a ledger holds (nano-units in a 64-bit integer, with room
+to add): policies may not set more, so no permitted query can ask for more."""
+
 Amount = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 
 _CONFIG = ConfigDict(extra="forbid")
