@@ -39,7 +39,7 @@ SAFE_MAX_EPSILON_PER_QUERY = 5.0
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ProjectPolicy(_Strict):

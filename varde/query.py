@@ -32,7 +32,7 @@ MAX_CELLS = 20_000
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def _queryable(name: str) -> FieldSpec:

@@ -98,7 +98,7 @@ _FEATURE_KINDS = (FieldKind.CATEGORICAL, FieldKind.INTEGER)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class TrainingPrivacy(_Strict):
