@@ -28,7 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import httpx
 
-from nodes.pipeline import NodeContext, handle
+from nodes.context import NodeContext
+from nodes.pipeline import handle
 from varde.envelope import SignedEnvelope, peek, seal
 from varde.errors import EnvelopeRejected
 from varde.release import SiteRelease

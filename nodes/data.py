@@ -43,6 +43,16 @@ class RegistryData:
     patient_keys: np.ndarray | None = field(default=None, repr=False)
     """A stable 64-bit hash of each row's ``patient_id`` (never released): public,
     data-independent splits by patient, such as training's held-out patients."""
+    patient_index: np.ndarray | None = field(default=None, repr=False)
+    """Each row's patient as a dense ``uint32`` index (0 .. patients - 1), ordered by
+    :attr:`patient_keys`: what aggregate mode counts and compares patient sets with."""
+
+    @property
+    def patients(self) -> np.ndarray:
+        """:attr:`patient_index`, which every prepared registry has."""
+        if self.patient_index is None:  # pragma: no cover - prepare() always sets it
+            raise ValueError(f"registry of {self.site!r} has no patient index")
+        return self.patient_index
 
     def column(self, name: str) -> np.ndarray:
         """The prepared array for ``name`` (``KeyError`` if the data lacks it)."""
@@ -115,13 +125,15 @@ def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> Reg
             cols[spec.name] = _narrow(values)
         elif spec.kind is FieldKind.DATE:
             cols[spec.name] = _narrow(days_since_epoch(series))
+    keys = hash_patient_ids(bounded["patient_id"])
     return RegistryData(
         site=site,
         n_rows=len(bounded),
         n_dropped=len(frame) - len(bounded),
         max_rows_per_patient=max_rows_per_patient,
         columns=cols,
-        patient_keys=hash_patient_ids(bounded["patient_id"]),
+        patient_keys=keys,
+        patient_index=np.unique(keys, return_inverse=True)[1].astype(np.uint32).reshape(-1),
     )
 
 

@@ -12,10 +12,12 @@ early (a preview, an "awaiting approval", a repeat from the cache). A step
 that refuses raises a :class:`~varde.errors.VardeError`; :func:`handle` turns it
 into a reasoned refusal (``SiteRelease`` with the error's code) and audits it.
 
-The state carries **one policy snapshot** from the first step to the last: a
-policy hot-reloaded while an item is in flight applies to the next item, never
-to half of this one. Nothing random happens and nothing is released before
-the ledger has committed the charge (:meth:`nodes.accounts.Account.pay`, which
+Everything the node holds (data, ledger, store, keys, the policy in force) is
+its :class:`~nodes.context.NodeContext`. The state carries **one policy
+snapshot** from the first step to the last: a policy hot-reloaded while an
+item is in flight applies to the next item, never to half of this one.
+Nothing random happens and nothing is released before the ledger has committed
+the charge (:meth:`nodes.accounts.Account.pay`, which
 also audits it), and a lost response never refunds it. The expiry is checked
 again just before charging, so an item that waited too long (the researcher has
 already been told "unavailable") is never charged. Training rounds and the DP
@@ -28,97 +30,27 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from nodes.accounts import Account
+from nodes.aggregate import aggregate_cells, aggregate_mechanism
 from nodes.approvals import approval_step
 from nodes.cohort import evaluate
-from nodes.data import RegistryData
-from nodes.ledger import Charge, Ledger
+from nodes.context import NodeContext
+from nodes.ledger import Charge
 from nodes.policy import Policy, ProjectPolicy
-from nodes.release_cache import CachedRelease, ReleaseCache, cache_key, data_digest
+from nodes.release_cache import CachedRelease, cache_key
 from nodes.statistics import Plan, exact, plan, price
-from nodes.statistics.suppression import release_aggregate
-from nodes.store import NodeStore
-from varde.budget import Budget
 from varde.envelope import Payload, SignedEnvelope, open_envelope, peek, utcnow
 from varde.errors import EnvelopeRejected, InvalidQuery, VardeError
 from varde.query import Query
 from varde.release import Cell, SiteRelease, WorkItem
 
 log = logging.getLogger("varde.node")
-
-
-@dataclass
-class NodeContext:
-    """Everything a node needs to answer: its data, policy, ledger, keys and store."""
-
-    site: str
-    data: RegistryData
-    ledger: Ledger
-    store: NodeStore
-    node_key: Ed25519PrivateKey
-    gateway_key: str
-    _policy: Policy
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    generation: int = 0
-    """Bumped on every charge and policy change, so the manifest is rebuilt only then."""
-    _cache: ReleaseCache | None = None
-    _data_version: str = ""
-    clock: Callable[[], dt.datetime] = utcnow
-    """Time for budget periods (a test can move it; envelope expiry has its own ``now``)."""
-
-    def __post_init__(self) -> None:
-        # Create the cache's table now, before worker threads race to (SQLite refuses a
-        # lock upgrade inside a read transaction, so concurrent first-use DDL fails).
-        self._cache = ReleaseCache(self.store.engine)
-
-    @property
-    def release_cache(self) -> ReleaseCache:
-        """The repeat-query cache, in the store's database."""
-        assert self._cache is not None
-        return self._cache
-
-    @property
-    def data_version(self) -> str:
-        """A digest of the loaded data: new data means a repeat is a new question."""
-        with self._lock:
-            if not self._data_version:
-                self._data_version = data_digest(self.data)
-            return self._data_version
-
-    @property
-    def policy(self) -> Policy:
-        """The policy in force (swapped atomically on reload)."""
-        with self._lock:
-            return self._policy
-
-    def set_policy(self, policy: Policy) -> None:
-        """Put a validated policy in force; the ledger is untouched."""
-        with self._lock:
-            self._policy = policy
-            self.generation += 1
-
-    def charged(self) -> None:
-        """Note that the ledger changed (the published budgets are stale)."""
-        with self._lock:
-            self.generation += 1
-
-    def account(self, name: str, project: ProjectPolicy) -> Account:
-        """The ledger account ``name`` pays from now (its measure and budget period)."""
-        return Account.of(name, project, self.clock())
-
-    def remaining(self, policy: Policy | None = None) -> dict[str, Budget]:
-        """Budget left per project in its own measure (current period), for the manifest."""
-        pol = policy or self.policy
-        return {name: self.account(name, p).left(self.ledger) for name, p in pol.projects.items()}
 
 
 @dataclass
@@ -255,12 +187,11 @@ def preview(ctx: NodeContext, item: WorkState) -> SiteRelease | None:
     ctx.store.audit("previewed", query_id=item.item.query_id, project=query.project)
     asked = query.budget
     if asked is None:
-        min_cell = item.policy.aggregate.min_cell
         return item.release(
             ctx,
             status="ok",
             mode="aggregate",
-            mechanism=f"exact, cells < {min_cell} suppressed",
+            mechanism=aggregate_mechanism(item.policy, query),
             preview=True,
         )
     costed = price(query, asked, max_rows=item.policy.privacy_unit.max_tumours_per_patient)
@@ -374,8 +305,7 @@ def release(ctx: NodeContext, item: WorkState) -> None:
     """Draw the noise (paid for) and cache the release; or the exact, suppressed aggregate."""
     query = item.question
     if item.plan is None:
-        ex = exact(ctx.data, evaluate(ctx.data, query.cohort), query)
-        item.cells = release_aggregate(ex, query, min_cell=item.policy.aggregate.min_cell)
+        item.cells = aggregate_cells(ctx, item.question, item.policy, item.item.query_id)
         return
     costed = item.priced
     item.cells = costed.release()
@@ -396,8 +326,7 @@ def audit(ctx: NodeContext, item: WorkState) -> SiteRelease:
     """Audit what leaves (the first cells, mechanism, policy version) and answer with it."""
     query = item.question
     costed = item.plan
-    min_cell = item.policy.aggregate.min_cell
-    mechanism = costed.mechanism if costed else f"exact, cells < {min_cell} suppressed"
+    mechanism = costed.mechanism if costed else aggregate_mechanism(item.policy, query)
     ctx.store.audit(
         "released",
         query_id=item.item.query_id,

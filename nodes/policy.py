@@ -151,12 +151,47 @@ class PrivacyUnit(_Strict):
 
 
 class AggregateMode(_Strict):
-    """Non-DP exact aggregates with small-cell suppression."""
+    """Non-DP aggregates: suppression, cell-key perturbation and overlap control.
+
+    See ``docs/AGGREGATE.md`` for what this resists and what it does not: only DP
+    mode has a guarantee that composes over any number of questions.
+    """
 
     allowed: bool = Field(default=False, description="Allow non-DP aggregate queries at all.")
     min_cell: int = Field(
-        default=10, ge=1, description="Cells with fewer tumours than this are suppressed."
+        default=10,
+        ge=1,
+        description=(
+            "Cells of fewer patients than this (none included) are suppressed; a release whose "
+            "patients differ from an earlier one's by fewer than this is refused."
+        ),
     )
+    cell_key_spread: int = Field(
+        default=2,
+        ge=0,
+        le=20,
+        description=(
+            "Counts are published within +-this of the truth, the same perturbation for the "
+            "same patients (the cell-key method)."
+        ),
+    )
+    sums: bool = Field(
+        default=False,
+        description="Also release sums and means in aggregate mode (only with sum_min_cell).",
+    )
+    sum_min_cell: int | None = Field(
+        default=None,
+        ge=1,
+        description="With sums: cells of fewer patients than this are suppressed (>= min_cell).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AggregateMode:
+        if self.sums and self.sum_min_cell is None:
+            raise ValueError("sums in aggregate mode need their own sum_min_cell")
+        if self.sum_min_cell is not None and self.sum_min_cell < self.min_cell:
+            raise ValueError(f"sum_min_cell {self.sum_min_cell} is below min_cell {self.min_cell}")
+        return self
 
 
 class ApprovalRules(_Strict):
@@ -265,6 +300,11 @@ class Policy(_Strict):
                 f"aggregate.min_cell {self.aggregate.min_cell} is below {SAFE_MIN_CELL}; "
                 "only a 'development' profile may use it"
             )
+        if self.aggregate.allowed and self.aggregate.cell_key_spread < 1:
+            raise ValueError(
+                "aggregate.cell_key_spread 0 publishes exact counts; "
+                "only a 'development' profile may use it"
+            )
         for name, proj in self.projects.items():
             if proj.max_epsilon_per_query > SAFE_MAX_EPSILON_PER_QUERY:
                 raise ValueError(
@@ -334,6 +374,7 @@ class Policy(_Strict):
                 for name, p in self.projects.items()
             },
             aggregate_mode=self.aggregate.allowed,
+            aggregate_sums=self.aggregate.allowed and self.aggregate.sums,
             min_cell=self.aggregate.min_cell if self.aggregate.allowed else None,
             policy_version=self.version,
             limits=SiteLimits(
@@ -346,6 +387,6 @@ class Policy(_Strict):
         """The public summary sent to the gateway (no rows, no counts).
 
         ``remaining`` is what each project has left in its *own* measure, as
-        :meth:`nodes.pipeline.NodeContext.remaining` reports it.
+        :meth:`nodes.context.NodeContext.remaining` reports it.
         """
         return self.terms(remaining)

@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import Literal
 
-from nodes.pipeline import NodeContext
+from nodes.context import NodeContext
 from nodes.policy import Policy
 from nodes.policy_check import check_policy_text
 from nodes.policy_diff import diff_policies

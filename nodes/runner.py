@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from nodes.accounts import reconcile
 from nodes.agent import Agent
+from nodes.context import NodeContext
 from nodes.data import load_registry
 from nodes.enrollment import NodeIdentity, enroll, key_path, load_identity
 from nodes.ledger import Ledger
-from nodes.pipeline import NodeContext
 from nodes.policy import Policy
 from nodes.policy_check import load_policy
 from nodes.reload import PolicyReloader

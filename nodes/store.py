@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from nodes.approvals import ApprovalBook
 from nodes.audit import CHECKPOINT_EVERY, AuditEntry, AuditLog, AuditReport, configure_sqlite
+from nodes.overlap import OverlapBook
 from varde.crypto import public_key_b64
 from varde.envelope import utcnow
 
@@ -72,6 +73,11 @@ class NodeStore:
     def approvals(self) -> ApprovalBook:
         """Requests waiting for (or decided by) staff, in this database."""
         return ApprovalBook(self.engine, self._write, self.log)
+
+    @cached_property
+    def released_sets(self) -> OverlapBook:
+        """Patient sets of the cells released in aggregate mode (overlap control)."""
+        return OverlapBook(self.engine, self._write)
 
     def set_key(self, key: Ed25519PrivateKey) -> None:
         """Sign future checkpoints with ``key`` (the node's own)."""

@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from launcher.network import DEFAULT_POLICIES
+from nodes.context import NodeContext
 from nodes.data import RegistryData, prepare
 from nodes.ledger import Ledger
-from nodes.pipeline import NodeContext
 from nodes.policy import Policy
 from nodes.policy_check import load_policy
 from nodes.store import NodeStore

@@ -149,6 +149,8 @@ class Manifest(_Wire):
     statistics: list[str]
     projects: dict[str, ProjectTerms] = {}
     aggregate_mode: bool = False
+    aggregate_sums: bool = False
+    """Sums and means are released in aggregate mode too (not only counts)."""
     min_cell: int | None = None
     policy_version: str = ""
     limits: SiteLimits = SiteLimits()

@@ -82,6 +82,11 @@ def check_query(terms: Manifest, query: Query) -> ProjectTerms:
             raise PolicyViolation(
                 f"site {site!r} does not allow non-DP aggregate mode for {query.project!r}"
             )
+        if kind in ("sum", "mean") and not terms.aggregate_sums:
+            raise PolicyViolation(
+                f"site {site!r} releases only counts in aggregate mode, not a {kind}: "
+                'ask with privacy {"mode": "dp", ...}'
+            )
         return project
     if asked.measure != measure_of(project.accounting):
         raise PolicyViolation(

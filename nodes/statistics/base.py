@@ -83,6 +83,8 @@ class Statistic:
     """The noise's scale, sd and 95% half-width per released part."""
     exact_value: Callable[[Exact, StatisticSpec, int], tuple[float, dict[str, float]]] | None = None
     """Aggregate mode: the exact value (and parts) of cell ``i``; None where only DP is allowed."""
+    members: Callable[[RegistryData, np.ndarray, Query], list[np.ndarray]] | None = None
+    """Aggregate mode: the distinct patients (dense indices) behind each cell, in cell order."""
 
 
 @dataclass(frozen=True)
@@ -151,3 +153,21 @@ def cell_index(data: RegistryData, rows: np.ndarray, query: Query) -> tuple[np.n
         valid &= codes >= 0
         flat = flat * len(labels) + codes
     return np.where(valid, flat, -1), n_cells
+
+
+def members_by_cell(cell: np.ndarray, patients: np.ndarray, n_cells: int) -> list[np.ndarray]:
+    """The distinct ``patients`` of each cell (``cell[i]`` is row ``i``'s cell, -1 for none).
+
+    >>> [m.tolist() for m in members_by_cell(np.array([0, 1, 0, -1]), np.array([5, 6, 5, 7]), 3)]
+    [[5], [6], []]
+    """
+    keep = cell >= 0
+    pairs = np.unique(np.stack([cell[keep], patients[keep].astype(np.int64)]), axis=1)
+    bounds = np.searchsorted(pairs[0], np.arange(n_cells + 1))
+    return [pairs[1, bounds[i] : bounds[i + 1]] for i in range(n_cells)]
+
+
+def row_members(data: RegistryData, rows: np.ndarray, query: Query) -> list[np.ndarray]:
+    """The distinct patients behind each cell of a count-like release (rows in their cells)."""
+    idx, n_cells = cell_index(data, rows, query)
+    return members_by_cell(idx, data.patients[rows], n_cells)

@@ -12,7 +12,14 @@ import numpy as np
 from nodes import sensitivity
 from nodes.data import RegistryData
 from nodes.mechanisms import VectorPlan
-from nodes.statistics.base import Exact, Statistic, StatisticSpec, cell_index, cell_labels
+from nodes.statistics.base import (
+    Exact,
+    Statistic,
+    StatisticSpec,
+    cell_index,
+    cell_labels,
+    row_members,
+)
 from varde.query import Query
 from varde.release import Cell
 
@@ -50,5 +57,6 @@ COUNTS = Statistic(
     vectors=lambda ex, _s, _k: [ex.counts],
     cells=_cells,
     exact_value=_exact_value,
+    members=row_members,
 )
 """Count, histogram and crosstab: one vector of counts over the query's cells."""

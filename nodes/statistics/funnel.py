@@ -13,13 +13,22 @@ OpenDP's ``make_composition`` adds the steps' rho.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from nodes import sensitivity
 from nodes.cohort import evaluate
 from nodes.data import RegistryData
 from nodes.mechanisms import Sensitivity, VectorPlan
-from nodes.statistics.base import Exact, Statistic, StatisticSpec, cell_index, cell_labels
+from nodes.statistics.base import (
+    Exact,
+    Statistic,
+    StatisticSpec,
+    cell_index,
+    cell_labels,
+    members_by_cell,
+)
 from nodes.statistics.counts import count_cells
 from varde.query import Count, Funnel, Query
 from varde.release import Cell
@@ -27,20 +36,39 @@ from varde.release import Cell
 _COUNT = Count(kind="count")
 
 
-def exact_funnel(data: RegistryData, rows: np.ndarray, query: Query) -> Exact:
-    """Exact count per (group, step), step varying fastest (the query's cell order)."""
+def _alive_by_step(
+    data: RegistryData, rows: np.ndarray, query: Query
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Per step, the group cell of every row still in (criteria ``1..j``; -1 for none)."""
     stat = query.statistic
     assert isinstance(stat, Funnel)
     # the same query as a plain count: its cells are just the group_by cells
     groups = Query.model_construct(**{**dict(query), "statistic": _COUNT})
     alive = rows.copy()
-    per_step = []
     for step in stat.steps:
         alive &= evaluate(data, step.criterion)
         idx, n_groups = cell_index(data, alive, groups)
-        per_step.append(np.bincount(idx[idx >= 0], minlength=n_groups).astype(np.int64))
+        full = np.full(rows.shape[0], -1, dtype=np.int64)
+        full[alive] = idx
+        yield full, n_groups
+
+
+def exact_funnel(data: RegistryData, rows: np.ndarray, query: Query) -> Exact:
+    """Exact count per (group, step), step varying fastest (the query's cell order)."""
+    per_step = [
+        np.bincount(cell[cell >= 0], minlength=n).astype(np.int64)
+        for cell, n in _alive_by_step(data, rows, query)
+    ]
     counts = np.stack(per_step, axis=1).reshape(-1)  # (group, step) row-major
     return Exact(labels=cell_labels(query), counts=counts)
+
+
+def funnel_members(data: RegistryData, rows: np.ndarray, query: Query) -> list[np.ndarray]:
+    """The distinct patients behind each (group, step) cell, in the query's cell order."""
+    per_step = [
+        members_by_cell(cell, data.patients, n) for cell, n in _alive_by_step(data, rows, query)
+    ]
+    return [per_step[j][g] for g in range(len(per_step[0])) for j in range(len(per_step))]
 
 
 def _steps(stat: StatisticSpec) -> int:
@@ -72,5 +100,6 @@ FUNNEL = Statistic(
     vectors=_vectors,
     cells=_cells,
     exact_value=lambda ex, _s, i: (float(ex.counts[i]), {}),
+    members=funnel_members,
 )
 """Attrition funnel: one count vector per step, composed by OpenDP."""

@@ -19,11 +19,28 @@ from nodes import sensitivity
 from nodes.data import RegistryData
 from nodes.mechanisms import Sensitivity, VectorPlan
 from nodes.sensitivity import mean_centre, mean_half_width
-from nodes.statistics.base import Exact, Noise, Statistic, StatisticSpec, cell_index, cell_labels
+from nodes.statistics.base import (
+    Exact,
+    Noise,
+    Statistic,
+    StatisticSpec,
+    cell_index,
+    cell_labels,
+    members_by_cell,
+)
 from nodes.statistics.counts import count_cells
 from varde.estimates import mean_from_parts
 from varde.query import Mean, Query, Sum
 from varde.release import Cell
+
+
+def value_members(data: RegistryData, rows: np.ndarray, query: Query) -> list[np.ndarray]:
+    """The distinct patients behind each cell of a sum or mean (rows with a value)."""
+    stat = query.statistic
+    assert isinstance(stat, Sum | Mean)
+    idx, n_cells = cell_index(data, rows, query)
+    idx = np.where(np.isnan(data.column(stat.field)[rows]), -1, idx)
+    return members_by_cell(idx, data.patients[rows], n_cells)
 
 
 def exact_sums(data: RegistryData, rows: np.ndarray, query: Query) -> Exact:
@@ -73,6 +90,7 @@ SUM = Statistic(
     cells=lambda ex, _s, noisy, plan, _k: count_cells(ex.labels, noisy[0], plan),
     noise=_sum_noise,
     exact_value=lambda ex, _s, i: (float(_sums(ex)[i]), {}),
+    members=value_members,
 )
 """Bounded sum: one vector of clamped sums (L1 = L2 = ``k max(|L|, |U|)``)."""
 
@@ -146,5 +164,6 @@ MEAN = Statistic(
     cells=_mean_cells,
     noise=_mean_noise,
     exact_value=_mean_exact_value,
+    members=value_members,
 )
 """Bounded mean, released as its noisy centred sum and count (``parts``) and their ratio."""

@@ -120,7 +120,7 @@ class SuperNode:
     Training rounds are charged by the ClientApp processes, not by this
     process, so the node would keep publishing stale budgets: while the
     SuperNode runs, a change of the ledger file calls ``on_ledger_change``
-    (the node's :meth:`~nodes.pipeline.NodeContext.charged`), checked every
+    (the node's :meth:`~nodes.context.NodeContext.charged`), checked every
     :attr:`LEDGER_CHECK_S` seconds.
     """
 

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from launcher.network import free_port
 from nodes.console import ConsoleServer, add_user, create_console, users_path
-from nodes.pipeline import NodeContext, handle
+from nodes.context import NodeContext
+from nodes.pipeline import handle
 from nodes.policy import ApprovalRules
 
 from ..conftest import make_work

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from launcher.network import DEFAULT_POLICIES
 from nodes.approvals import request_key
 from nodes.cli import node_admin
-from nodes.pipeline import NodeContext, handle
+from nodes.context import NodeContext
+from nodes.pipeline import handle
 from nodes.policy import ApprovalRules
 from nodes.reload import PolicyReloader
 from varde.query import parse_query

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodes.audit import GENESIS, AuditEntry, entry_hash, verify_trail
-from nodes.pipeline import NodeContext, handle
+from nodes.context import NodeContext
+from nodes.pipeline import handle
 from nodes.store import NodeStore
 from varde.crypto import generate_key, public_key_b64
 

@@ -11,8 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nodes.cohort import evaluate
+from nodes.context import NodeContext
 from nodes.data import RegistryData, bound_contributions
-from nodes.pipeline import NodeContext, handle
+from nodes.pipeline import handle
 from nodes.statistics import exact
 from varde.query import parse_query
 from varde.schema import FIELDS_BY_NAME

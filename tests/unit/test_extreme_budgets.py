@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from nodes.context import NodeContext
 from nodes.data import RegistryData
 from nodes.ledger import Ledger
-from nodes.pipeline import NodeContext, handle
+from nodes.pipeline import handle
 from nodes.policy import Policy
 from nodes.store import NodeStore
 from varde.crypto import generate_key, public_key_b64

@@ -11,8 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from nodes.cohort import evaluate
+from nodes.context import NodeContext
 from nodes.data import RegistryData, bound_contributions
-from nodes.pipeline import NodeContext, handle
+from nodes.pipeline import handle
 from nodes.statistics import exact, plan
 from nodes.statistics.base import Exact
 from varde.budget import PureDP
@@ -113,7 +114,7 @@ def test_noise_scale_is_statistically_right() -> None:
     assert 0.93 < inside < 0.97
 
 
-def test_funnel_in_aggregate_mode_is_exact(
+def test_funnel_in_aggregate_mode_is_within_the_cell_key_spread(
     node_ctx: NodeContext, gateway_key: Ed25519PrivateKey, oslo_data: RegistryData
 ) -> None:
     query = {
@@ -124,8 +125,10 @@ def test_funnel_in_aggregate_mode_is_exact(
     rel = handle(node_ctx, make_work(gateway_key, query))
     assert rel.status == "ok" and rel.mode == "aggregate"
     ex = exact(oslo_data, evaluate(oslo_data, None), parse_query(query))
+    spread = node_ctx.policy.aggregate.cell_key_spread
     for cell, n in zip(rel.cells, ex.counts, strict=True):
-        assert cell.status == "suppressed" or cell.value == n
+        assert cell.status == "suppressed" or abs(cell.value - n) <= spread
+    assert any(c.status == "ok" for c in rel.cells)
 
 
 @pytest.mark.parametrize(

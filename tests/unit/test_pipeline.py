@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nodes.pipeline import NodeContext, handle
+from nodes.context import NodeContext
+from nodes.pipeline import handle
 from varde.crypto import generate_key
 from varde.envelope import SignedEnvelope, utcnow
 

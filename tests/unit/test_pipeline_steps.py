@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nodes import pipeline
 from nodes.accounts import Account, reconcile
-from nodes.pipeline import PIPELINE, NodeContext, WorkState, handle, run
+from nodes.context import NodeContext
+from nodes.pipeline import PIPELINE, WorkState, handle, run
 from nodes.policy import Policy
 from varde.budget import PureDP
 from varde.envelope import utcnow

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from nodes.context import NodeContext
 from nodes.ledger import Ledger
-from nodes.pipeline import NodeContext, handle
+from nodes.pipeline import handle
 from nodes.store import NodeStore
 
 from ..conftest import make_work

@@ -8,7 +8,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from launcher.network import DEFAULT_POLICIES
-from nodes.pipeline import NodeContext, handle
+from nodes.context import NodeContext
+from nodes.pipeline import handle
 from nodes.reload import PolicyReloader
 
 from ..conftest import make_work

@@ -1,4 +1,4 @@
-"""Complementary suppression: no suppressed cell can be recovered from a line margin."""
+"""Suppression in aggregate mode: no suppressed cell can be recovered from a margin or a step."""
 
 from __future__ import annotations
 
@@ -13,14 +13,26 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from nodes.cohort import evaluate
+from nodes.context import NodeContext
 from nodes.data import RegistryData
-from nodes.pipeline import NodeContext, handle
+from nodes.pipeline import handle
 from nodes.statistics import exact
-from nodes.statistics.suppression import complementary_suppression, release_aggregate
+from nodes.statistics.suppression import (
+    complementary_suppression,
+    funnel_step_suppression,
+    release_aggregate,
+)
 from varde.budget import PureDP
 from varde.query import parse_query
 
 from ..conftest import make_work
+
+
+def aggregate(data: RegistryData, q: Any, min_cell: int, spread: int = 0) -> list[Any]:
+    """The cells aggregate mode publishes for ``q`` (exact values with ``spread`` 0)."""
+    rows = evaluate(data, q.cohort)
+    ex = exact(data, rows, q)
+    return release_aggregate(data, rows, ex, q, min_cell=min_cell, spread=spread, salt=1).cells
 
 
 def lone_lines(supp: np.ndarray, axes: list[int]) -> int:
@@ -62,12 +74,12 @@ def test_margin_cannot_recover_a_suppressed_cell(oslo_data: RegistryData) -> Non
         }
     )
     ex = exact(oslo_data, evaluate(oslo_data, q.cohort), q)
-    cells = release_aggregate(ex, q, min_cell=30)
+    cells = aggregate(oslo_data, q, min_cell=30)
     shape = (6, 7)
     counts = ex.counts.reshape(shape)
     supp = np.array([c.status == "suppressed" for c in cells]).reshape(shape)
-    assert ((counts > 0) & (counts < 30) <= supp).all()
-    assert supp.sum() > ((counts > 0) & (counts < 30)).sum()  # complements were needed here
+    assert ((counts < 30) <= supp).all()  # small and empty cells alike
+    assert supp.sum() > (counts < 30).sum()  # complements were needed here
     for axis in (0, 1):
         margins = counts.sum(axis=axis)
         released = np.where(supp, 0, counts).sum(axis=axis)
@@ -77,7 +89,12 @@ def test_margin_cannot_recover_a_suppressed_cell(oslo_data: RegistryData) -> Non
         assert (margins - released >= 0).all()
 
 
-def test_funnel_steps_are_not_complemented(oslo_data: RegistryData) -> None:
+def test_funnel_steps_are_protected_like_cells(oslo_data: RegistryData) -> None:
+    """Every published step is large, and so is every drop-out group between published steps.
+
+    (Before, the step axis was left out of suppression: step j minus step j+1 could be a
+    handful of patients.)
+    """
     q = parse_query(
         {
             "project": "breast-outcomes",
@@ -101,11 +118,33 @@ def test_funnel_steps_are_not_complemented(oslo_data: RegistryData) -> None:
     )
     ex = exact(oslo_data, evaluate(oslo_data, None), q)
     min_cell = int(np.sort(ex.counts)[2]) + 1  # the three smallest cells are small
-    cells = release_aggregate(ex, q, min_cell=min_cell)
+    cells = aggregate(oslo_data, q, min_cell=min_cell)
     supp = np.array([c.status == "suppressed" for c in cells]).reshape(2, 3)
     assert lone_lines(supp, [0]) == 0  # across sexes, within a step: protected
-    small = (ex.counts > 0) & (ex.counts < min_cell)
-    assert supp.reshape(-1)[small].all()
+    assert supp.reshape(-1)[ex.counts < min_cell].all()
+    counts = ex.counts.reshape(2, 3)
+    for g in range(2):
+        published = [int(counts[g, j]) for j in range(3) if not supp[g, j]]
+        drops = np.diff([np.inf, *published])
+        assert (-drops >= min_cell).all(), (published, min_cell)  # no small drop-out group
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hnp.arrays(
+        np.int64, st.tuples(st.integers(1, 3), st.integers(1, 6)), elements=st.integers(0, 80)
+    ),
+    st.integers(2, 15),
+)
+def test_funnel_step_rule_leaves_no_small_published_drop(steps: np.ndarray, min_cell: int) -> None:
+    patients = -np.sort(-steps, axis=1)  # a funnel never rises
+    supp = funnel_step_suppression(
+        patients, np.zeros_like(patients, dtype=bool), min_cell, min_cell
+    )
+    for g in range(patients.shape[0]):
+        published = patients[g][~supp[g]]
+        assert (published >= min_cell).all()
+        assert (-np.diff(published) >= min_cell).all()
 
 
 def test_aggregate_statuses_are_distinct(
@@ -150,7 +189,6 @@ def test_histogram_total_cannot_recover_its_one_small_cell(
             "privacy": {"mode": "aggregate"},
         }
     )
-    ex = exact(oslo_data, evaluate(oslo_data, q.cohort), q)
-    cells = release_aggregate(ex, q, min_cell=min_cell)
+    cells = aggregate(oslo_data, q, min_cell=min_cell)
     n_supp = sum(c.status == "suppressed" for c in cells)
     assert n_supp != 1

@@ -10,8 +10,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from nodes.cohort import evaluate
+from nodes.context import NodeContext
 from nodes.data import RegistryData
-from nodes.pipeline import NodeContext, handle
+from nodes.pipeline import handle
 from nodes.policy import ProjectPolicy
 from nodes.statistics import exact
 from varde.query import parse_query

@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.combine import combine
 from nodes.cohort import evaluate
+from nodes.context import NodeContext
 from nodes.data import RegistryData, bound_contributions
-from nodes.pipeline import NodeContext, handle
+from nodes.pipeline import handle
 from nodes.statistics import exact, plan, price
 from varde.budget import ZCDP
 from varde.estimates import survival_from_counts
