@@ -250,6 +250,29 @@ class QueryLimits(_Strict):
     )
 
 
+class ConsoleRules(_Strict):
+    """What the site console may change without anyone editing the policy file by hand."""
+
+    max_epsilon_budget: float = Field(
+        default=50.0,
+        gt=0,
+        le=MAX_AMOUNT,
+        allow_inf_nan=False,
+        description="The largest epsilon budget staff may set for a project in the console.",
+    )
+    max_rho_budget: float = Field(
+        default=2.0,
+        gt=0,
+        le=MAX_AMOUNT,
+        allow_inf_nan=False,
+        description="The largest rho budget staff may set for a zcdp project in the console.",
+    )
+
+    def max_budget(self, like: Budget) -> Budget:
+        """The largest budget the console may set, in ``like``'s measure."""
+        return like.like(self.max_rho_budget if isinstance(like, ZCDP) else self.max_epsilon_budget)
+
+
 class Policy(_Strict):
     """The whole policy of one site."""
 
@@ -276,6 +299,9 @@ class Policy(_Strict):
     )
     limits: QueryLimits = Field(
         default=QueryLimits(), description="How fine a question this site answers."
+    )
+    console: ConsoleRules = Field(
+        default=ConsoleRules(), description="What staff may change in the site console."
     )
 
     @field_validator("fields")

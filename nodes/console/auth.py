@@ -17,9 +17,18 @@ import re
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Sessions", "add_user", "check_password", "hash_password", "users_path"]
+__all__ = [
+    "LoginGuard",
+    "Session",
+    "Sessions",
+    "add_user",
+    "check_password",
+    "hash_password",
+    "users_path",
+]
 
 _N, _R, _P = 2**14, 8, 1
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{1,40}$")
@@ -92,34 +101,100 @@ def check_password(path: Path, name: str, password: str) -> bool:
     return check_hash(stored, password)
 
 
-class Sessions:
-    """Logged-in staff by random token, expiring after ``ttl`` seconds."""
+@dataclass
+class Session:
+    """One staff member's login: who, its CSRF token, and when it ends."""
 
-    def __init__(self, ttl: float = 8 * 3600) -> None:
+    user: str
+    csrf: str
+    expires: float
+    """Monotonic time after which the session is over, whatever happens."""
+    idle_until: float
+    """Monotonic time after which an unused session is over (moved on by every request)."""
+
+
+class Sessions:
+    """Logged-in staff by random token: at most ``ttl`` seconds, ``idle`` seconds unused.
+
+    Each session carries its own random CSRF token, which every form of the
+    console embeds and every state-changing request must send back
+    (:func:`nodes.console.deps.staff_action`).
+    """
+
+    def __init__(self, ttl: float = 8 * 3600, idle: float = 30 * 60) -> None:
         self.ttl = ttl
+        self.idle = idle
         self._lock = threading.Lock()
-        self._by_token: dict[str, tuple[str, float]] = {}
+        self._by_token: dict[str, Session] = {}
 
     def open(self, user: str) -> str:
         """A new session token for ``user``."""
         token = secrets.token_urlsafe(32)
+        now = time.monotonic()
         with self._lock:
-            self._by_token[token] = (user, time.monotonic() + self.ttl)
+            self._by_token[token] = Session(
+                user, secrets.token_urlsafe(32), now + self.ttl, now + self.idle
+            )
         return token
+
+    def session(self, token: str | None) -> Session | None:
+        """The live session of ``token`` (its idle clock restarted), or None."""
+        if not token:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            found = self._by_token.get(token)
+            if found is None or found.expires < now or found.idle_until < now:
+                self._by_token.pop(token, None)
+                return None
+            found.idle_until = now + self.idle
+            return found
 
     def user(self, token: str | None) -> str | None:
         """The user of a live session, or None."""
-        if not token:
-            return None
-        with self._lock:
-            found = self._by_token.get(token)
-            if found is None or found[1] < time.monotonic():
-                self._by_token.pop(token, None)
-                return None
-            return found[0]
+        found = self.session(token)
+        return found.user if found is not None else None
 
     def close(self, token: str | None) -> None:
         """End a session (logout)."""
         if token:
             with self._lock:
                 self._by_token.pop(token, None)
+
+
+class LoginGuard:
+    """Failed logins per user name: after ``max_failures`` within ``window`` s, a lockout.
+
+    During the lockout (``lockout`` s) even the right password is refused, so
+    guessing is bounded at ``max_failures`` tries per ``lockout`` seconds for each
+    name; the node audits the lockout (``console_lockout``) and every attempt.
+    """
+
+    def __init__(self, max_failures: int = 5, window: float = 900, lockout: float = 900) -> None:
+        self.max_failures, self.window, self.lockout = max_failures, window, lockout
+        self._lock = threading.Lock()
+        self._failures: dict[str, list[float]] = {}
+        self._locked_until: dict[str, float] = {}
+
+    def locked(self, name: str) -> float:
+        """Seconds ``name`` is still locked out for (0: not locked)."""
+        with self._lock:
+            return max(0.0, self._locked_until.get(name, 0.0) - time.monotonic())
+
+    def failed(self, name: str) -> bool:
+        """Record a failed login; True when it starts a lockout."""
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._failures.get(name, []) if t > now - self.window]
+            recent.append(now)
+            self._failures[name] = recent
+            if len(recent) >= self.max_failures:
+                self._locked_until[name] = now + self.lockout
+                self._failures[name] = []
+                return True
+            return False
+
+    def succeeded(self, name: str) -> None:
+        """A right password outside a lockout clears the failures."""
+        with self._lock:
+            self._failures.pop(name, None)

@@ -10,20 +10,29 @@ by :func:`nodes.console.app.create_console`), so tests can swap it with
 Not logged in, a page answers with a redirect to ``/login`` and a form post
 with a plain 401 (:class:`NotLoggedIn` carries that response to the handler
 the app registers).
+
+Cross-site requests: SameSite cookies do not separate two ports of 127.0.0.1
+(they are the same *site*), so a page served by anything else on the machine
+could post to the console with the staff member's cookie. Every state-changing
+request must therefore (1) come from the console's own origin (``Origin``, or
+``Referer`` where a browser sends no Origin; neither is refused) and (2) carry
+the session's CSRF token in its form (:func:`staff_action`). A refusal is a 403
+naming the reason, audited as ``console_csrf_refused``; nothing is changed.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
-from nodes.console.auth import Sessions
+from nodes.console.auth import LoginGuard, Sessions
 from nodes.ledger import Ledger
 from nodes.policy import Policy
 from nodes.store import NodeStore
@@ -34,12 +43,15 @@ __all__ = [
     "Context",
     "FormFields",
     "NotLoggedIn",
+    "Staff",
     "StaffAction",
     "StaffUser",
     "form_fields",
     "get_context",
     "login_redirect",
     "not_logged_in",
+    "refuse_cross_site",
+    "same_origin",
     "staff_action",
     "staff_user",
 ]
@@ -61,6 +73,7 @@ class ConsoleContext:
     policy_file: Path | None = None
     policy_saved: Callable[[], object] | None = None
     sessions: Sessions = field(default_factory=Sessions)
+    logins: LoginGuard = field(default_factory=LoginGuard)
 
 
 def get_context(request: Request) -> ConsoleContext:
@@ -92,28 +105,80 @@ def login_redirect() -> Response:
     return RedirectResponse("/login", status_code=303)
 
 
-def _session_user(request: Request, ctx: ConsoleContext) -> str | None:
-    return ctx.sessions.user(request.cookies.get(COOKIE))
+@dataclass(frozen=True)
+class Staff:
+    """The logged-in staff member, and the CSRF token every form of theirs carries."""
+
+    name: str
+    csrf: str
+
+    def __str__(self) -> str:
+        return self.name
 
 
-def staff_user(request: Request, ctx: Context) -> str:
+def _staff(request: Request, ctx: ConsoleContext) -> Staff | None:
+    found = ctx.sessions.session(request.cookies.get(COOKIE))
+    return Staff(found.user, found.csrf) if found is not None else None
+
+
+def staff_user(request: Request, ctx: Context) -> Staff:
     """The staff member viewing a page; without a session, a redirect to the login form."""
-    user = _session_user(request, ctx)
-    if user is None:
+    staff = _staff(request, ctx)
+    if staff is None:
         raise NotLoggedIn(login_redirect())
-    return user
+    return staff
 
 
-def staff_action(request: Request, ctx: Context) -> str:
-    """The staff member posting a form; without a session, 401 (nothing is changed)."""
-    user = _session_user(request, ctx)
-    if user is None:
+def same_origin(request: Request) -> bool:
+    """Whether a request comes from a page of this console (``Origin``, else ``Referer``).
+
+    A browser sends ``Origin`` with every cross-origin POST and most same-origin
+    ones; where it sends none, the ``Referer`` tells. With neither, the request
+    is refused: the console's own forms always produce one of them.
+    """
+    host = request.headers.get("host", "")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and parts.netloc == host
+    referer = request.headers.get("referer")
+    if referer is not None:
+        parts = urlsplit(referer)
+        return parts.scheme in ("http", "https") and parts.netloc == host
+    return False
+
+
+def refuse_cross_site(request: Request, ctx: ConsoleContext, why: str) -> None:
+    """Audit and refuse a state-changing request that is not the console's own."""
+    ctx.store.audit(
+        "console_csrf_refused",
+        why=why,
+        path=request.url.path,
+        origin=request.headers.get("origin", ""),
+        referer=request.headers.get("referer", ""),
+    )
+    raise NotLoggedIn(Response(f"refused: {why}; nothing was changed", status_code=403))
+
+
+async def staff_action(request: Request, ctx: Context) -> Staff:
+    """The staff member posting a form: logged in, same origin, the session's CSRF token.
+
+    Without a session: 401. From another origin, or without the form's token: 403,
+    audited. In every case nothing is changed.
+    """
+    staff = _staff(request, ctx)
+    if staff is None:
         raise NotLoggedIn(Response("log in first", status_code=401))
-    return user
+    if not same_origin(request):
+        refuse_cross_site(request, ctx, "the request does not come from this console")
+    sent = (await form_fields(request)).get("csrf", "")
+    if not hmac.compare_digest(sent.encode(), staff.csrf.encode()):
+        refuse_cross_site(request, ctx, "the form's CSRF token is missing or wrong")
+    return staff
 
 
-StaffUser = Annotated[str, Depends(staff_user)]
-StaffAction = Annotated[str, Depends(staff_action)]
+StaffUser = Annotated[Staff, Depends(staff_user)]
+StaffAction = Annotated[Staff, Depends(staff_action)]
 
 
 async def form_fields(request: Request) -> dict[str, str]:

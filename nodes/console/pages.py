@@ -12,12 +12,16 @@ import html
 
 from fastapi.responses import HTMLResponse
 
+from nodes.console.deps import Staff
+
 __all__ = ["HEADERS", "esc", "page", "problem", "table"]
 
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" even on
+    # the console's own form posts, which the cross-site check must then refuse
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 _STYLE = """
@@ -41,16 +45,38 @@ def esc(value: object) -> str:
     return html.escape(str(value))
 
 
-def page(title: str, body: str, user: str | None = None, site: str = "") -> HTMLResponse:
+_POST_FORM = '<form method="post"'
+
+
+def with_csrf(html_text: str, token: str) -> str:
+    """Every POST form in ``html_text`` with the session's CSRF token as a hidden field.
+
+    One place adds it, so no form can be written without it.
+
+    >>> with_csrf('<form method="post" action="/x"><button>Go</button></form>', "t0k")
+    '<form method="post" action="/x"><input type="hidden" name="csrf" value="t0k"><button>Go</button></form>'
+    """  # noqa: E501
+    hidden = f'<input type="hidden" name="csrf" value="{esc(token)}">'
+    out, rest = [], html_text
+    while (start := rest.find(_POST_FORM)) >= 0:
+        end = rest.index(">", start) + 1
+        out.append(rest[:end] + hidden)
+        rest = rest[end:]
+    return "".join(out) + rest
+
+
+def page(title: str, body: str, user: Staff | None = None, site: str = "") -> HTMLResponse:
     """A whole page around ``body`` (already HTML); the navigation only for a logged-in user."""
     nav = (
         '<a href="/">Overview</a><a href="/policy">Policy</a><a href="/audit">Audit trail</a>'
         '<a href="/approvals">Approvals</a>'
-        f'<form method="post" action="/logout" style="margin-left:auto">{esc(user)} '
+        f'<form method="post" action="/logout" style="margin-left:auto">{esc(user.name)} '
         '<button type="submit">Log out</button></form>'
         if user
         else ""
     )
+    if user is not None:
+        nav, body = with_csrf(nav, user.csrf), with_csrf(body, user.csrf)
     doc = (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)} - "
         f"{esc(site)} site console</title><style>{_STYLE}</style></head><body>"
@@ -67,7 +93,7 @@ def table(table_id: str, head: list[str], rows: list[list[str]]) -> str:
     return f'<table id="{table_id}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def problem(message: str, user: str, site: str) -> HTMLResponse:
+def problem(message: str, user: Staff, site: str) -> HTMLResponse:
     """A 422 page saying why an edit was not saved."""
     resp = page("Not saved", f'<pre id="problem">{esc(message)}</pre>', user, site)
     resp.status_code = 422

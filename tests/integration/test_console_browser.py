@@ -8,7 +8,9 @@ missing.
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +100,7 @@ def test_staff_log_in_read_a_budget_approve_and_see_the_audit_entry(
     # read a budget
     row = page.locator("#budgets tr", has_text="nsclc-feasibility")
     cells = row.locator("td").all_inner_texts()
-    assert cells[:4] == ["nsclc-feasibility", "10", "0.5", "9.5"]
+    assert cells[:6] == ["nsclc-feasibility", "epsilon", "lifetime", "10", "0.5", "9.5"]
     assert page.inner_text("#pending") == "1"
     assert page.inner_text("#connection") == "connected"
 
@@ -119,7 +121,7 @@ def test_staff_log_in_read_a_budget_approve_and_see_the_audit_entry(
     assert again.charged.epsilon == pytest.approx(0.5)
     page.goto(console + "/")
     cells = page.locator("#budgets tr", has_text="nsclc-feasibility").locator("td")
-    assert cells.all_inner_texts()[2] == "1"
+    assert cells.all_inner_texts()[4] == "1"  # spent
 
 
 def test_approving_a_project_in_the_browser_writes_a_new_policy_version(
@@ -168,3 +170,78 @@ def test_approving_a_project_in_the_browser_writes_a_new_policy_version(
         server.stop()
     assert "# Oslo looks at every new project" in path.read_text()
     assert handle(node_ctx, make_work(gateway_key, COUNT, query_id="new-2")).status == "ok"
+
+
+def _attacker(html_page: str) -> tuple[ThreadingHTTPServer, str]:
+    """Another web server on this machine (another port: the same *site* for cookies)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = html_page.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_a_cross_origin_form_post_is_refused_and_nothing_changes(
+    page: Any, node_ctx: NodeContext, tmp_path: Path
+) -> None:
+    """A page on another port posts a budget change with the staff member's cookie."""
+    from launcher.network import DEFAULT_POLICIES
+    from nodes.reload import PolicyReloader
+
+    path = tmp_path / "oslo.yaml"
+    path.write_text((DEFAULT_POLICIES / "oslo.yaml").read_text())
+    reloader = PolicyReloader(node_ctx, path)
+    add_user(users_path(tmp_path), "kari", PASSWORD)
+    app = create_console(
+        site="oslo",
+        store=node_ctx.store,
+        ledger=node_ctx.ledger,
+        policy=lambda: node_ctx.policy,
+        users=users_path(tmp_path),
+        policy_file=path,
+        policy_saved=reloader.check_once,
+    )
+    server = ConsoleServer(app, port=free_port()).start()
+    before, version = path.read_text(), node_ctx.policy.version
+    attack = (
+        "<!doctype html><html><body>"
+        f'<form id="f" method="post" action="{server.url}/budgets/nsclc-feasibility">'
+        '<input name="budget" value="1000000"><input name="confirm" value="yes"></form>'
+        "<script>document.getElementById('f').submit()</script></body></html>"
+    )
+    evil, evil_url = _attacker(attack)
+    try:
+        page.goto(server.url + "/login")
+        page.fill("input[name=username]", "kari")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        assert page.locator("#budgets").count() == 1  # logged in
+        page.goto(evil_url)
+        page.wait_for_url(f"{server.url}/budgets/nsclc-feasibility", timeout=10_000)
+        assert "nothing was changed" in page.inner_text("body")
+        assert path.read_text() == before and node_ctx.policy.version == version
+        assert node_ctx.policy.projects["nsclc-feasibility"].epsilon_budget == 10.0
+        (refused,) = node_ctx.store.events("console_csrf_refused")
+        assert refused.data["origin"] == evil_url
+        # the console's own form still works, with a confirmation step
+        page.goto(server.url + "/")
+        page.fill("#budget-nsclc-feasibility", "12")
+        page.click("#set-budget-nsclc-feasibility")
+        assert "from 10 to 12" in page.inner_text("#confirm-text")
+        page.click("#confirm-budget-nsclc-feasibility")
+        assert "saved nsclc-feasibility budget 12" in page.inner_text("#notice")
+        assert node_ctx.policy.projects["nsclc-feasibility"].epsilon_budget == 12.0
+    finally:
+        evil.shutdown()
+        server.stop()

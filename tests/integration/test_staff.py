@@ -13,6 +13,7 @@ import pytest
 from launcher.network import DEFAULT_POLICIES, LocalNetwork
 from nodes.policy_check import check_policy_text
 from nodes.store import NodeStore
+from tests.console_client import StaffClient
 from varde_client import VardeClient
 
 from .conftest import ledger_of
@@ -292,7 +293,6 @@ def test_stopped_node_signs_its_whole_trail(staff_net: LocalNetwork) -> None:
 
 def test_node_serves_its_console_on_loopback(staff_net: LocalNetwork, tmp_path: Path) -> None:
     """``run_node(console_port=...)``: the console shows the node's live connection state."""
-    import httpx
 
     from launcher.network import free_port
     from nodes.console import add_user, users_path
@@ -327,8 +327,8 @@ def test_node_serves_its_console_on_loopback(staff_net: LocalNetwork, tmp_path: 
             # work ends the node's first long-poll, which is when it knows it is connected
             raw = client.query({**_query(900), "sites": ["voss"]}).raw
         assert raw["sites"][0]["status"] == "ok"
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=True) as c:
-            c.post("/login", data={"username": "kari", "password": "correct horse battery"})
+        with StaffClient(f"http://127.0.0.1:{port}") as c:
+            c.login("kari", "correct horse battery")
             page = c.get("/").text
         assert 'id="connection"><span class="ok">connected' in page
         row = "<td>nsclc-feasibility</td><td>epsilon</td><td>lifetime</td><td>8</td><td>0.05</td>"

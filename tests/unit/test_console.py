@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,12 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from launcher.network import DEFAULT_POLICIES, free_port
 from nodes.console import ConsoleServer, add_user, create_console, users_path
-from nodes.console.auth import check_password
+from nodes.console.auth import Sessions, check_password
 from nodes.context import NodeContext
 from nodes.pipeline import handle
 from nodes.reload import PolicyReloader
 
 from ..conftest import make_work
+from ..console_client import StaffClient
 
 COUNT: dict[str, Any] = {
     "project": "nsclc-feasibility",
@@ -49,10 +51,11 @@ def console(node_ctx: NodeContext, tmp_path: Path) -> Iterator[str]:
 
 
 @contextmanager
-def _login(url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=url, follow_redirects=True) as client:
-        resp = client.post("/login", data={"username": "kari", "password": PASSWORD})
+def _login(url: str) -> Iterator[StaffClient]:
+    with StaffClient(url) as client:
+        resp = client.login("kari", PASSWORD)
         assert resp.status_code == 200 and 'id="budgets"' in resp.text
+        assert client.csrf
         yield client
 
 
@@ -61,14 +64,22 @@ def test_pages_need_a_login(console: str, node_ctx: NodeContext) -> None:
         resp = httpx.get(console + path)
         assert resp.status_code == 303 and resp.headers["location"] == "/login"
     assert httpx.post(console + "/approvals/ap-1/approve").status_code == 401
-    resp = httpx.post(console + "/login", data={"username": "kari", "password": "wrong password!"})
+    resp = httpx.post(
+        console + "/login",
+        data={"username": "kari", "password": "wrong password!"},
+        headers={"Origin": console},
+    )
     assert resp.status_code == 303 and "error=" in resp.headers["location"]
     logins = node_ctx.store.events("console_login")
     assert [e.data for e in logins] == [{"user": "kari", "ok": False}]
 
 
 def test_session_cookie_is_httponly_and_strict(console: str) -> None:
-    resp = httpx.post(console + "/login", data={"username": "kari", "password": PASSWORD})
+    resp = httpx.post(
+        console + "/login",
+        data={"username": "kari", "password": PASSWORD},
+        headers={"Origin": console},
+    )
     cookie = resp.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
     assert resp.headers["location"] == "/"
@@ -104,9 +115,9 @@ def test_approve_and_deny_from_the_console(
     with _login(console) as client:
         page = client.get("/approvals").text
         assert f'id="approve-{req.id}"' in page and f'id="deny-{second.id}"' in page
-        assert client.post(f"/approvals/{req.id}/deny", data={}).status_code == 422
-        assert client.post("/approvals/ap-nope/approve").status_code == 404
-        resp = client.post(f"/approvals/{req.id}/approve")
+        assert client.act(f"/approvals/{req.id}/deny", data={}).status_code == 422
+        assert client.act("/approvals/ap-nope/approve").status_code == 404
+        resp = client.act(f"/approvals/{req.id}/approve")
         assert resp.status_code == 200 and "approved by kari (console)" in resp.text
         # approving the project wrote a new policy version, now in force
         assert "  approved_projects: [nsclc-feasibility]\n" in path.read_text()
@@ -126,7 +137,7 @@ def test_approve_and_deny_from_the_console(
         rel = handle(node_ctx, make_work(gateway_key, COUNT, query_id="w2"))
         assert rel.status == "awaiting_approval" and second.id in rel.message
         assert req.id not in rel.message
-        resp = client.post(f"/approvals/{second.id}/deny", data={"reason": "<b>too much</b>"})
+        resp = client.act(f"/approvals/{second.id}/deny", data={"reason": "<b>too much</b>"})
         assert "&lt;b&gt;too much&lt;/b&gt;" in resp.text  # escaped, never markup
         audit = client.get("/audit", params={"kind": "approval_denied"}).text
         assert second.id in audit and "1 entries" in audit
@@ -161,7 +172,10 @@ def test_budget_change_writes_a_validated_policy_version(
     path = tmp_path / "oslo.yaml"
     before = path.read_text()
     with _login(console) as client:
-        resp = client.post("/budgets/nsclc-feasibility", data={"budget": "12.5"})
+        asked = client.act("/budgets/nsclc-feasibility", data={"budget": "12.5"})
+        assert asked.status_code == 200 and "Confirm the budget change" in asked.text
+        assert "from 10 to 12.5" in asked.text and path.read_text() == before  # not yet
+        resp = client.act("/budgets/nsclc-feasibility", data={"budget": "12.5", "confirm": "yes"})
         assert resp.status_code == 200
         assert "saved nsclc-feasibility budget 12.5" in resp.text
         assert (
@@ -182,11 +196,11 @@ def test_budget_change_writes_a_validated_policy_version(
         assert node_ctx.policy.projects["nsclc-feasibility"].epsilon_budget == 12.5
         # the same validation as `varde policy check`: below the per-query cap is refused
         text = path.read_text()
-        bad = client.post("/budgets/nsclc-feasibility", data={"budget": "0.5"})
+        bad = client.act("/budgets/nsclc-feasibility", data={"budget": "0.5", "confirm": "yes"})
         assert bad.status_code == 422
         assert "exceeds the whole epsilon_budget" in bad.text and "oslo.yaml:22:" in bad.text
-        assert client.post("/budgets/nsclc-feasibility", data={"budget": "-1"}).status_code == 422
-        assert client.post("/budgets/nope", data={"budget": "1"}).status_code == 422
+        assert client.act("/budgets/nsclc-feasibility", data={"budget": "-1"}).status_code == 422
+        assert client.act("/budgets/nope", data={"budget": "1"}).status_code == 422
         assert path.read_text() == text
     edit = node_ctx.store.events("console_policy_edit")[0].data
     assert (edit["user"], edit["old"], edit["new"]) == ("kari", 10.0, 12.5)
@@ -216,3 +230,107 @@ def test_overview_shows_the_training_supernode_state_when_configured(
             assert "exited with code 1" in client.get("/").text
     finally:
         server.stop()
+
+
+# --- cross-site requests, login guessing, bounded budget edits, sessions (issue 10) -----------
+
+
+def _budget(node_ctx: NodeContext) -> float:
+    return node_ctx.policy.projects["nsclc-feasibility"].epsilon_budget
+
+
+@pytest.mark.parametrize(
+    ("headers", "with_token"),
+    [
+        ({"Origin": "http://127.0.0.1:1"}, True),  # another port of the same machine
+        ({"Origin": "http://evil.example"}, True),
+        ({"Origin": "null"}, True),  # a sandboxed or file page
+        ({}, True),  # neither Origin nor Referer
+        ({"Referer": "http://evil.example/page"}, True),
+        (None, False),  # the console's own origin, but no CSRF token
+    ],
+)
+def test_cross_site_posts_change_nothing(
+    console: str, node_ctx: NodeContext, headers: dict[str, str] | None, with_token: bool
+) -> None:
+    version = node_ctx.policy.version
+    with _login(console) as client:
+        form = {"budget": "1000000", "confirm": "yes"}
+        if with_token:
+            form["csrf"] = client.csrf
+        sent = {"Origin": console} if headers is None else headers
+        client.headers.pop("Origin", None)
+        resp = client.post("/budgets/nsclc-feasibility", data=form, headers=sent)
+    assert resp.status_code == 403 and "nothing was changed" in resp.text
+    assert _budget(node_ctx) == 10.0 and node_ctx.policy.version == version
+    assert node_ctx.store.events("console_policy_edit") == []
+    assert node_ctx.store.events("console_csrf_refused")
+
+
+def test_a_foreign_login_form_is_refused(console: str, node_ctx: NodeContext) -> None:
+    resp = httpx.post(
+        console + "/login",
+        data={"username": "kari", "password": PASSWORD},
+        headers={"Origin": "http://127.0.0.1:1"},
+    )
+    assert resp.status_code == 403 and "set-cookie" not in resp.headers
+    assert node_ctx.store.events("console_login") == []
+
+
+def test_guessing_passwords_locks_the_name_out_and_is_audited(
+    console: str, node_ctx: NodeContext, tmp_path: Path
+) -> None:
+    with StaffClient(console) as client:
+        for _ in range(20):
+            client.post("/login", data={"username": "kari", "password": "not the password"})
+        resp = client.login("kari", PASSWORD)  # the right one, during the lockout
+        assert 'id="budgets"' not in resp.text and "too many wrong passwords" in resp.text
+        assert client.get("/", follow_redirects=False).status_code == 303  # no session
+    (lockout,) = node_ctx.store.events("console_lockout")
+    assert lockout.data["user"] == "kari" and lockout.data["failures"] == 5
+    attempts = node_ctx.store.events("console_login")
+    assert len(attempts) == 21 and attempts[-1].data == {
+        "user": "kari",
+        "ok": False,
+        "locked": True,
+    }
+    # another name is not locked by kari's failures
+    add_user(users_path(tmp_path), "ola", PASSWORD)
+    with StaffClient(console) as other:
+        assert 'id="budgets"' in other.login("ola", PASSWORD).text
+
+
+def test_budget_edits_are_bounded_by_the_policy(console: str, node_ctx: NodeContext) -> None:
+    ceiling = node_ctx.policy.console.max_epsilon_budget
+    with _login(console) as client:
+        resp = client.act(
+            "/budgets/nsclc-feasibility", data={"budget": str(ceiling + 1), "confirm": "yes"}
+        )
+        assert resp.status_code == 422 and "console.max_epsilon_budget" in resp.text
+        asked = client.act("/budgets/nsclc-feasibility", data={"budget": "0"})
+        assert "nothing left until the next period" not in asked.text  # nothing spent yet
+    assert _budget(node_ctx) == 10.0
+
+
+def test_sessions_end_when_idle_or_old() -> None:
+    sessions = Sessions(ttl=60, idle=0.2)
+    token = sessions.open("kari")
+    assert sessions.user(token) == "kari"
+    time.sleep(0.3)
+    assert sessions.user(token) is None  # idle too long
+    old = Sessions(ttl=0.2, idle=60)
+    token = old.open("kari")
+    for _ in range(3):
+        time.sleep(0.1)
+        old.user(token)  # in use, but past its lifetime at the end
+    assert old.user(token) is None
+
+
+def test_every_page_keeps_its_security_headers(console: str) -> None:
+    with _login(console) as client:
+        for path in ("/", "/policy", "/audit", "/approvals"):
+            headers = client.get(path).headers
+            assert headers["x-frame-options"] == "DENY"
+            assert headers["referrer-policy"] == "same-origin"
+            assert "default-src 'none'" in headers["content-security-policy"]
+            assert headers["cache-control"].startswith("no-store")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -26,6 +25,7 @@ from nodes.store import NodeStore
 from nodes.synth import generate_registry
 from nodes.training.preflight import approval_gate, check_training_approval, preflight
 from nodes.training.rounds import authorize_training, run_round
+from tests.console_client import StaffClient
 from varde.errors import PolicyViolation
 from varde.training import TrainingPrivacy, TrainingSpec
 
@@ -286,13 +286,13 @@ def test_the_console_shows_and_approves_training_requests(
     )
     server = ConsoleServer(app, port=free_port()).start()
     try:
-        with httpx.Client(base_url=server.url, follow_redirects=True) as client:
-            client.post("/login", data={"username": "kari", "password": "correct horse battery"})
+        with StaffClient(server.url) as client:
+            client.login("kari", "correct horse battery")
             page = client.get("/approvals").text
             assert request_id in page and "training" in page
             assert "logistic model of death_within_2y on sex, age_at_diagnosis, stage" in page
             assert f'id="approve-{request_id}"' in page
-            assert client.post(f"/approvals/{request_id}/approve").status_code == 200
+            assert client.act(f"/approvals/{request_id}/approve").status_code == 200
     finally:
         server.stop()
         store.close()

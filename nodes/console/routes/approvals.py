@@ -80,7 +80,7 @@ async def decide(
                 request_id=request_id,
                 site=ctx.site,
                 store=ctx.store,
-                user=user,
+                user=user.name,
                 via="console",
                 saved=ctx.policy_saved,
             )

@@ -16,9 +16,11 @@ from fastapi import APIRouter
 from fastapi.responses import RedirectResponse, Response
 
 from nodes.accounts import Account
-from nodes.console.deps import Context, FormFields, StaffAction, StaffUser
+from nodes.console.deps import ConsoleContext, Context, FormFields, Staff, StaffAction, StaffUser
 from nodes.console.pages import esc, page, problem, table
+from nodes.policy import ProjectPolicy
 from nodes.policy_edits import PolicyEditError, budget_key, set_budget, write_policy_version
+from varde.budget import Budget
 
 __all__ = ["router"]
 
@@ -117,7 +119,13 @@ def overview(ctx: Context, user: StaffUser, saved: str = "") -> Response:
 
 @router.post("/budgets/{project}")
 async def save_budget(ctx: Context, user: StaffAction, project: str, form: FormFields) -> Response:
-    """Write a new policy version with ``project``'s budget changed (then back to the overview)."""
+    """Change ``project``'s budget: a confirmation page first, then a new policy version.
+
+    The new budget must be a number from 0 up to the policy's ``console`` maximum
+    for the project's measure; the first post only shows what the change means
+    (old and new budget, spent and left in the current period); the change is
+    written when the confirmation form comes back with ``confirm=yes``.
+    """
     if ctx.policy_file is None:
         return Response("this console cannot edit the policy", status_code=404)
     raw = form.get("budget", "")
@@ -127,18 +135,29 @@ async def save_budget(ctx: Context, user: StaffAction, project: str, form: FormF
             raise ValueError
     except ValueError:
         return problem(f"{raw!r} is not a budget (a number >= 0)", user, ctx.site)
-    projects = ctx.policy().projects
-    if project not in projects:
+    policy = ctx.policy()
+    if project not in policy.projects:
         return problem(f"this site's policy has no project {project!r}", user, ctx.site)
-    old = projects[project].budget
+    proj = policy.projects[project]
+    old = proj.budget
     new = old.like(budget)
+    ceiling = policy.console.max_budget(old)
+    if new > ceiling:  # type: ignore[operator]
+        return problem(
+            f"{new} is above what the console may set ({ceiling}; policy key "
+            f"console.max_{old.measure}_budget): edit the policy file to go higher",
+            user,
+            ctx.site,
+        )
+    if form.get("confirm") != "yes":
+        return _confirm(ctx, user, project, proj, new)
     try:
         saved = write_policy_version(
             ctx.policy_file,
             lambda text: set_budget(text, project, new),
             site=ctx.site,
             store=ctx.store,
-            user=user,
+            user=user.name,
             via="console",
             project=project,
             change={"key": budget_key(new), "old": old.amount, "new": budget},
@@ -148,3 +167,31 @@ async def save_budget(ctx: Context, user: StaffAction, project: str, form: FormF
         return problem(str(err), user, ctx.site)
     msg = f"saved {project} budget {budget:g}: policy version {saved.version}"
     return RedirectResponse("/?" + urlencode({"saved": msg}), status_code=303)
+
+
+def _confirm(
+    ctx: ConsoleContext, user: Staff, project: str, proj: ProjectPolicy, new: Budget
+) -> Response:
+    """What changing the budget would mean, and the form that confirms it."""
+    account = Account.of(project, proj)
+    spent = ctx.ledger.spent(project, proj.measure, account.period)
+    p = esc(project)
+    meaning = (
+        f"{esc(project)} has spent {spent:g} {proj.measure} in period {esc(account.period)}; "
+        + (
+            f"with a budget of {new.amount:g} it would have {new.amount - spent:g} left."
+            if new.amount >= spent
+            else f"a budget of {new.amount:g} is below that: it would have nothing left "
+            "until the next period (nothing already spent comes back)."
+        )
+    )
+    body = (
+        f'<p id="confirm-text">Change the {proj.measure} budget of <strong>{p}</strong> from '
+        f"{account.total.amount:g} to {new.amount:g}? {meaning}</p>"
+        f'<form method="post" action="/budgets/{p}">'
+        f'<input type="hidden" name="budget" value="{new.amount!r}">'
+        '<input type="hidden" name="confirm" value="yes">'
+        f'<button type="submit" id="confirm-budget-{p}">Confirm</button> '
+        '<a href="/">Cancel</a></form>'
+    )
+    return page("Confirm the budget change", body, user, ctx.site)
