@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from gateway.api.routes import catalog, nodes, queries
 from gateway.core.config import Settings, get_settings
@@ -42,11 +43,29 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
 
     @app.exception_handler(VardeError)
     async def _varde_error(_request: Request, err: VardeError) -> JSONResponse:
-        return JSONResponse(status_code=err.status, content=err.as_dict())
+        content: dict[str, object] = dict(err.as_dict())
+        if err.status == 422:  # one documented 422 body, whether pydantic or a check found it
+            content["errors"] = [{"loc": [], "msg": err.message, "type": err.code}]
+        return JSONResponse(status_code=err.status, content=content)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content=validation_body(err))
+
+    @app.exception_handler(HTTPException)
+    async def _http(_request: Request, err: HTTPException) -> JSONResponse:
+        # FastAPI answers a body it cannot decode (not UTF-8, not JSON) with a bare 400; it is
+        # an invalid request like any other, so it gets the documented 422 body.
+        if err.status_code == 400 and err.detail == "There was an error parsing the body":
+            problem = {"loc": ["body"], "msg": "the body is not UTF-8 JSON", "type": "json_invalid"}
+            body = {"error": "invalid_query", "detail": "body: not UTF-8 JSON", "errors": [problem]}
+            return JSONResponse(status_code=422, content=body)
+        detail = err.detail if isinstance(err.detail, str) else str(err.detail)
+        return JSONResponse(
+            status_code=err.status_code,
+            content={"error": f"http_{err.status_code}", "detail": detail},
+            headers=getattr(err, "headers", None),
+        )
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

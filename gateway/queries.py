@@ -39,7 +39,7 @@ from varde.errors import (
 from varde.estimates import Z95
 from varde.query import Query
 from varde.release import Manifest, SiteRelease, WorkItem
-from varde.results import PreviewResult, QueryResult
+from varde.results import PreviewResult, QueryResult, StoredQuery
 from varde.terms import check_query
 
 
@@ -273,15 +273,12 @@ def _record(
         s.commit()
 
 
-def stored_result(state: GatewayState, query_id: str, researcher: str) -> dict[str, Any]:
+def stored_result(state: GatewayState, query_id: str, researcher: str) -> StoredQuery:
     """A past query's result, for the researcher who asked it."""
     with state.sessions() as s:
         rec = s.scalars(select(QueryRecord).where(QueryRecord.id == query_id)).first()
         if rec is None or rec.researcher != researcher:
             raise NotFound(f"no query {query_id!r} of yours")
-        return {
-            "query_id": rec.id,
-            "spec": rec.spec,
-            "created_at": rec.created_at,
-            "result": rec.result,
-        }
+        return StoredQuery(
+            query_id=rec.id, spec=rec.spec, created_at=rec.created_at, result=rec.result
+        )

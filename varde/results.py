@@ -8,6 +8,9 @@ error on the other, not a silently missing column.
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 from varde.budget import Budget, Measure
@@ -71,3 +74,19 @@ class PreviewResult(_QueryHead):
     """What each site that would answer would charge."""
     network_accuracy: dict[str, float]
     network_noise_std: dict[str, float]
+
+
+class StoredQuery(BaseModel):
+    """A past query as the gateway stored it: the question, when, and its result then.
+
+    ``result`` is the :class:`QueryResult` as it was returned at the time (kept as
+    written: evidence is not rewritten when the format moves on); None when no
+    site answered.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    query_id: str
+    spec: dict[str, Any]
+    created_at: dt.datetime
+    result: dict[str, Any] | None

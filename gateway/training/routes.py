@@ -2,7 +2,9 @@
 
 Registered in :mod:`gateway.app` with ``app.include_router(routes.router)``;
 the :class:`~gateway.training.service.TrainingService` is taken from
-``app.state.varde_training`` (absent: training is not configured, 503).
+``app.state.varde_training`` (absent: training is not configured, 503). The
+researcher is authenticated first (each route lists that dependency first), so
+an anonymous caller gets 401 whatever the gateway's configuration.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import CurrentResearcher, State
+from gateway.api.errors import responses
 from gateway.training.service import TrainingJobInfo, TrainingService
 from varde.errors import Forbidden, NodeUnavailable
 from varde.release import Manifest
@@ -39,9 +42,14 @@ Trainings = Annotated[TrainingService, Depends(get_training_service)]
 Manifests = Annotated[dict[str, Manifest], Depends(site_manifests)]
 
 
-@router.post("", status_code=202, response_model=TrainingStatus)
+@router.post(
+    "",
+    status_code=202,
+    response_model=TrainingStatus,
+    responses=responses(401, 403, 409, 422, 503),
+)
 async def post_training(
-    spec: TrainingSpec, service: Trainings, manifests: Manifests, researcher: CurrentResearcher
+    researcher: CurrentResearcher, spec: TrainingSpec, service: Trainings, manifests: Manifests
 ) -> TrainingStatus:
     """Validate a training job against every site's policy, then start it.
 
@@ -56,19 +64,19 @@ async def post_training(
     )
 
 
-@router.get("", response_model=list[TrainingJobInfo])
+@router.get("", response_model=list[TrainingJobInfo], responses=responses(401, 422, 503))
 async def list_trainings(
-    service: Trainings,
     researcher: CurrentResearcher,
+    service: Trainings,
     limit: Annotated[int, Query(ge=1, le=500, description="At most this many jobs.")] = 50,
 ) -> list[TrainingJobInfo]:
     """Your training jobs, newest first, each with its state as of now."""
     return await run_in_threadpool(service.jobs, researcher=researcher.name, limit=limit)
 
 
-@router.get("/{job_id}", response_model=TrainingStatus)
+@router.get("/{job_id}", response_model=TrainingStatus, responses=responses(401, 404, 503))
 async def get_training(
-    job_id: str, service: Trainings, researcher: CurrentResearcher
+    researcher: CurrentResearcher, job_id: str, service: Trainings
 ) -> TrainingStatus:
     """Progress of one of your jobs: round, epsilon or rho spent and refusals per site, model."""
     return await run_in_threadpool(service.status, job_id, researcher=researcher.name)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from gateway.admin import enrolled_sites
 from gateway.api.deps import CurrentResearcher, State
+from gateway.api.errors import responses
+from varde.budget import Budget
 from varde.schema import FIELDS
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -36,7 +38,7 @@ class SiteInfo(BaseModel):
     policy_version: str
 
 
-@router.get("/schema", response_model=list[FieldInfo])
+@router.get("/schema", response_model=list[FieldInfo], responses=responses(401))
 def get_schema(state: State, _researcher: CurrentResearcher) -> list[FieldInfo]:
     """Fields of the common schema with their public categories and the sites exposing each."""
     with state.sessions() as s:
@@ -61,7 +63,7 @@ def get_schema(state: State, _researcher: CurrentResearcher) -> list[FieldInfo]:
     return out
 
 
-@router.get("/sites", response_model=list[SiteInfo])
+@router.get("/sites", response_model=list[SiteInfo], responses=responses(401))
 def get_sites(state: State, _researcher: CurrentResearcher) -> list[SiteInfo]:
     """Enrolled sites, whether they are connected, and what their policies allow."""
     with state.sessions() as s:
@@ -81,11 +83,26 @@ def get_sites(state: State, _researcher: CurrentResearcher) -> list[SiteInfo]:
     return out
 
 
+class SiteBudget(BaseModel):
+    """One project's budget at one site, in the measure the project accounts in there."""
+
+    accounting: Literal["epsilon", "zcdp"]
+    budget: Budget
+    max_per_query: Budget
+    remaining: Budget | None
+
+
+class Budgets(BaseModel):
+    """Per project of the researcher, per site: its budget (``null``: not served there)."""
+
+    projects: dict[str, dict[str, SiteBudget | None]]
+
+
 _BUDGET_FIELDS = {"accounting", "budget", "max_per_query", "remaining"}
 
 
-@router.get("/budgets")
-def get_budgets(state: State, researcher: CurrentResearcher) -> dict[str, Any]:
+@router.get("/budgets", response_model=Budgets, responses=responses(401))
+def get_budgets(researcher: CurrentResearcher, state: State) -> dict[str, Any]:
     """Per project of yours and per site: budget, cap and what is left (as last reported).
 
     Each site's terms are in the measure the project accounts in there

@@ -2,7 +2,10 @@
 
 Every call after enrollment is a signed envelope verified against the key the
 site pinned at enrollment; anything forged, replayed, expired or misaddressed
-is refused with 400 and written to the gateway's audit table.
+is refused with 400. Nothing is written to the gateway's database before a
+caller is authenticated (a valid enrollment token, or a valid signature of an
+enrolled site), so an anonymous caller cannot grow it: refusals before that
+point are logged, and only events of authenticated callers are audited.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import State
+from gateway.api.errors import responses
 from gateway.core.db import EnrollmentToken, GatewayAudit, Node, release_record
 from gateway.core.security import token_hash
 from gateway.state import GATEWAY_ID, GatewayState
@@ -55,6 +59,19 @@ class PollBody(BaseModel):
     )
 
 
+class PollResponse(BaseModel):
+    """Work for the polling site: signed work items (empty when the wait ran out)."""
+
+    work: list[SignedEnvelope]
+
+
+class ReleaseAck(BaseModel):
+    """A release was verified; ``delivered``: a query was still waiting for it."""
+
+    accepted: bool
+    delivered: bool
+
+
 class _NonceCache:
     """Nonces of node envelopes seen by this gateway process, kept until they expire."""
 
@@ -90,7 +107,7 @@ def _enroll(state: GatewayState, req: EnrollRequest) -> EnrollResponse:
     with state.sessions() as s:
         tok = s.get(EnrollmentToken, token_hash(req.token))
         if tok is None or tok.used_at is not None:
-            _audit(state, "enroll_refused", req.site, "unknown or used token")
+            log.warning("enrollment of %r refused: unknown or used token", req.site)
             raise AuthenticationFailed("unknown or already used enrollment token")
         expires = tok.expires_at if tok.expires_at.tzinfo else tok.expires_at.replace(tzinfo=dt.UTC)
         if expires <= utcnow():
@@ -109,7 +126,7 @@ def _enroll(state: GatewayState, req: EnrollRequest) -> EnrollResponse:
     return EnrollResponse(site=req.site, gateway_public_key=state.public_key)
 
 
-@router.post("/enroll", response_model=EnrollResponse)
+@router.post("/enroll", response_model=EnrollResponse, responses=responses(401, 422))
 async def enroll(req: EnrollRequest, state: State) -> EnrollResponse:
     """Pin a site's key with a one-time token; return the gateway key for the site to pin."""
     return await run_in_threadpool(_enroll, state, req)
@@ -119,7 +136,7 @@ def _open(state: GatewayState, envelope: SignedEnvelope, kind: str) -> Payload:
     claimed = peek(envelope).header.sender
     key = state.node_key(claimed)
     if key is None:
-        _audit(state, "envelope_rejected", claimed, "unknown sender")
+        log.warning("%s envelope from unknown sender %r refused", kind, claimed[:60])
         raise EnvelopeRejected("unknown_sender", f"no enrolled site {claimed!r}")
     try:
         return open_envelope(
@@ -129,15 +146,15 @@ def _open(state: GatewayState, envelope: SignedEnvelope, kind: str) -> Payload:
             kinds=(kind,),  # type: ignore[arg-type]
             seen_nonce=_nonces,
         )
-    except EnvelopeRejected as err:
-        _audit(state, "envelope_rejected", claimed, err.message)
+    except EnvelopeRejected as err:  # not authenticated: logged, not written
+        log.warning("%s envelope claiming %r refused: %s", kind, claimed[:60], err.message)
         raise
 
 
 _WORK = TypeAdapter(dict[str, list[SignedEnvelope]])
 
 
-@router.post("/poll")
+@router.post("/poll", response_model=PollResponse, responses=responses(400, 422))
 async def poll(envelope: SignedEnvelope, state: State, request: Request) -> Response:
     """Long-poll: return signed work for the calling site as soon as there is any."""
     payload = await run_in_threadpool(_open, state, envelope, "poll")
@@ -164,7 +181,7 @@ def _store_release(state: GatewayState, envelope: SignedEnvelope, release: SiteR
         s.commit()
 
 
-@router.post("/releases")
+@router.post("/releases", response_model=ReleaseAck, responses=responses(400, 422))
 async def post_release(envelope: SignedEnvelope, state: State) -> dict[str, Any]:
     """Accept a site's signed release for a query that is waiting for it."""
     return await _accept_release(state, envelope)

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import CurrentResearcher, State
+from gateway.api.errors import responses
 from gateway.queries import preview_query, run_query, stored_result
 from varde.query import Query
-from varde.results import PreviewResult, QueryResult
+from varde.results import PreviewResult, QueryResult, StoredQuery
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
 
 
-@router.post("", response_model=QueryResult)
+@router.post(
+    "",
+    response_model=QueryResult,
+    responses={
+        202: {"model": QueryResult, "description": "Some sites await their staff's approval."},
+        **responses(401, 403, 404, 409, 422, 503),
+    },
+)
 async def post_query(query: Query, state: State, researcher: CurrentResearcher) -> Response:
     """Ask every site (or ``sites``) one question; per-site rows, network row, budgets left.
 
@@ -31,7 +37,7 @@ async def post_query(query: Query, state: State, researcher: CurrentResearcher) 
     )
 
 
-@router.post("/preview", response_model=PreviewResult)
+@router.post("/preview", response_model=PreviewResult, responses=responses(401, 403, 404, 422, 503))
 async def post_preview(query: Query, state: State, researcher: CurrentResearcher) -> Response:
     """What ``query`` would cost at each site (epsilon) and how accurate each number would be.
 
@@ -45,7 +51,7 @@ async def post_preview(query: Query, state: State, researcher: CurrentResearcher
     return Response(result.model_dump_json(), media_type="application/json")
 
 
-@router.get("/{query_id}")
-async def get_query(query_id: str, state: State, researcher: CurrentResearcher) -> dict[str, Any]:
+@router.get("/{query_id}", response_model=StoredQuery, responses=responses(401, 404))
+async def get_query(researcher: CurrentResearcher, query_id: str, state: State) -> StoredQuery:
     """A past query of yours and its stored result."""
     return await run_in_threadpool(stored_result, state, query_id, researcher.name)
