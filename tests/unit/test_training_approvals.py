@@ -253,7 +253,7 @@ def test_every_round_refuses_an_unapproved_job(
         weights=np.zeros(SPEC.n_coefficients()),
         approved=gate,
     )
-    assert done.round == 1 and done.epsilon_charged > 0
+    assert done.round == 1 and done.charged.amount > 0
     assert [c.query_id for c in ledger.charges("p")] == ["training:job-1:round:1"]
     with pytest.raises(AwaitingApproval):  # another researcher's identical job is not approved
         authorize_training(

@@ -190,7 +190,7 @@ def assert_ledgers_match(sites: dict[str, dict[str, str]], status: TrainingStatu
                 assert progress is not None
                 assert json.loads(charges[-1].note)["job"] == "job-7"
                 assert sum(c.amount for c in charges) == pytest.approx(
-                    progress.epsilon_spent, abs=1e-8
+                    progress.spent.amount, abs=1e-8
                 )
 
 
@@ -247,19 +247,21 @@ def test_budget_spent_mid_job_is_reported_and_the_rest_train(tmp_path: Path) -> 
     assert status.coefficients is not None and len(status.coefficients) == SPEC.n_coefficients()
     oslo, bergen = status.sites["oslo"], status.sites["bergen"]
     assert oslo.rounds_completed == 3 and oslo.refusal is None
-    assert oslo.epsilon_spent == pytest.approx(SPEC.privacy.training_epsilon(), rel=1e-6)
+    assert oslo.spent.amount == pytest.approx(SPEC.privacy.training_epsilon(), rel=1e-6)
     assert bergen.rounds_completed == 1
     assert bergen.refusal is not None and bergen.refusal.startswith("budget_exhausted:")
     assert_ledgers_match(sites, status)
     # the released coefficients state each site's guarantee: what its ledger paid
     assert status.guarantee is not None
-    assert f"bergen: ({bergen.epsilon_spent:.4g}, 1e-06)-DP" in status.guarantee
-    assert f"oslo: ({oslo.epsilon_spent:.4g}, 1e-06)-DP" in status.guarantee
+    assert f"bergen: ({bergen.spent.amount:.4g}, 1e-06)-DP" in status.guarantee
+    assert f"oslo: ({oslo.spent.amount:.4g}, 1e-06)-DP" in status.guarantee
     # The final DP evaluation ran at the sites still in, each paying its own share.
     metrics = status.metrics
     assert metrics is not None and metrics.network is not None
     assert set(metrics.sites) == {"oslo"} and metrics.network.sites == ["oslo"]
-    assert metrics.sites["oslo"].epsilon == pytest.approx(SPEC.privacy.evaluation_budget())
+    assert metrics.sites["oslo"].charged["oslo"].amount == pytest.approx(
+        SPEC.privacy.evaluation_budget()
+    )
     assert 0 <= metrics.network.values["auc"] <= 1
     # the metrics come with the error the DP noise adds (one site: network = site)
     assert set(metrics.network.std_errors) == set(metrics.network.values)

@@ -29,6 +29,7 @@ from gateway.training.service import TrainingService
 from launcher.cli import app as varde_cli
 from launcher.network import free_port
 from tests.unit.test_training_gateway import manifest
+from varde.budget import PureDP
 from varde.errors import VardeError
 from varde.training import (
     EvaluationMetrics,
@@ -45,10 +46,14 @@ COLUMNS = design_columns(FEATURES)
 runner = CliRunner()
 METRICS = TrainingMetrics(
     network=EvaluationMetrics(
-        values={"auc": 0.7125, "accuracy": 0.66, "n": 812.0}, epsilon=0.2, sites=["bergen", "oslo"]
+        values={"auc": 0.7125, "accuracy": 0.66, "n": 812.0},
+        charged={"bergen": PureDP(0.2), "oslo": PureDP(0.2)},
+        sites=["bergen", "oslo"],
     ),
     sites={
-        "oslo": EvaluationMetrics(values={"auc": 0.73, "accuracy": 0.67, "n": 420.0}, epsilon=0.2)
+        "oslo": EvaluationMetrics(
+            values={"auc": 0.73, "accuracy": 0.67, "n": 420.0}, charged={"oslo": PureDP(0.2)}
+        )
     },
     refusals={"bergen": "budget_exhausted: nothing left to evaluate with"},
 )
@@ -108,7 +113,7 @@ class ScriptedFlower:
                     "round": rnd,
                     "seconds_per_round": [*status.seconds_per_round, 1.5],
                     "sites": {
-                        s: SiteProgress(rounds_completed=rnd, epsilon_spent=spent)
+                        s: SiteProgress(rounds_completed=rnd, spent=PureDP(spent))
                         for s in ("bergen", "oslo")
                     },
                     "coefficients": coefficients(rnd),
@@ -200,7 +205,8 @@ def test_sdk_train_waits_with_a_bar_and_returns_pandas(gateway: Served) -> None:
         result.coefficients, pd.Series(coefficients(4), name="coefficient", dtype=float)
     )
     assert list(result.coefficients.index) == COLUMNS
-    assert result.sites.loc["oslo", "epsilon_spent"] == pytest.approx(2.0)
+    assert result.sites.loc["oslo", "spent"] == pytest.approx(2.0)
+    assert result.sites.loc["oslo", "measure"] == "epsilon"
     assert result.summary["seconds_per_round"] == pytest.approx(1.5)
     assert result.summary["rounds_completed"] == 4
     metrics = result.metrics

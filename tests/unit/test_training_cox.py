@@ -311,7 +311,7 @@ def test_federated_cox_matches_lifelines_stratified_by_site(
     ]
     assert abs(dp_c - binned) <= 6 * float(np.std(draws)) + 1e-3, (dp_c, binned, np.std(draws))
     for site, r in zip(SITES, released, strict=True):
-        assert r.epsilon_charged == pytest.approx(1.0)
+        assert r.charged.amount == pytest.approx(1.0)
         assert ledgers[site].spent("p") == pytest.approx(100.0, abs=1e-6)  # the whole job
     assert concordance_parts(tables[0])[1] > 0
     held = holdout_mask(registries_3["oslo"], spec.holdout)

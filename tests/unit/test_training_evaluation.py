@@ -206,7 +206,8 @@ def test_evaluation_is_charged_first_once_and_is_no_round(
     monkeypatch.setattr(evaluation, "evaluation_table", spy)
     result = evaluate(data, ledger, store, spec)
     assert seen == [pytest.approx(0.3)]  # paid before the held-out rows were read
-    assert result.epsilon_charged == pytest.approx(0.3)
+    assert result.charged.measure == "epsilon"
+    assert result.charged.amount == pytest.approx(0.3)
     assert result.mechanism == "opendp.discrete_laplace"
     assert (
         result.table.shape == (evaluation_table(data, spec, np.zeros(spec.n_coefficients()))).shape

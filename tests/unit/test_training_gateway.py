@@ -17,6 +17,7 @@ from gateway.training import routes
 from gateway.training.serverapp import write_status
 from gateway.training.service import TrainingService
 from gateway.training.validation import check_job
+from varde.budget import PureDP
 from varde.errors import BudgetExhausted, NodeUnavailable, PolicyViolation, VardeError
 from varde.release import Manifest, ProjectTerms
 from varde.training import SiteProgress, TrainingSpec, TrainingStatus, round_costs
@@ -44,9 +45,10 @@ def manifest(
         statistics=["count"],
         projects={
             "outcomes": ProjectTerms(
-                epsilon_budget=10.0,
-                max_epsilon_per_query=cap,
-                epsilon_remaining=left,
+                accounting="epsilon",
+                budget=PureDP(10.0),
+                max_per_query=PureDP(cap),
+                remaining=PureDP(left),
                 training=list(training),
             )
         },
@@ -128,7 +130,7 @@ def test_check_job_names_every_refusing_site(manifests: dict[str, Manifest]) -> 
     manifests["bergen"] = manifest("bergen", left=1.0)
     with pytest.raises(PolicyViolation) as err:
         check_job(spec, manifests)
-    assert "site 'bergen' has epsilon 1 left" in err.value.message
+    assert "project 'outcomes' has 1 epsilon left at 'bergen'; the job needs 2" in err.value.message
     assert (
         "site 'trondheim' does not expose field(s) survival_days, vital_status" in err.value.message
     )
@@ -170,13 +172,13 @@ def test_post_starts_a_validated_job_and_get_reports_progress(
             state="running",
             round=2,
             rounds=4,
-            sites={"oslo": SiteProgress(rounds_completed=2, epsilon_spent=1.3)},
+            sites={"oslo": SiteProgress(rounds_completed=2, spent=PureDP(1.3))},
         ),
     )
     res = client.get(f"/v1/trainings/{body['id']}")
     assert res.status_code == 200
     assert res.json()["round"] == 2
-    assert res.json()["sites"]["oslo"]["epsilon_spent"] == 1.3
+    assert res.json()["sites"]["oslo"]["spent"] == {"epsilon": 1.3}
 
 
 def test_a_site_that_does_not_allow_the_model_refuses_the_job(

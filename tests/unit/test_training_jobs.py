@@ -27,6 +27,7 @@ from gateway.training import routes
 from gateway.training.serverapp import write_status
 from gateway.training.service import RESTARTED, TrainingService, parse_flwr_ls
 from tests.unit.test_training_gateway import JOB, Client, FakeSubmitter, manifest
+from varde.budget import PureDP
 from varde.errors import NotFound, VardeError
 from varde.release import Manifest
 from varde.training import SiteProgress, TrainingSpec, TrainingStatus
@@ -121,7 +122,7 @@ def running(job_id: str, rnd: int = 1) -> TrainingStatus:
         round=rnd,
         rounds=4,
         seconds_per_round=[1.5] * rnd,
-        sites={"oslo": SiteProgress(rounds_completed=rnd, epsilon_spent=0.4 * rnd)},
+        sites={"oslo": SiteProgress(rounds_completed=rnd, spent=PureDP(0.4 * rnd))},
     )
 
 
@@ -151,7 +152,7 @@ def test_jobs_survive_a_restart_and_are_listed_newest_first(gateway: Gateway) ->
         round=2,
         rounds=2,
         seconds_per_round=[1.0, 1.1],
-        sites={"oslo": SiteProgress(rounds_completed=2, epsilon_spent=2.0)},
+        sites={"oslo": SiteProgress(rounds_completed=2, spent=PureDP(2.0))},
         coefficients={"intercept": -0.5, "age_at_diagnosis": 0.25},
     )
     gateway.progress(ids[0], finished)
@@ -224,7 +225,7 @@ def test_a_silent_job_after_a_restart_is_failed_and_stays_failed(gateway: Gatewa
     assert status.state == "failed"
     assert status.detail is not None and status.detail.startswith(RESTARTED)
     assert re.search(r"reported nothing for 60\d s \(last report: round 2 of 4\)", status.detail)
-    assert status.sites["oslo"].epsilon_spent == pytest.approx(0.8)  # what was spent stays
+    assert status.sites["oslo"].spent == PureDP(0.8)  # what was spent stays
     # Final: a late write of the file does not bring the job back.
     gateway.progress(job.id, running(job.id, 3))
     assert gateway.service().status(job.id, researcher="alice") == status

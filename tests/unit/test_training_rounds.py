@@ -145,9 +145,11 @@ def test_round_is_charged_before_training_and_totals_telescope(
     assert ledger.spent("p") == pytest.approx(total, abs=1e-8)
     # The rounds cost what was asked, less the tenth kept for the final evaluation.
     assert total == pytest.approx(2.7, rel=1e-6)
-    assert results[0].epsilon_charged > results[1].epsilon_charged > results[2].epsilon_charged
-    assert results[-1].epsilon_job == pytest.approx(total)
-    assert results[-1].epsilon_remaining == pytest.approx(20.0 - total, abs=1e-8)
+    paid = [r.charged.epsilon for r in results if isinstance(r.charged, PureDP)]
+    assert len(paid) == 3 and paid[0] > paid[1] > paid[2]
+    assert results[-1].job_total.measure == "epsilon"
+    assert results[-1].job_total.amount == pytest.approx(total)
+    assert results[-1].remaining.amount == pytest.approx(20.0 - total, abs=1e-8)
     assert json.loads(charges[-1].note)["features"] == spec.features
     assert job_history(ledger, "p", "j1")[0] == 3
 
@@ -171,14 +173,14 @@ def test_more_rounds_than_declared_are_refused(
         ),
         (make_policy(fields=[f for f in FIELDS if f != "survival_days"]), "survival_days"),
         (make_policy(researchers=["bob"]), "researcher 'alice' is not allowed"),
-        (make_policy(budget=0.0, cap=0.5), "no epsilon budget"),
+        (make_policy(budget=0.0, cap=10.0), "project 'p' has no epsilon budget at 'oslo'"),
         (make_policy(cap=0.1), "above the per-query cap"),
     ],
 )
 def test_refusals_charge_nothing(
     data: RegistryData, ledger: Ledger, store: NodeStore, policy: Policy, message: str
 ) -> None:
-    with pytest.raises(PolicyViolation, match=message):
+    with pytest.raises((PolicyViolation, BudgetExhausted), match=message):
         play(data, ledger, store, make_spec(), policy)
     assert ledger.charges() == []
 
@@ -262,8 +264,9 @@ def test_training_pays_from_the_current_budget_period_like_queries(
     spec = make_spec(rounds=1, privacy=TrainingPrivacy(epsilon=2.0, evaluation_epsilon=0.0))
     done = play(data, ledger, store, spec.model_copy(update={"holdout": 0.0}), policy)
     assert {c.period for c in ledger.charges("p")} == {period}
-    assert done.epsilon_remaining == pytest.approx(3.5 - 1.0 - done.epsilon_charged, abs=1e-8)
-    assert ledger.spent("p", period=period) == pytest.approx(1.0 + done.epsilon_charged, abs=1e-8)
+    paid = done.charged.amount
+    assert done.remaining.amount == pytest.approx(3.5 - 1.0 - paid, abs=1e-8)
+    assert ledger.spent("p", "epsilon", period=period) == pytest.approx(1.0 + paid, abs=1e-8)
     # the quarter cannot pay for another such job, whatever the lifetime account says
     with pytest.raises(BudgetExhausted):
         play(data, ledger, store, spec.model_copy(update={"holdout": 0.0}), policy, job="j2")

@@ -123,7 +123,7 @@ def test_secagg_aggregate_is_fedavg_and_the_server_never_sees_a_model(
     assert status.round == SPEC.rounds and status.coefficients is not None
     for name in names:
         assert status.sites[name].rounds_completed == SPEC.rounds
-        assert status.sites[name].epsilon_spent == pytest.approx(
+        assert status.sites[name].spent.amount == pytest.approx(
             SPEC.privacy.training_epsilon(), rel=1e-6
         )
     assert_ledgers_match(sites, status)

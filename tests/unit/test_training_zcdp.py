@@ -35,7 +35,7 @@ from tests.unit.test_training_apps import (  # noqa: F401 (task_identity: an aut
     task_identity,
 )
 from tests.unit.test_training_rounds import play
-from varde.budget import epsilon_for_rho
+from varde.budget import ZCDP, PureDP, epsilon_for_rho
 from varde.errors import BudgetExhausted, PolicyViolation
 from varde.release import Manifest, ProjectTerms
 from varde.training import (
@@ -229,15 +229,15 @@ def test_zcdp_site_pays_rounds_from_its_rho_ledger_before_training(
     assert json.loads(charges[-1].note)["measure"] == "rho"
     assert job_history(ledger, "p", "j1")[:2] == (3, pytest.approx(0.9 * RHO))
     last = results[-1]
-    assert (last.measure, last.epsilon_charged, last.epsilon_job) == ("rho", 0.0, 0.0)
-    assert last.rho_charged == pytest.approx(0.3 * RHO, abs=1e-8)
-    assert last.rho_job == pytest.approx(0.9 * RHO)
-    assert last.rho_remaining == pytest.approx(2.0 - 0.9 * RHO, abs=1e-8)
-    assert last.epsilon_remaining == 20.0
+    assert isinstance(last.charged, ZCDP) and isinstance(last.job_total, ZCDP)
+    assert isinstance(last.remaining, ZCDP)
+    assert last.charged.rho == pytest.approx(0.3 * RHO, abs=1e-8)
+    assert last.job_total.rho == pytest.approx(0.9 * RHO)
+    assert last.remaining.rho == pytest.approx(2.0 - 0.9 * RHO, abs=1e-8)
     # The evaluation pays OpenDP's rho of its counts: the job costs exactly its rho.
     result = evaluate(data, ledger, store, spec, policy)
-    assert result.measure == "rho" and result.epsilon_charged == 0.0
-    assert result.rho_charged == pytest.approx(0.1 * RHO, abs=1e-8)
+    assert isinstance(result.charged, ZCDP)
+    assert result.charged.rho == pytest.approx(0.1 * RHO, abs=1e-8)
     assert ledger.spent("p", "rho") == pytest.approx(RHO, abs=1e-8)
     assert job_history(ledger, "p", "j1")[0] == 3  # the evaluation is no round
 
@@ -268,7 +268,7 @@ def test_a_rho_job_at_an_epsilon_site_pays_epsilon_increments(
 @pytest.mark.parametrize(
     ("policy", "error", "message"),
     [
-        (make_policy(rho_cap=0.05), PolicyViolation, "round costs rho 0.09.*cap 0.05.*'oslo'"),
+        (make_policy(rho_cap=0.05), PolicyViolation, "'oslo': round 1 costs rho 0.09.*cap 0.05"),
         (make_policy(rho_budget=0.2, rho_cap=0.2), BudgetExhausted, "'oslo'.*cost rho 0.3"),
     ],
 )
@@ -304,7 +304,7 @@ def test_a_project_without_rho_budget_and_a_changed_accounting_are_refused(
     data: RegistryData, ledger: Ledger, store: NodeStore, tmp_path: Path
 ) -> None:
     spec = make_spec(rho=RHO)
-    with pytest.raises(PolicyViolation, match="no rho budget"):
+    with pytest.raises(BudgetExhausted, match="project 'p' has no rho budget at 'oslo'"):
         play(data, ledger, store, spec, make_policy(rho_budget=0.0, rho_cap=0.1))
     play(data, ledger, store, spec, make_policy())
     epsilon_now = make_policy(accounting="epsilon")
@@ -321,19 +321,17 @@ def test_a_project_without_rho_budget_and_a_changed_accounting_are_refused(
 def terms(zcdp: bool, *, left: float = 10.0, cap: float = 2.0) -> ProjectTerms:
     if zcdp:
         return ProjectTerms(
-            epsilon_budget=10.0,
-            max_epsilon_per_query=10.0,
-            epsilon_remaining=10.0,
             accounting="zcdp",
-            rho_budget=10.0,
-            max_rho_per_query=cap,
-            rho_remaining=left,
+            budget=ZCDP(10.0),
+            max_per_query=ZCDP(cap),
+            remaining=ZCDP(left),
             training=["logistic"],
         )
     return ProjectTerms(
-        epsilon_budget=10.0,
-        max_epsilon_per_query=cap,
-        epsilon_remaining=left,
+        accounting="epsilon",
+        budget=PureDP(10.0),
+        max_per_query=PureDP(cap),
+        remaining=PureDP(left),
         training=["logistic"],
     )
 
@@ -347,13 +345,13 @@ def manifest(site: str, project: ProjectTerms) -> Manifest:
     [
         ({"rho": RHO}, True, 10.0, 2.0, None),
         ({"rho": RHO}, True, RHO, 2.0, None),  # exactly enough
-        ({"rho": RHO}, True, 0.29, 2.0, "site 'a' has rho 0.29 left.*needs 0.3"),
+        ({"rho": RHO}, True, 0.29, 2.0, "project 'p' has 0.29 rho left at 'a'; the job needs 0.3"),
         ({"rho": RHO}, True, 10.0, 0.05, "site 'a': round 1 costs rho 0.09.*smaller rho"),
         ({"rho": RHO, "evaluation_rho": 0.2}, True, 10, 0.1, "evaluation costs rho 0.2"),
         ({"epsilon": 3.0}, True, 10.0, 2.0, None),
-        ({"epsilon": 3.0}, True, 0.01, 2.0, "site 'a' has rho 0.01 left"),
+        ({"epsilon": 3.0}, True, 0.01, 2.0, "project 'p' has 0.01 rho left at 'a'"),
         ({"rho": RHO}, False, 10.0, 5.0, None),
-        ({"rho": RHO}, False, 1.0, 5.0, "site 'a' has epsilon 1 left"),
+        ({"rho": RHO}, False, 1.0, 5.0, "project 'p' has 1 epsilon left at 'a'"),
         ({"rho": RHO}, False, 10.0, 0.5, "round 1 costs epsilon .*cap 0.5"),
         ({"epsilon": 3.0}, False, 10.0, 3.0, None),
     ],
@@ -390,10 +388,10 @@ def test_one_job_at_a_zcdp_site_and_an_epsilon_site(tmp_path: Path) -> None:
     status = run(tmp_path, sites, spec, min_sites=2, grid=make_grid(sites))
     assert status.state == "finished", status.detail
     oslo, bergen = status.sites["oslo"], status.sites["bergen"]
-    assert (oslo.measure, oslo.epsilon_spent) == ("rho", 0.0)
-    assert oslo.rho_spent == pytest.approx(0.9 * RHO) == oslo.spent
-    assert (bergen.measure, bergen.rho_spent) == ("epsilon", 0.0)
-    assert bergen.epsilon_spent == pytest.approx(epsilon_for_rho(0.9 * RHO, 1e-6))
+    assert isinstance(oslo.spent, ZCDP) and oslo.measure == "rho"
+    assert oslo.spent.rho == pytest.approx(0.9 * RHO)
+    assert isinstance(bergen.spent, PureDP) and bergen.measure == "epsilon"
+    assert bergen.spent.epsilon == pytest.approx(epsilon_for_rho(0.9 * RHO, 1e-6))
     with Ledger.in_directory(Path(sites["oslo"]["state-dir"])) as ledger:
         assert {c.measure for c in ledger.charges("p")} == {"rho"}
         assert ledger.spent("p", "rho") == pytest.approx(RHO, abs=1e-8)
@@ -401,9 +399,9 @@ def test_one_job_at_a_zcdp_site_and_an_epsilon_site(tmp_path: Path) -> None:
         assert {c.measure for c in ledger.charges("p")} == {"epsilon"}
         assert ledger.spent("p") == pytest.approx(sum(round_costs(spec)), abs=1e-8)
     assert status.metrics is not None
-    assert status.metrics.sites["oslo"].rho == pytest.approx(0.1 * RHO, abs=1e-8)
-    assert status.metrics.sites["oslo"].epsilon == 0.0
-    assert status.metrics.sites["bergen"].rho == 0.0
+    oslo_paid = status.metrics.sites["oslo"].charged["oslo"]
+    assert isinstance(oslo_paid, ZCDP) and oslo_paid.rho == pytest.approx(0.1 * RHO, abs=1e-8)
+    assert isinstance(status.metrics.sites["bergen"].charged["bergen"], PureDP)
     frame = TrainingResult(status).sites
     assert frame.loc["oslo", "measure"] == "rho"
     assert frame.loc["oslo", "spent"] == pytest.approx(0.9 * RHO)
