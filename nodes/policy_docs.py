@@ -21,6 +21,7 @@ from nodes.policy import (
     SAFE_MIN_CELL,
     AggregateMode,
     ApprovalRules,
+    ConsoleRules,
     Policy,
     PrivacyUnit,
     ProjectPolicy,
@@ -36,6 +37,7 @@ _DOC_MODELS: list[tuple[str, type[BaseModel]]] = [
     ("aggregate", AggregateMode),
     ("approvals", ApprovalRules),
     ("limits", QueryLimits),
+    ("console", ConsoleRules),
 ]
 
 
