@@ -28,7 +28,7 @@ What is asserted, and how often it fails by chance:
   of this file. The strict bound never exceeded 0.88 in those 600 simulated audits.
 * the audit is not vacuous: under pure DP the 95% bound is above ``MIN_PURE_BOUND`` for
   every statistic (simulated: mean 0.92, sd 0.03 for one moved number; mean 0.81, sd 0.08
-  for three, the funnel; 0.4 is more than 5 sd below both). Measured here: 0.86-0.94.
+  for three, the funnel; 0.4 is more than 5 sd below both). Measured in two runs: 0.72-1.03.
 * the audit has power: a Laplace at a tenth (and at half) of the right scale and a Gaussian
   at a tenth, built with OpenDP directly and released through the same statistic's cells,
   give a *strict* bound above epsilon 1 (simulated strict bounds: 5.3 and 1.7 for the
@@ -36,7 +36,7 @@ What is asserted, and how often it fails by chance:
 
 zCDP's audit is weak by nature: epsilon 1 at delta 1e-6 is rho 0.024, a Gaussian with
 ``sensitivity / sd = 0.22``, whose best threshold test at these sample sizes shows a loss
-of only about 0.2 (measured: 0.07-0.23 at 95%, about 0 at the strict level), so no floor
+of only about 0.2 (measured in two runs: 0.06-0.32 at 95%, 0-0.08 at the strict level), so no floor
 is asserted for it; the (epsilon, delta) conversion of zCDP is loose for a single Gaussian.
 It still catches gross under-noising (the Gaussian control).
 
