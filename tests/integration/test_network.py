@@ -121,8 +121,8 @@ def test_aggregate_mode_only_where_allowed(network: LocalNetwork, client: VardeC
         n = int(want.get(stage, 0))
         if 0 < n < 10:
             assert cell["status"] == "suppressed" and cell["value"] is None
-        else:  # released exactly, or suppressed as a complement
-            assert cell["value"] == n or cell["status"] == "suppressed"
+        else:  # released within the cell-key spread (2 in oslo's policy), or suppressed
+            assert cell["status"] == "suppressed" or abs(cell["value"] - n) <= 2, (stage, n)
 
 
 # --- bad input: a clear 4xx and nothing charged anywhere ---------------------------------------
