@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import signal
 import time
 from collections import Counter
@@ -219,3 +220,126 @@ def test_missing_policy_denies_everything(small_network: LocalNetwork, tmp_path:
     assert release.status == "policy_violation"
     assert "does not serve project" in release.message
     net.stop_process("ghost")
+
+
+# --- averaging: asking again, or rewording, buys no new noise -----------------------------------
+
+AVERAGED: dict[str, Any] = {
+    "project": "nsclc-feasibility",
+    "cohort": {
+        "op": "and",
+        "args": [
+            {"op": "eq", "field": "cancer_type", "value": "lung"},
+            {"op": "between", "field": "age_at_diagnosis", "low": 40, "high": 70},
+        ],
+    },
+    "statistic": {"kind": "count"},
+    "sites": ["oslo"],
+    "privacy": {"mode": "dp", "epsilon": 0.05},
+    "timeout_s": 10.0,
+}
+
+
+def _rewordings() -> list[dict[str, Any]]:
+    """The same question written five ways (and the original), as an averaging attacker would."""
+    lung = {"op": "eq", "field": "cancer_type", "value": "lung"}
+    ge = {"op": ">=", "field": "age_at_diagnosis", "value": 40}
+    le = {"op": "<=", "field": "age_at_diagnosis", "value": 70}
+    cohorts: list[dict[str, Any]] = [
+        AVERAGED["cohort"],
+        {"op": "and", "args": list(reversed(AVERAGED["cohort"]["args"]))},
+        {"op": "and", "args": [lung, ge, le]},
+        {"op": "and", "args": [le, {"op": "and", "args": [ge, lung]}]},
+        {"op": "and", "args": [{"op": "in", "field": "cancer_type", "values": ["lung"]}, ge, le]},
+        {"op": "and", "args": [lung, {"op": ">=", "field": "age_at_diagnosis", "value": 39.5}, le]},
+    ]
+    return [{**AVERAGED, "cohort": c} for c in cohorts]
+
+
+def test_averaging_repeats_and_rewordings_gains_nothing(network: LocalNetwork) -> None:
+    """Thirty asks of one count (six wordings, five times each): one charge, one set of numbers.
+
+    An attacker who could average n independent answers would shrink the noise by sqrt(n);
+    the node recognises the question (nodes/canonical.py) and answers from its release cache.
+    """
+    led = ledger_of(network, "oslo")
+    before = led.spent("nsclc-feasibility")
+    answers = [_query(network, body) for _ in range(5) for body in _rewordings()]
+    cells = {json.dumps(a["sites"][0]["cells"], sort_keys=True) for a in answers}
+    assert len(cells) == 1, "a repeat or a rewording got fresh noise"
+    paid = [a["sites"][0]["charged"]["epsilon"] for a in answers]
+    assert paid[0] == pytest.approx(0.05) and paid[1:] == [0.0] * (len(paid) - 1)
+    assert led.spent("nsclc-feasibility") == pytest.approx(before + 0.05)
+    led.close()
+
+
+# --- kill -9 in the middle of a burst ----------------------------------------------------------
+
+
+def test_node_killed_mid_burst_keeps_ledger_and_audit_consistent(network: LocalNetwork) -> None:
+    """Twenty distinct queries in flight, SIGKILL once the first is charged, then a restart.
+
+    Whatever the kill interrupted: every query is answered or reported unavailable (never a
+    5xx), the audit chain verifies, every ledger charge has its ``charged`` audit entry (the
+    restart reconciles one the kill cut off), nothing is charged twice, every number the
+    researcher got was paid for, and the ledger total is the sum of what the audit says.
+    """
+    from nodes.store import NodeStore
+
+    site, project = "trondheim", "nsclc-feasibility"
+    led = ledger_of(network, site)
+    before = {c.query_id for c in led.charges(project)}
+    bodies = [
+        {
+            **_variant(i),
+            "project": project,
+            "sites": [site],
+            "timeout_s": 8.0,
+            "privacy": {"mode": "dp", "epsilon": 0.01},
+        }
+        for i in range(20)
+    ]
+
+    async def burst() -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {network.token}"}
+        async with httpx.AsyncClient(base_url=network.url, headers=headers, timeout=60) as c:
+
+            async def kill_after_first_charge() -> None:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    if len({ch.query_id for ch in led.charges(project)} - before) >= 1:
+                        break
+                    await asyncio.sleep(0.01)
+                network.stop_process(site, sig=signal.SIGKILL)
+
+            killer = asyncio.create_task(kill_after_first_charge())
+            out = await asyncio.gather(*(c.post("/v1/queries", json=b) for b in bodies))
+            await killer
+            return list(out)
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code in (200, 503) for r in responses), [r.text for r in responses]
+    answered = {
+        r.json()["query_id"]
+        for r in responses
+        if r.status_code == 200 and r.json()["sites"][0]["status"] == "ok"
+    }
+    assert any(
+        r.status_code == 503 or r.json()["sites"][0]["status"] == "unavailable" for r in responses
+    ), "the kill came too late to interrupt anything"
+    network.restart_node(site)
+    network.wait_connected([site], timeout=60)
+    charges = [c for c in led.charges(project) if c.query_id not in before]
+    ids = [c.query_id for c in charges]
+    assert len(ids) == len(set(ids)), "a query was charged twice"
+    assert answered <= set(ids), "a released number was never paid for"
+    store = NodeStore.in_directory(network.node_state(site))
+    try:
+        report = store.verify()
+        assert report.ok, report.first
+        audited = {e.query_id: e.data for e in store.events("charged") if e.project == project}
+    finally:
+        store.close()
+    assert set(ids) <= set(audited), "a charge without its audit entry after the restart"
+    assert sum(c.amount for c in charges) == pytest.approx(sum(audited[q]["amount"] for q in ids))
+    led.close()
