@@ -49,6 +49,7 @@ from sqlalchemy import Column, Engine, MetaData, String, Table, Text, insert, se
 from sqlalchemy.exc import IntegrityError
 
 from nodes.audit import AuditLog, canonical_json
+from nodes.sqlite import create_tables
 from varde.envelope import utcnow
 from varde.errors import NotFound, PolicyViolation, VardeError
 from varde.query import DPPrivacy, Query
@@ -190,7 +191,7 @@ class ApprovalBook:
         self.engine = engine
         self.write_engine = write_engine
         self.log = log
-        _meta.create_all(engine)
+        create_tables(_meta, write_engine)
 
     def get_by_key(self, key: str) -> ApprovalRequest | None:
         """The request with this canonical key, if any."""

@@ -52,7 +52,7 @@ from sqlalchemy import (
     update,
 )
 
-from nodes.sqlite import serialised_writes
+from nodes.sqlite import create_tables, serialised_writes
 from varde.crypto import public_key_b64, sign, verify
 from varde.envelope import utcnow
 
@@ -229,7 +229,7 @@ class AuditLog:
         self.write_engine = write_engine or engine
         self.key = key
         self.checkpoint_every = checkpoint_every
-        metadata.create_all(engine)
+        create_tables(metadata, self.write_engine)
 
     def append(
         self,

@@ -48,7 +48,7 @@ class NodeContext:
     def __post_init__(self) -> None:
         # Create the cache's table now, before worker threads race to (SQLite refuses a
         # lock upgrade inside a read transaction, so concurrent first-use DDL fails).
-        self._cache = ReleaseCache(self.store.engine)
+        self._cache = ReleaseCache(self.store.engine, self.store.write_engine)
 
     @property
     def release_cache(self) -> ReleaseCache:

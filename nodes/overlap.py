@@ -29,6 +29,7 @@ import numpy as np
 from pyroaring import BitMap
 from sqlalchemy import Column, Engine, Integer, LargeBinary, MetaData, String, Table, insert, select
 
+from nodes.sqlite import create_tables
 from varde.envelope import utcnow
 from varde.errors import PolicyViolation
 
@@ -57,7 +58,7 @@ class OverlapBook:
     def __init__(self, engine: Engine, write_engine: Engine) -> None:
         self.engine = engine
         self.write_engine = write_engine
-        _meta.create_all(engine)
+        create_tables(_meta, write_engine)
 
     def admit(
         self,

@@ -36,6 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from nodes.canonical import query_key
 from nodes.data import RegistryData
+from nodes.sqlite import create_tables
 from varde.budget import Budget, PureDP
 from varde.envelope import utcnow
 from varde.query import Query
@@ -87,9 +88,10 @@ def _stored_cost(text: str) -> Budget:
 class ReleaseCache:
     """Released cells by cache key, in the node's database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, write_engine: Engine) -> None:
         self.engine = engine
-        _Base.metadata.create_all(engine)
+        self.write_engine = write_engine
+        create_tables(_Base.metadata, write_engine)
 
     def get(self, key: str) -> CachedRelease | None:
         """The release stored under ``key``, or None."""
@@ -107,7 +109,7 @@ class ReleaseCache:
 
     def put(self, key: str, project: str, release: CachedRelease) -> None:
         """Store ``release`` under ``key`` unless one is there already (the first wins)."""
-        with Session(self.engine) as session:
+        with Session(self.write_engine) as session:
             session.add(
                 _CachedRow(
                     key=key,

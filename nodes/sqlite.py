@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, MetaData, event
 from sqlalchemy.engine import Connection
 
 BUSY_TIMEOUT_S = 30.0
@@ -60,3 +60,16 @@ def serialised_writes(engine: Engine, *, synchronous: Literal["FULL", "NORMAL"])
             conn.exec_driver_sql("BEGIN")
 
     return engine.execution_options(**{_WRITE: True})
+
+
+def create_tables(metadata: MetaData, write_engine: Engine) -> None:
+    """Create ``metadata``'s missing tables in one write transaction.
+
+    Why through the write engine: ``create_all`` reads the schema and then
+    writes, so on a plain engine it is exactly the deferred read-then-write
+    transaction that fails at once when another thread or process of the node
+    is writing (seen: the first concurrent queries of a fresh node answered
+    "internal error" while two threads created the approvals table).
+    """
+    with write_engine.begin() as conn:
+        metadata.create_all(conn)

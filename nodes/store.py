@@ -13,7 +13,6 @@ nonce plus its ``work_received`` entry) costs one commit.
 from __future__ import annotations
 
 import datetime as dt
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from nodes.approvals import ApprovalBook
 from nodes.audit import CHECKPOINT_EVERY, AuditEntry, AuditLog, AuditReport, configure_sqlite
 from nodes.overlap import OverlapBook
+from nodes.sqlite import create_tables
 from varde.crypto import public_key_b64
 from varde.envelope import utcnow
 
@@ -56,10 +56,17 @@ class NodeStore:
         sqlite = url.startswith("sqlite")
         self.engine = create_engine(url, connect_args={"timeout": 30} if sqlite else {})
         self._write = configure_sqlite(self.engine) if sqlite else self.engine
-        _meta.create_all(self.engine)
+        self.write_engine = self._write
+        """Where this database's writes go (``BEGIN IMMEDIATE`` on SQLite)."""
+        create_tables(_meta, self._write)
         self.log = AuditLog(
             self.engine, write_engine=self._write, key=key, checkpoint_every=checkpoint_every
         )
+        # Built here, not on first use: the node answers items in several threads at once.
+        self.approvals = ApprovalBook(self.engine, self._write, self.log)
+        """Requests waiting for (or decided by) staff, in this database."""
+        self.released_sets = OverlapBook(self.engine, self._write)
+        """Patient sets of the cells released in aggregate mode (overlap control)."""
 
     @classmethod
     def in_directory(
@@ -68,16 +75,6 @@ class NodeStore:
         """The store of the node whose state lives in ``state_dir``."""
         state_dir.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{state_dir / 'node.sqlite'}", key=key, **kwargs)
-
-    @cached_property
-    def approvals(self) -> ApprovalBook:
-        """Requests waiting for (or decided by) staff, in this database."""
-        return ApprovalBook(self.engine, self._write, self.log)
-
-    @cached_property
-    def released_sets(self) -> OverlapBook:
-        """Patient sets of the cells released in aggregate mode (overlap control)."""
-        return OverlapBook(self.engine, self._write)
 
     def set_key(self, key: Ed25519PrivateKey) -> None:
         """Sign future checkpoints with ``key`` (the node's own)."""

@@ -53,7 +53,9 @@ def test_fifty_concurrent_queries_against_a_budget_for_ten(network: LocalNetwork
     codes = Counter(r.status_code for r in responses)
     assert codes == {200: 10, 409: 40}, codes
     errors = [r.json() for r in responses if r.status_code == 409]
-    assert all(e["error"] == "budget_exhausted" for e in errors), errors
+    assert all(e["error"] == "budget_exhausted" for e in errors), Counter(
+        (e["error"], e["detail"][:160]) for e in errors
+    )
     charges = list(led.charges("breast-outcomes"))
     assert len(charges) == 10
     assert led.spent("breast-outcomes") == pytest.approx(5.0)
