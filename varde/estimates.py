@@ -7,6 +7,10 @@ released parts the same way, and neither may import the other.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
+
+import numpy as np
+from numpy.typing import NDArray
 
 from varde.release import Cell
 
@@ -94,6 +98,91 @@ def survival_parts(m: int) -> list[str]:
 
 Estimate = tuple[float | None, float | None, float | None]
 
+Floats = NDArray[np.float64]
+
+BOOTSTRAP_DRAWS = 2000
+"""Simulated noise vectors per band: 1000 and their mirror images (antithetic pairs).
+
+With 2000 draws the 2.5% quantile rests on 50 of them; its Monte Carlo error moves a
+band's coverage by about 0.004, small against the 0.05 it is meant to leave out."""
+
+BOOTSTRAP_SEED = 20_250_610
+"""Fixed seed of the simulated noise: the band is a deterministic function of the released
+counts (a node, the gateway and a cached repeat get the same band from the same numbers)."""
+
+_TAILS = (0.025, 0.975)
+
+
+@lru_cache(maxsize=8)
+def _standard_draws(width: int) -> Floats:
+    """``BOOTSTRAP_DRAWS`` fixed standard-normal vectors of length ``width`` (read-only).
+
+    Common random numbers for the parametric bootstrap, not privacy noise: they are
+    never added to anything released, only used to evaluate how the estimator moves
+    under noise of the size a release states.
+    """
+    half = np.random.default_rng(BOOTSTRAP_SEED).standard_normal((BOOTSTRAP_DRAWS // 2, width))
+    draws = np.vstack([half, -half])
+    draws.setflags(write=False)
+    return draws
+
+
+def _life_table(counts: Floats, m: int) -> tuple[Floats, Floats, Floats, NDArray[np.bool_]]:
+    """``S``, ``n'``, deaths and "usable" per interval, for each row ``[d.., c.., beyond]``.
+
+    One vectorised estimator for the point estimate and every bootstrap replicate, so the
+    band is the spread of exactly the number that is reported. Negative noisy counts are
+    used as released (see :func:`survival_from_counts`); a death count above the number
+    at risk ends the curve (factor 0); an interval with fewer than one at risk is skipped.
+    """
+    d, c, beyond = counts[:, :m], counts[:, m : 2 * m], counts[:, 2 * m]
+    at_risk = beyond[:, None] + np.cumsum((d + c)[:, ::-1], axis=1)[:, ::-1]
+    n = at_risk - c / 2.0
+    deaths = np.minimum(d, n)
+    usable = n >= 1
+    alive = usable & (n - deaths > 0)
+    factor = np.where(alive, 1.0 - deaths / np.where(alive, n, 1.0), np.where(usable, 0.0, 1.0))
+    surv = np.clip(np.cumprod(factor, axis=1), 0.0, 1.0)
+    return np.asarray(surv, dtype=np.float64), n, deaths, alive
+
+
+def _greenwood(n: Floats, deaths: Floats, alive: NDArray[np.bool_]) -> Floats:
+    """Greenwood's ``sum_{i <= j} d_i / (n_i' (n_i' - d_i))`` over the intervals that count.
+
+    A negative noisy death count counts as 0 here: a variance has no negative terms.
+    """
+    dpos = np.maximum(deaths, 0.0)
+    terms = np.where(alive, dpos / np.where(alive, n * (n - dpos), 1.0), 0.0)
+    return np.asarray(np.cumsum(terms), dtype=np.float64)
+
+
+def _dp_quantiles(counts: Floats, m: int, count_std: float) -> tuple[Floats, Floats]:
+    """2.5% and 97.5% points of ``S_j`` when every released count moves by ``N(0, count_std^2)``."""
+    replicates = _life_table(counts[None, :] + count_std * _standard_draws(counts.size), m)[0]
+    low, high = np.quantile(replicates, _TAILS, axis=0)
+    return low, high
+
+
+def _combine(surv: float, dp_low: float, dp_high: float, greenwood: float) -> tuple[float, float]:
+    """The band from the DP interval and Greenwood's variance, combined on the log scale.
+
+    Half-widths of independent errors add in quadrature, each side on its own (the MOVER
+    rule of Zou and Donner), so the skew the bootstrap found is kept. On the log scale the
+    sampling part is Greenwood's usual ``exp(+-1.96 se)`` band; at ``S = 0`` there is no
+    sampling spread left and the band is the DP interval. Exponents are capped at 0 before
+    ``exp``, so no noise, however large, overflows.
+    """
+    if surv <= 0.0:
+        return 0.0, min(1.0, max(dp_high, 0.0))
+    log_s = math.log(surv)
+    sampling = (Z95 * math.sqrt(greenwood)) ** 2
+    low = 0.0
+    if dp_low > 0.0:
+        low = math.exp(log_s - math.sqrt(math.log(surv / min(dp_low, surv)) ** 2 + sampling))
+    up = math.log(max(dp_high, surv) / surv)
+    high = math.exp(min(0.0, log_s + math.sqrt(up * up + sampling)))
+    return min(low, surv), max(high, surv)
+
 
 def _crossing(months: list[int], curve: list[float], level: float = 0.5) -> float | None:
     """First time the step-interpolated curve (1 at month 0) falls to ``level``."""
@@ -124,59 +213,59 @@ def survival_from_counts(
     counts are used as released, negative ones included: clipping each at 0
     would bias every number at risk upwards (and S with it).
 
-    The 95% band is ``S exp(+-1.96 se)`` on the log scale, where ``se^2`` is
-    Greenwood's sampling variance plus the DP noise propagated by the delta
-    method: every released count carries independent noise of variance
-    ``count_std^2``, and ``log S_j`` is (to first order) a linear combination
-    of all of them, since each ``n_i'`` sums the counts of later intervals;
-    the squared coefficients add up to the DP variance, correlations between
-    intervals included. The median is where the curve first reaches 0.5 (linear between
-    grid points); its interval is where the lower and upper bands do (None
-    when a curve never gets there).
+    **The DP part of the band is a parametric bootstrap of the released counts**, not
+    the delta method. Every released count carries independent noise of known sd
+    ``count_std`` (the release states it, per part); the band's DP interval is the
+    2.5-97.5% range of ``S_j`` recomputed, by the same estimator, on
+    :data:`BOOTSTRAP_DRAWS` copies of the released counts each moved by
+    ``N(0, count_std^2)``. Why not the delta method on ``log S_j`` (what this function
+    did before): its variance is right to first order, but a small site is exactly
+    where first order fails. With ~100 patients and noise sd ~4 per count, the noisy
+    deaths of a late interval often exceed its noisy number at risk, so the estimate
+    is 0 and ``log S`` has no derivative (the band collapsed to ``[0, 0]`` whatever
+    the truth); the factors ``1 - d/n`` are far from linear when ``n`` is a handful;
+    and the derivatives were taken at the noisy point (a noisy death count of 0 hides
+    the noise of ``n``). Over 400 OpenDP releases of a ~100-patient stage IV lung
+    cohort the delta-method band covered the noise-free curve at 65-85% of points; the
+    bootstrap covers 96-98% (``tests/unit/test_survival_coverage.py``). The bootstrap
+    needs no algebra for the correlations either: each ``n_i'`` is a sum of released
+    counts, and moving the counts themselves moves every ``n_i'`` together, as the
+    noise does. The noise is simulated as Gaussian with the stated sd: exact for zCDP,
+    and for the Laplace the at-risk numbers are sums of many draws (close to normal;
+    the coverage test runs both). The draws are fixed (:data:`BOOTSTRAP_SEED`), so the
+    band is a deterministic function of the released numbers; they are never added to
+    anything released and cost no privacy.
+
+    Sampling variance is Greenwood's, ``sum d / (n' (n' - d))`` on the log scale,
+    combined with the DP interval side by side (:func:`_combine`). The band is clamped
+    to ``[0, 1]`` and always holds the point estimate. The median is where the curve
+    first reaches 0.5 (linear between grid points); its interval is where the lower and
+    upper bands do (None when a curve never gets there).
 
     >>> curve, median = survival_from_counts([1, 2], [5.0, 5.0], [0.0, 0.0], 10.0, 0.0)
     >>> [round(v[0], 4) for v in curve], median[0]
     ([0.75, 0.5], 2.0)
     """
     m = len(months)
-    # Raw noisy counts, not clipped at 0: clipping each of the many small late-interval
-    # counts would inflate every earlier number at risk (a bias that grows with the grid).
-    d = [float(x) for x in events]
-    c = [float(x) for x in censored]
-    at_risk = float(beyond)
-    n_prime = [0.0] * m
-    for i in range(m - 1, -1, -1):
-        at_risk += d[i] + c[i]
-        n_prime[i] = at_risk - c[i] / 2.0
-    var2 = count_std**2
-    # d log S_j = sum_{i<=j} (-g_i dd_i + a_i dn'_i), and dn'_i = db + sum_{l>=i}(dd_l + dc_l)
-    # - dc_i / 2: every noisy count's coefficient in log S_j, squared and summed, gives
-    # the DP variance exactly (to first order), correlations across intervals included.
-    surv, greenwood, prefix_a, inside = 1.0, 0.0, 0.0, 0.0
-    curve: list[Estimate] = []
-    values, lows, highs = [], [], []
-    for i in range(m):
-        n, di = n_prime[i], min(d[i], n_prime[i])
-        a = g = 0.0
-        if n >= 1 and n - di > 0:
-            # a negative noisy death count raises S a little: unbiased, clipped on output
-            surv *= 1.0 - di / n
-            dpos = max(di, 0.0)
-            greenwood += dpos / (n * (n - dpos))
-            a, g = dpos / (n * (n - dpos)), 1.0 / (n - di)
-        elif n >= 1:
-            surv = 0.0
-        prefix_a += a
-        inside += (prefix_a - g) ** 2 + (prefix_a - a / 2.0) ** 2
-        dp_var = var2 * (inside + (2 * (m - 1 - i) + 1) * prefix_a**2)
-        se = math.sqrt(greenwood + dp_var)
-        point = min(1.0, max(0.0, surv))
-        lo = min(1.0, point * math.exp(-Z95 * se))
-        hi = min(1.0, point * math.exp(Z95 * se))
-        curve.append((point, lo, hi))
-        values.append(point)
+    counts = np.array([*events, *censored, beyond], dtype=np.float64)
+    if counts.size != 2 * m + 1:
+        raise ValueError(
+            f"expected {m} events and {m} censorings, got {len(events)}, {len(censored)}"
+        )
+    table = _life_table(counts[None, :], m)
+    surv, greenwood = table[0][0], _greenwood(table[1][0], table[2][0], table[3][0])
+    if count_std > 0:
+        dp_low, dp_high = _dp_quantiles(counts, m, float(count_std))
+    else:
+        dp_low, dp_high = surv, surv
+    values: list[float] = [float(v) for v in surv]
+    lows: list[float] = []
+    highs: list[float] = []
+    for j, point in enumerate(values):
+        lo, hi = _combine(point, float(dp_low[j]), float(dp_high[j]), float(greenwood[j]))
         lows.append(lo)
         highs.append(hi)
+    curve: list[Estimate] = list(zip(values, lows, highs, strict=True))
     median = (_crossing(months, values), _crossing(months, lows), _crossing(months, highs))
     return curve, median
 

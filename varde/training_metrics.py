@@ -126,36 +126,42 @@ def _table(table: NDArray[np.generic], shape: tuple[int, ...]) -> Floats:
     return values
 
 
-def _ratio(numerator: float, denominator: float, empty: float) -> float:
-    """``numerator / denominator`` clamped to ``[0, 1]``; ``empty`` when nothing to divide by."""
+def _ratio(numerator: float, denominator: float, empty: float, *, clamp: bool = True) -> float:
+    """``numerator / denominator`` clamped to ``[0, 1]``; ``empty`` when nothing to divide by.
+
+    ``clamp=False`` keeps the raw ratio: the smooth function whose slope is the metric's
+    error (:func:`metric_std_errors`).
+    """
     if denominator <= 0 or not math.isfinite(numerator / denominator):
         return empty
-    return min(max(numerator / denominator, 0.0), 1.0)
+    ratio = numerator / denominator
+    return min(max(ratio, 0.0), 1.0) if clamp else ratio
 
 
-def logistic_metrics(table: NDArray[np.generic]) -> dict[str, float]:
+def logistic_metrics(table: NDArray[np.generic], *, clamp: bool = True) -> dict[str, float]:
     """AUC and confusion-matrix metrics at 0.5 from a (noisy) ``(2, SCORE_BINS)`` table.
 
     Row 0 counts held-out survivors (label 0), row 1 deaths within two years.
     A metric whose denominator is empty (or noisy below 0) is reported as 0.5
-    (AUC) or 0, never NaN.
+    (AUC) or 0, never NaN. ``clamp=False`` gives the ratios and counts before they
+    are clamped to their range (for the error, :func:`metric_std_errors`).
     """
     neg, pos = _table(table, logistic_table_shape())
     n_neg, n_pos = float(neg.sum()), float(pos.sum())
     below = np.cumsum(neg) - neg  # negatives in strictly lower bins
     concordant = float((pos * (below + 0.5 * neg)).sum())
-    auc = _ratio(concordant, n_neg * n_pos, 0.5) if n_neg > 0 and n_pos > 0 else 0.5
+    auc = _ratio(concordant, n_neg * n_pos, 0.5, clamp=clamp) if n_neg > 0 and n_pos > 0 else 0.5
     half = SCORE_BINS // 2
     tp, fn = float(pos[half:].sum()), float(pos[:half].sum())
     tn, fp = float(neg[:half].sum()), float(neg[half:].sum())
     total = tp + fn + tn + fp
     return {
         "auc": auc,
-        "accuracy": _ratio(tp + tn, total, 0.0),
-        "sensitivity": _ratio(tp, tp + fn, 0.0),
-        "specificity": _ratio(tn, tn + fp, 0.0),
-        "n": max(total, 0.0),
-        "positives": max(n_pos, 0.0),
+        "accuracy": _ratio(tp + tn, total, 0.0, clamp=clamp),
+        "sensitivity": _ratio(tp, tp + fn, 0.0, clamp=clamp),
+        "specificity": _ratio(tn, tn + fp, 0.0, clamp=clamp),
+        "n": max(total, 0.0) if clamp else total,
+        "positives": max(n_pos, 0.0) if clamp else n_pos,
     }
 
 
@@ -178,8 +184,12 @@ def concordance_parts(table: NDArray[np.generic]) -> tuple[float, float]:
     return concordant, comparable
 
 
-def cox_metrics(tables: Sequence[NDArray[np.generic]]) -> dict[str, float]:
-    """Concordance pooled over sites' *within-site* pairs, with noisy row and event counts."""
+def cox_metrics(tables: Sequence[NDArray[np.generic]], *, clamp: bool = True) -> dict[str, float]:
+    """Concordance pooled over sites' *within-site* pairs, with noisy row and event counts.
+
+    ``clamp=False``: the values before they are clamped to their range (see
+    :func:`logistic_metrics`).
+    """
     concordant = comparable = n = events = 0.0
     for table in tables:
         c, p = concordance_parts(table)
@@ -187,20 +197,25 @@ def cox_metrics(tables: Sequence[NDArray[np.generic]]) -> dict[str, float]:
         concordant, comparable = concordant + c, comparable + p
         n, events = n + float(counts.sum()), events + float(counts[1].sum())
     return {
-        "concordance": _ratio(concordant, comparable, 0.5),
-        "n": max(n, 0.0),
-        "events": max(events, 0.0),
+        "concordance": _ratio(concordant, comparable, 0.5, clamp=clamp),
+        "n": max(n, 0.0) if clamp else n,
+        "events": max(events, 0.0) if clamp else events,
     }
 
 
-def pooled_metrics(model: str, tables: Sequence[NDArray[np.generic]]) -> dict[str, float]:
-    """Network metrics from every site's table: summed histograms (logistic), pooled pairs (Cox)."""
+def pooled_metrics(
+    model: str, tables: Sequence[NDArray[np.generic]], *, clamp: bool = True
+) -> dict[str, float]:
+    """Network metrics from every site's table: summed histograms (logistic), pooled pairs (Cox).
+
+    ``clamp=False``: the values before they are clamped to their range (for the error).
+    """
     if model == "cox":
-        return cox_metrics(tables)
+        return cox_metrics(tables, clamp=clamp)
     total = np.zeros(logistic_table_shape())
     for table in tables:
         total = total + _table(table, logistic_table_shape())
-    return logistic_metrics(total)
+    return logistic_metrics(total, clamp=clamp)
 
 
 def count_noise_variance(mechanism: str, scale: float) -> float:
@@ -239,9 +254,18 @@ def metric_std_errors(
     (``variances``, one per table); so ``se^2 = sum over cells of (df/dcell)^2
     var(cell)``, with the derivatives taken by central differences on the
     released tables (pure post-processing: no data, no new noise). Sampling
-    error of the held-out patients themselves is not included. A metric at its
-    clamp (0 or 1) has a one-sided derivative there, so its error may be
-    understated.
+    error of the held-out patients themselves is not included.
+
+    The derivatives are those of the metrics *before* the clamp to ``[0, 1]``
+    (``clamp=False``), so a clamped metric still gets its error. Why: the
+    reported value is the clamp of a noisy ratio, and the noise that pushed an
+    AUC of 0.95 to a raw 1.02 (reported 1.0) is as large as anywhere else; the
+    clamped function is flat there, so its central difference was 0 and the
+    metric looked exact exactly when the noise was largest. The unclamped
+    (delta-method) error is the sd of the raw ratio, which is what the interval
+    ``value +- 1.96 se`` (clamped to ``[0, 1]`` by the reader) needs; a one-sided
+    error would be smaller on the clamped side only because nothing is reported
+    beyond it, not because the noise is.
 
     >>> neg = np.array([0] * 5 + [40] * 5 + [10] * 5 + [0] * 5)
     >>> pos = np.array([0] * 10 + [10] * 5 + [40] * 5)
@@ -250,11 +274,17 @@ def metric_std_errors(
     0.0
     >>> round(metric_std_errors("logistic", [np.array([neg, pos])], [2.0])["auc"], 3)
     0.017
+    >>> pos[0] = -1  # a noisy -1 below 0.5: raw sensitivity 250 / 249, reported 1.0
+    >>> clamped = np.array([neg, pos])
+    >>> pooled_metrics("logistic", [clamped])["sensitivity"]
+    1.0
+    >>> round(metric_std_errors("logistic", [clamped], [2.0])["sensitivity"], 3)
+    0.018
     """
     if len(tables) != len(variances):
         raise ValueError("one noise variance per table")
     base = [np.asarray(t, dtype=np.float64) for t in tables]
-    keys = list(pooled_metrics(model, base))
+    keys = list(pooled_metrics(model, base, clamp=False))
     total = dict.fromkeys(keys, 0.0)
     step = 0.5  # counts are integers: half a count is a small change
     for which, (table, variance) in enumerate(zip(base, variances, strict=True)):
@@ -265,7 +295,8 @@ def metric_std_errors(
             down = [t.copy() if i == which else t for i, t in enumerate(base)]
             up[which][cell] += step
             down[which][cell] -= step
-            high, low = pooled_metrics(model, up), pooled_metrics(model, down)
+            high = pooled_metrics(model, up, clamp=False)
+            low = pooled_metrics(model, down, clamp=False)
             for key in keys:
                 slope = (high[key] - low[key]) / (2 * step)
                 total[key] += slope * slope * variance
