@@ -361,8 +361,7 @@ def test_gateway_service_validates_then_runs_a_job(federation: Federation) -> No
         with Ledger.in_directory(federation.state[site]) as ledger:
             policy = load_policy(federation.policies[site], site=site)
             remaining = {
-                p: ledger.remaining(p, PureDP(t.epsilon_budget))
-                for p, t in policy.projects.items()
+                p: ledger.remaining(p, PureDP(t.epsilon_budget)) for p, t in policy.projects.items()
             }
             manifests[site] = policy.manifest(remaining)
     job = {
