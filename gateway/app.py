@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from gateway.api.errors import Problem, invalid_body
 from gateway.api.routes import catalog, nodes, queries
 from gateway.core.config import Settings, get_settings
 from gateway.state import GatewayState
@@ -43,10 +44,10 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
 
     @app.exception_handler(VardeError)
     async def _varde_error(_request: Request, err: VardeError) -> JSONResponse:
-        content: dict[str, object] = dict(err.as_dict())
-        if err.status == 422:  # one documented 422 body, whether pydantic or a check found it
-            content["errors"] = [{"loc": [], "msg": err.message, "type": err.code}]
-        return JSONResponse(status_code=err.status, content=content)
+        if err.status == 422:  # a check's refusal gets the same body as pydantic's
+            problem = Problem(loc=[], msg=err.message, type=err.code)
+            return JSONResponse(status_code=422, content=invalid_body([problem], err.message))
+        return JSONResponse(status_code=err.status, content=err.as_dict())
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -57,9 +58,8 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
         # FastAPI answers a body it cannot decode (not UTF-8, not JSON) with a bare 400; it is
         # an invalid request like any other, so it gets the documented 422 body.
         if err.status_code == 400 and err.detail == "There was an error parsing the body":
-            problem = {"loc": ["body"], "msg": "the body is not UTF-8 JSON", "type": "json_invalid"}
-            body = {"error": "invalid_query", "detail": "body: not UTF-8 JSON", "errors": [problem]}
-            return JSONResponse(status_code=422, content=body)
+            problem = Problem(loc=[], msg="not UTF-8 JSON", type="json_invalid")
+            return JSONResponse(status_code=422, content=invalid_body([problem]))
         detail = err.detail if isinstance(err.detail, str) else str(err.detail)
         return JSONResponse(
             status_code=err.status_code,
@@ -99,9 +99,13 @@ def validation_body(err: RequestValidationError) -> dict[str, object]:
     FastAPI's default echoes the offending input, which fails to serialise for
     NaN/Infinity (a 500 for a bad request) and could reflect large payloads.
     """
-    problems = []
-    for e in err.errors():
-        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-        problems.append({"loc": loc, "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))})
-    detail = "; ".join(f"{'.'.join(p['loc']) or 'body'}: {p['msg']}" for p in problems)
-    return {"error": "invalid_query", "detail": detail, "errors": problems}
+    return invalid_body(
+        [
+            Problem(
+                loc=[str(p) for p in e.get("loc", ()) if p != "body"],
+                msg=str(e.get("msg", "")),
+                type=str(e.get("type", "")),
+            )
+            for e in err.errors()
+        ]
+    )

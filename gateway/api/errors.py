@@ -45,6 +45,16 @@ class ValidationErrorBody(BaseModel):
     errors: list[Problem]
 
 
+def invalid_body(problems: list[Problem], detail: str | None = None) -> dict[str, object]:
+    """The one 422 body, whichever layer found the problems (pydantic, a decoder, a check).
+
+    ``detail`` defaults to every problem by its place, in one sentence.
+    """
+    if detail is None:
+        detail = "; ".join(f"{'.'.join(p.loc) or 'body'}: {p.msg}" for p in problems)
+    return ValidationErrorBody(error="invalid_query", detail=detail, errors=problems).model_dump()
+
+
 _WHY = {
     400: "A signed envelope failed verification (forged, replayed, expired, misaddressed).",
     401: "No bearer token, or one nobody issued (checked before anything else).",
