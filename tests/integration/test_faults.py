@@ -331,6 +331,23 @@ def test_node_killed_mid_burst_keeps_ledger_and_audit_consistent(network: LocalN
     ), "the kill came too late to interrupt anything"
     network.restart_node(site)
     network.wait_connected([site], timeout=60)
+    # The gateway counts a node as connected for a while after its last poll, so "connected"
+    # may still describe the killed process. A fresh question answered proves the restarted
+    # one is up, and it reconciles its ledger before it polls.
+    after = httpx.post(
+        f"{network.url}/v1/queries",
+        json={
+            **_variant(99),
+            "project": project,
+            "sites": [site],
+            "timeout_s": 30.0,
+            "privacy": {"mode": "dp", "epsilon": 0.01},
+        },
+        headers={"Authorization": f"Bearer {network.token}"},
+        timeout=60,
+    )
+    assert after.status_code == 200 and after.json()["sites"][0]["status"] == "ok", after.text
+    answered.add(after.json()["query_id"])
     charges = [c for c in led.charges(project) if c.query_id not in before]
     ids = [c.query_id for c in charges]
     assert len(ids) == len(set(ids)), "a query was charged twice"
