@@ -49,3 +49,20 @@ def test_every_contract_is_checked(report: str) -> None:
     # A contract added to pyproject.toml without a test here would go unnoticed.
     assert f"Contracts: {len(CONTRACTS)} kept" in report or "BROKEN" in report, report
     assert report.count(" KEPT") + report.count(" BROKEN") == len(CONTRACTS), report
+
+
+PACKAGES = {"varde", "varde_client", "nodes", "gateway", "launcher"}
+
+
+def test_unit_tests_mirror_the_packages() -> None:
+    """``tests/unit/<package>/...`` follows the code's layout, so a module's tests are found
+    where the module is: every unit test file sits under a folder named after one of our
+    packages, and every folder below it names a sub-package that exists."""
+    unit = ROOT / "tests" / "unit"
+    misplaced = []
+    for path in sorted(unit.rglob("test_*.py")):
+        parts = path.relative_to(unit).parts[:-1]
+        if not parts or parts[0] not in PACKAGES or not (ROOT.joinpath(*parts)).is_dir():
+            misplaced.append(str(path.relative_to(ROOT)))
+    assert not misplaced, f"unit tests outside the package layout: {misplaced}"
+    assert len(list(unit.rglob("test_*.py"))) > 40

@@ -227,7 +227,8 @@ def survival_from_counts(
     and the derivatives were taken at the noisy point (a noisy death count of 0 hides
     the noise of ``n``). Over 400 OpenDP releases of a ~100-patient stage IV lung
     cohort the delta-method band covered the noise-free curve at 65-85% of points; the
-    bootstrap covers 96-98% (``tests/unit/test_survival_coverage.py``). The bootstrap
+    bootstrap covers 96-98%
+    (``tests/unit/nodes/statistics/test_survival_coverage.py``). The bootstrap
     needs no algebra for the correlations either: each ``n_i'`` is a sum of released
     counts, and moving the counts themselves moves every ``n_i'`` together, as the
     noise does. The noise is simulated as Gaussian with the stated sd: exact for zCDP,

@@ -33,7 +33,7 @@ id and ``B``, not by other rows); the other blocks' risk sets, and so their
 gradients, are unchanged, and the one affected block's clipped gradient moves
 between two vectors of norm at most ``C_b``. Hence the **L2 sensitivity is
 exactly ``2 C_b``**, whatever ``k`` (rows per patient), the data or the
-coefficients (tested with hypothesis in tests/unit/test_training_cox.py).
+coefficients (tested with hypothesis in tests/unit/nodes/training/test_cox.py).
 Random strata lose the comparisons *between* blocks, which costs statistical
 efficiency, not consistency: the stratified partial likelihood is a valid
 estimating equation for the same coefficients under proportional hazards, and

@@ -1,0 +1,335 @@
+"""The site console over real HTTP (uvicorn on 127.0.0.1): login, budgets, approvals, audit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from launcher.network import DEFAULT_POLICIES, free_port
+from nodes.console import ConsoleServer, add_user, create_console, users_path
+from nodes.console.auth import Sessions, check_password
+from nodes.context import NodeContext
+from nodes.pipeline import handle
+from nodes.reload import PolicyReloader
+from tests.conftest import make_work
+from tests.console_client import StaffClient
+
+COUNT: dict[str, Any] = {
+    "project": "nsclc-feasibility",
+    "cohort": {"op": "startswith", "field": "topography", "prefix": "C34"},
+    "statistic": {"kind": "count"},
+    "privacy": {"mode": "dp", "epsilon": 0.5},
+}
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def console(node_ctx: NodeContext, tmp_path: Path) -> Iterator[str]:
+    add_user(users_path(tmp_path), "kari", PASSWORD)
+    (tmp_path / "oslo.yaml").write_text((DEFAULT_POLICIES / "oslo.yaml").read_text())
+    app = create_console(
+        site="oslo",
+        store=node_ctx.store,
+        ledger=node_ctx.ledger,
+        policy=lambda: node_ctx.policy,
+        users=users_path(tmp_path),
+        connected=lambda: True,
+        policy_file=tmp_path / "oslo.yaml",
+        policy_saved=PolicyReloader(node_ctx, tmp_path / "oslo.yaml").check_once,
+    )
+    server = ConsoleServer(app, port=free_port()).start()
+    yield server.url
+    server.stop()
+
+
+@contextmanager
+def _login(url: str) -> Iterator[StaffClient]:
+    with StaffClient(url) as client:
+        resp = client.login("kari", PASSWORD)
+        assert resp.status_code == 200 and 'id="budgets"' in resp.text
+        assert client.csrf
+        yield client
+
+
+def test_pages_need_a_login(console: str, node_ctx: NodeContext) -> None:
+    for path in ("/", "/policy", "/audit", "/approvals"):
+        resp = httpx.get(console + path)
+        assert resp.status_code == 303 and resp.headers["location"] == "/login"
+    assert httpx.post(console + "/approvals/ap-1/approve").status_code == 401
+    resp = httpx.post(
+        console + "/login",
+        data={"username": "kari", "password": "wrong password!"},
+        headers={"Origin": console},
+    )
+    assert resp.status_code == 303 and "error=" in resp.headers["location"]
+    logins = node_ctx.store.events("console_login")
+    assert [e.data for e in logins] == [{"user": "kari", "ok": False}]
+
+
+def test_session_cookie_is_httponly_and_strict(console: str) -> None:
+    resp = httpx.post(
+        console + "/login",
+        data={"username": "kari", "password": PASSWORD},
+        headers={"Origin": console},
+    )
+    cookie = resp.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert resp.headers["location"] == "/"
+
+
+def test_budgets_show_spent_and_remaining(
+    console: str, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
+    assert handle(node_ctx, make_work(gateway_key, COUNT)).status == "ok"
+    with _login(console) as client:
+        page = client.get("/").text
+    row = "<td>nsclc-feasibility</td><td>epsilon</td><td>lifetime</td><td>10</td><td>0.5</td>"
+    assert row + "<td>9.5</td>" in page
+    assert 'id="connection"><span class="ok">connected' in page
+    assert node_ctx.policy.version in page
+
+
+def test_approve_and_deny_from_the_console(
+    console: str, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    path = tmp_path / "oslo.yaml"
+    reloader = PolicyReloader(node_ctx, path)
+    with path.open("a") as f:
+        f.write("approvals:\n  new_projects: true\n  epsilon_above: 0.4\n")
+    assert reloader.check_once() == "reloaded"
+    version = node_ctx.policy.version
+    assert handle(node_ctx, make_work(gateway_key, COUNT, query_id="w1")).status == (
+        "awaiting_approval"
+    )
+    # both requests are opened at once: the new project and this query's epsilon
+    req, second = node_ctx.store.approvals.requests("pending")
+    assert (req.kind, second.kind) == ("project", "query")
+    with _login(console) as client:
+        page = client.get("/approvals").text
+        assert f'id="approve-{req.id}"' in page and f'id="deny-{second.id}"' in page
+        assert client.act(f"/approvals/{req.id}/deny", data={}).status_code == 422
+        assert client.act("/approvals/ap-nope/approve").status_code == 404
+        resp = client.act(f"/approvals/{req.id}/approve")
+        assert resp.status_code == 200 and "approved by kari (console)" in resp.text
+        # approving the project wrote a new policy version, now in force
+        assert "  approved_projects: [nsclc-feasibility]\n" in path.read_text()
+        assert node_ctx.policy.approvals.approved_projects == ["nsclc-feasibility"]
+        assert node_ctx.policy.version != version
+        (edit,) = node_ctx.store.events("console_policy_edit")
+        assert (edit.project, edit.data["user"], edit.data["request"]) == (
+            "nsclc-feasibility",
+            "kari",
+            req.id,
+        )
+        assert edit.data["version"] == node_ctx.policy.version
+        assert (
+            f"Version <code>{node_ctx.policy.version}</code> is in force"
+            in client.get("/policy").text
+        )
+        rel = handle(node_ctx, make_work(gateway_key, COUNT, query_id="w2"))
+        assert rel.status == "awaiting_approval" and second.id in rel.message
+        assert req.id not in rel.message
+        resp = client.act(f"/approvals/{second.id}/deny", data={"reason": "<b>too much</b>"})
+        assert "&lt;b&gt;too much&lt;/b&gt;" in resp.text  # escaped, never markup
+        audit = client.get("/audit", params={"kind": "approval_denied"}).text
+        assert second.id in audit and "1 entries" in audit
+        search = client.get("/audit", params={"q": "w1"}).text
+        assert "approval_requested" in search and "approval_granted" in search
+    assert node_ctx.store.events("approval_granted")[0].data["by"] == "kari (console)"
+
+
+def test_policy_page_shows_the_version_in_force(console: str, node_ctx: NodeContext) -> None:
+    with _login(console) as client:
+        page = client.get("/policy").text
+    assert f"Version <code>{node_ctx.policy.version}</code> is in force" in page
+    assert 'id="policy-history"' in page
+
+
+def test_passwords_are_scrypt_hashes(tmp_path: Path) -> None:
+    path = users_path(tmp_path)
+    add_user(path, "ola", "a long enough secret")
+    text = path.read_text()
+    assert "a long enough secret" not in text and "scrypt$16384$8$1$" in text
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert check_password(path, "ola", "a long enough secret")
+    assert not check_password(path, "ola", "a long enough secreT")
+    assert not check_password(path, "nobody", "a long enough secret")
+    with pytest.raises(ValueError, match="at least 10"):
+        add_user(path, "ola", "short")
+
+
+def test_budget_change_writes_a_validated_policy_version(
+    console: str, node_ctx: NodeContext, tmp_path: Path
+) -> None:
+    path = tmp_path / "oslo.yaml"
+    before = path.read_text()
+    with _login(console) as client:
+        asked = client.act("/budgets/nsclc-feasibility", data={"budget": "12.5"})
+        assert asked.status_code == 200 and "Confirm the budget change" in asked.text
+        assert "from 10 to 12.5" in asked.text and path.read_text() == before  # not yet
+        resp = client.act("/budgets/nsclc-feasibility", data={"budget": "12.5", "confirm": "yes"})
+        assert resp.status_code == 200
+        assert "saved nsclc-feasibility budget 12.5" in resp.text
+        assert (
+            "<td>nsclc-feasibility</td><td>epsilon</td><td>lifetime</td><td>12.5</td>" in resp.text
+        )
+        # one number changed; the staff's comments and layout are kept
+        changed = [
+            (a, b)
+            for a, b in zip(before.splitlines(), path.read_text().splitlines(), strict=True)
+            if a != b
+        ]
+        assert changed == [
+            (
+                "    epsilon_budget: 10.0       # lifetime epsilon this project may spend here",
+                "    epsilon_budget: 12.5       # lifetime epsilon this project may spend here",
+            )
+        ]
+        assert node_ctx.policy.projects["nsclc-feasibility"].epsilon_budget == 12.5
+        # the same validation as `varde policy check`: below the per-query cap is refused
+        text = path.read_text()
+        bad = client.act("/budgets/nsclc-feasibility", data={"budget": "0.5", "confirm": "yes"})
+        assert bad.status_code == 422
+        assert "exceeds the whole epsilon_budget" in bad.text and "oslo.yaml:22:" in bad.text
+        assert client.act("/budgets/nsclc-feasibility", data={"budget": "-1"}).status_code == 422
+        assert client.act("/budgets/nope", data={"budget": "1"}).status_code == 422
+        assert path.read_text() == text
+    edit = node_ctx.store.events("console_policy_edit")[0].data
+    assert (edit["user"], edit["old"], edit["new"]) == ("kari", 10.0, 12.5)
+    (changed_entry,) = node_ctx.store.events("policy_changed")
+    assert changed_entry.data["version"] == edit["version"] == node_ctx.policy.version
+
+
+def test_overview_shows_the_training_supernode_state_when_configured(
+    console: str, node_ctx: NodeContext, tmp_path: Path
+) -> None:
+    with _login(console) as client:
+        assert 'id="training"' not in client.get("/").text  # no SuperNode: nothing to show
+    state = {"now": "running (pid 42), connecting out to 127.0.0.1:9092"}
+    app = create_console(
+        site="oslo",
+        store=node_ctx.store,
+        ledger=node_ctx.ledger,
+        policy=lambda: node_ctx.policy,
+        users=users_path(tmp_path),
+        training=lambda: state["now"],
+    )
+    server = ConsoleServer(app, port=free_port()).start()
+    try:
+        with _login(server.url) as client:
+            assert f'id="training">{state["now"]}<' in client.get("/").text
+            state["now"] = "exited with code 1: no training at this site until the node restarts"
+            assert "exited with code 1" in client.get("/").text
+    finally:
+        server.stop()
+
+
+# --- cross-site requests, login guessing, bounded budget edits, sessions (issue 10) -----------
+
+
+def _budget(node_ctx: NodeContext) -> float:
+    return node_ctx.policy.projects["nsclc-feasibility"].epsilon_budget
+
+
+@pytest.mark.parametrize(
+    ("headers", "with_token"),
+    [
+        ({"Origin": "http://127.0.0.1:1"}, True),  # another port of the same machine
+        ({"Origin": "http://evil.example"}, True),
+        ({"Origin": "null"}, True),  # a sandboxed or file page
+        ({}, True),  # neither Origin nor Referer
+        ({"Referer": "http://evil.example/page"}, True),
+        (None, False),  # the console's own origin, but no CSRF token
+    ],
+)
+def test_cross_site_posts_change_nothing(
+    console: str, node_ctx: NodeContext, headers: dict[str, str] | None, with_token: bool
+) -> None:
+    version = node_ctx.policy.version
+    with _login(console) as client:
+        form = {"budget": "1000000", "confirm": "yes"}
+        if with_token:
+            form["csrf"] = client.csrf
+        sent = {"Origin": console} if headers is None else headers
+        client.headers.pop("Origin", None)
+        resp = client.post("/budgets/nsclc-feasibility", data=form, headers=sent)
+    assert resp.status_code == 403 and "nothing was changed" in resp.text
+    assert _budget(node_ctx) == 10.0 and node_ctx.policy.version == version
+    assert node_ctx.store.events("console_policy_edit") == []
+    assert node_ctx.store.events("console_csrf_refused")
+
+
+def test_a_foreign_login_form_is_refused(console: str, node_ctx: NodeContext) -> None:
+    resp = httpx.post(
+        console + "/login",
+        data={"username": "kari", "password": PASSWORD},
+        headers={"Origin": "http://127.0.0.1:1"},
+    )
+    assert resp.status_code == 403 and "set-cookie" not in resp.headers
+    assert node_ctx.store.events("console_login") == []
+
+
+def test_guessing_passwords_locks_the_name_out_and_is_audited(
+    console: str, node_ctx: NodeContext, tmp_path: Path
+) -> None:
+    with StaffClient(console) as client:
+        for _ in range(20):
+            client.post("/login", data={"username": "kari", "password": "not the password"})
+        resp = client.login("kari", PASSWORD)  # the right one, during the lockout
+        assert 'id="budgets"' not in resp.text and "too many wrong passwords" in resp.text
+        assert client.get("/", follow_redirects=False).status_code == 303  # no session
+    (lockout,) = node_ctx.store.events("console_lockout")
+    assert lockout.data["user"] == "kari" and lockout.data["failures"] == 5
+    attempts = node_ctx.store.events("console_login")
+    assert len(attempts) == 21 and attempts[-1].data == {
+        "user": "kari",
+        "ok": False,
+        "locked": True,
+    }
+    # another name is not locked by kari's failures
+    add_user(users_path(tmp_path), "ola", PASSWORD)
+    with StaffClient(console) as other:
+        assert 'id="budgets"' in other.login("ola", PASSWORD).text
+
+
+def test_budget_edits_are_bounded_by_the_policy(console: str, node_ctx: NodeContext) -> None:
+    ceiling = node_ctx.policy.console.max_epsilon_budget
+    with _login(console) as client:
+        resp = client.act(
+            "/budgets/nsclc-feasibility", data={"budget": str(ceiling + 1), "confirm": "yes"}
+        )
+        assert resp.status_code == 422 and "console.max_epsilon_budget" in resp.text
+        asked = client.act("/budgets/nsclc-feasibility", data={"budget": "0"})
+        assert "nothing left until the next period" not in asked.text  # nothing spent yet
+    assert _budget(node_ctx) == 10.0
+
+
+def test_sessions_end_when_idle_or_old() -> None:
+    sessions = Sessions(ttl=60, idle=0.2)
+    token = sessions.open("kari")
+    assert sessions.user(token) == "kari"
+    time.sleep(0.3)
+    assert sessions.user(token) is None  # idle too long
+    old = Sessions(ttl=0.2, idle=60)
+    token = old.open("kari")
+    for _ in range(3):
+        time.sleep(0.1)
+        old.user(token)  # in use, but past its lifetime at the end
+    assert old.user(token) is None
+
+
+def test_every_page_keeps_its_security_headers(console: str) -> None:
+    with _login(console) as client:
+        for path in ("/", "/policy", "/audit", "/approvals"):
+            headers = client.get(path).headers
+            assert headers["x-frame-options"] == "DENY"
+            assert headers["referrer-policy"] == "same-origin"
+            assert "default-src 'none'" in headers["content-security-policy"]
+            assert headers["cache-control"].startswith("no-store")
