@@ -29,6 +29,7 @@ from varde.envelope import seal
 from varde.errors import (
     BudgetExhausted,
     Conflict,
+    FieldNotAvailable,
     Forbidden,
     InvalidQuery,
     NodeUnavailable,
@@ -60,6 +61,7 @@ def precheck(manifest: Manifest | None, query: Query) -> tuple[str, str] | None:
 
 _ERRORS: dict[str, type[VardeError]] = {
     "policy_violation": PolicyViolation,
+    "field_not_available": FieldNotAvailable,
     "budget_exhausted": BudgetExhausted,
     "invalid_query": InvalidQuery,
     "unavailable": NodeUnavailable,
@@ -245,9 +247,18 @@ async def preview_query(
 
 def _raise_if_nobody(targets: list[str], rows: dict[str, SiteRelease]) -> None:
     ordered = [rows[s] for s in targets]
-    statuses = {r.status for r in ordered}
-    base: type[VardeError] = (
-        _ERRORS.get(next(iter(statuses)), Conflict) if len(statuses) == 1 else Conflict
+    kinds = {_ERRORS.get(r.status, Conflict) for r in ordered}
+    # the most specific class every site's reason is an instance of (policy_violation and
+    # field_not_available: PolicyViolation); reasons with nothing in common: Conflict
+    base: type[VardeError] = next(
+        (
+            c
+            for c in next(iter(kinds)).__mro__
+            if issubclass(c, VardeError)
+            and c is not VardeError
+            and all(issubclass(k, c) for k in kinds)
+        ),
+        Conflict,
     )
     reasons = "; ".join(f"{r.site}: {r.message or r.status}" for r in ordered)
     raise NoSiteAnswered(base, f"no site released an answer ({reasons})", ordered)

@@ -7,6 +7,7 @@
     ├── AuthenticationFailed (401)    missing or unknown bearer token
     ├── Forbidden (403)
     │   └── PolicyViolation (403)     a site's own policy refuses the work
+    │       └── FieldNotAvailable (403)  ... because the site does not expose a field read
     ├── NotFound (404)                unknown project, site, query
     ├── Conflict (409)
     │   └── BudgetExhausted (409)     the privacy budget cannot pay for the query
@@ -22,6 +23,7 @@ Library errors are wrapped with ``raise ... from err`` so the cause survives.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 
@@ -65,6 +67,37 @@ class PolicyViolation(Forbidden):
     """A site's policy does not allow this project, field, statistic or privacy mode."""
 
     code = "policy_violation"
+
+
+class FieldNotAvailable(PolicyViolation):
+    """The query (or training job) reads a field the site's policy does not expose.
+
+    A refusal of its own (code ``field_not_available``, a site status of the same
+    name) so that a researcher's code can tell "drop this field or this site"
+    from every other policy refusal without reading the sentence. ``fields``
+    are the schema fields the site does not expose, sorted; :meth:`fields_in`
+    reads them back from the message (the wire carries only the message).
+
+    >>> err = FieldNotAvailable("trondheim", {"pdl1_tps"})
+    >>> err.code, err.message
+    ('field_not_available', "site 'trondheim' does not expose field(s) pdl1_tps")
+    >>> FieldNotAvailable.fields_in(err.message)
+    ['pdl1_tps']
+    """
+
+    code = "field_not_available"
+    _MARK: ClassVar[str] = " does not expose field(s) "
+
+    def __init__(self, site: str, fields: Iterable[str]) -> None:
+        self.site = site
+        self.fields = sorted(fields)
+        super().__init__(f"site {site!r}{self._MARK}{', '.join(self.fields)}")
+
+    @classmethod
+    def fields_in(cls, message: str) -> list[str]:
+        """The fields named by a message this class wrote (empty for any other message)."""
+        _, mark, names = message.partition(cls._MARK)
+        return [n for n in names.split(", ") if n] if mark else []
 
 
 class NotFound(VardeError):

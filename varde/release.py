@@ -22,6 +22,7 @@ from varde.query import MAX_CELLS
 SiteStatus = Literal[
     "ok",
     "policy_violation",
+    "field_not_available",  # a policy refusal: the query reads a field the site does not expose
     "budget_exhausted",
     "invalid_query",
     "envelope_rejected",

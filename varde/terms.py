@@ -18,7 +18,7 @@ compared in the measure the project accounts in (:mod:`varde.budget`).
 from __future__ import annotations
 
 from varde.budget import measure_of
-from varde.errors import BudgetExhausted, PolicyViolation
+from varde.errors import BudgetExhausted, FieldNotAvailable, PolicyViolation
 from varde.query import Query, Survival
 from varde.release import Manifest, ProjectTerms
 from varde.training import TrainingSpec, round_costs
@@ -35,9 +35,9 @@ def _project(terms: Manifest, project: str) -> ProjectTerms:
 
 
 def _exposed(terms: Manifest, fields: set[str]) -> None:
-    hidden = sorted(fields - set(terms.fields))
+    hidden = fields - set(terms.fields)
     if hidden:
-        raise PolicyViolation(f"site {terms.site!r} does not expose field(s) {', '.join(hidden)}")
+        raise FieldNotAvailable(terms.site, hidden)
 
 
 def _mode_text(accounting: str) -> str:
@@ -50,7 +50,8 @@ def check_query(terms: Manifest, query: Query) -> ProjectTerms:
     """Refuse ``query`` if the site's public terms rule it out; its project's terms otherwise.
 
     Raises:
-        PolicyViolation: Project not served, statistic or field not allowed, a grid
+        FieldNotAvailable: The query reads a field the site does not expose.
+        PolicyViolation: Project not served, statistic not allowed, a grid
             too fine or too many cells for the site, a privacy mode the project
             does not account in (or aggregate mode where it is not allowed), or a
             budget above the project's per-query cap.
@@ -125,8 +126,9 @@ def check_training(terms: Manifest, spec: TrainingSpec) -> ProjectTerms:
     cap, and the whole job what is left (when ``remaining`` is published).
 
     Raises:
-        PolicyViolation: Project not served, model not allowed for it, a field
-            not exposed, or a round or the evaluation above the per-query cap.
+        FieldNotAvailable: The job reads a field the site does not expose.
+        PolicyViolation: Project not served, model not allowed for it, or a round
+            or the evaluation above the per-query cap.
         BudgetExhausted: No budget, or not enough left for the whole job.
     """
     site = terms.site

@@ -22,7 +22,10 @@ from varde.release import SiteRelease
 class ErrorBody(BaseModel):
     """A refusal: a stable machine-readable ``error`` and a ``detail`` for humans."""
 
-    error: str = Field(description="e.g. invalid_query, authentication_failed, policy_violation")
+    error: str = Field(
+        description="e.g. invalid_query, authentication_failed, policy_violation, "
+        "field_not_available, budget_exhausted, node_unavailable"
+    )
     detail: str
     sites: list[SiteRelease] | None = Field(
         default=None, description="When no site answered: each site's own reason."
@@ -58,7 +61,10 @@ def invalid_body(problems: list[Problem], detail: str | None = None) -> dict[str
 _WHY = {
     400: "A signed envelope failed verification (forged, replayed, expired, misaddressed).",
     401: "No bearer token, or one nobody issued (checked before anything else).",
-    403: "Not allowed: not a member of the project, or every site's policy refuses.",
+    403: (
+        "Not allowed: not a member of the project, or every site's policy refuses "
+        "(field_not_available when each refuses because it does not expose a field read)."
+    ),
     404: "No such project, site, query or job (of yours).",
     409: "Conflicts with the current state: a budget that cannot pay, a used token.",
     503: "No site answered in time, none is connected, or training is not configured.",

@@ -289,7 +289,7 @@ def test_preflight_refusal_stops_the_job_before_any_charge(federation: Federatio
     assert status.round == 0 and status.coefficients is None
     assert status.detail is not None and status.detail.startswith("pre-flight refused")
     assert status.sites["trondheim"].refusal == (
-        "policy_violation: site 'trondheim' does not expose field(s) pdl1_tps"
+        "field_not_available: site 'trondheim' does not expose field(s) pdl1_tps"
     )
     for site in ("oslo", "bergen", "tromso"):
         assert status.sites[site].refusal is None

@@ -64,7 +64,7 @@ def test_project_not_in_policy_is_refused_even_if_gateway_signed_it(
         ),
         (
             {"cohort": {"op": "eq", "field": "country", "value": "NO"}},
-            "policy_violation",
+            "field_not_available",
             "expose field(s) country",
         ),
         ({"privacy": {"mode": "aggregate"}}, "policy_violation", "aggregate mode"),

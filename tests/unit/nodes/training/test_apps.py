@@ -219,7 +219,9 @@ def test_preflight_refusal_stops_the_job_before_anything_is_charged(tmp_path: Pa
     assert "nothing was charged" in status.detail
     oslo, bergen, trondheim = (status.sites[s] for s in ("oslo", "bergen", "trondheim"))
     assert oslo.refusal is None and oslo.rounds_completed == 0
-    assert trondheim.refusal == "policy_violation: site 'trondheim' does not expose field(s) stage"
+    assert trondheim.refusal == (
+        "field_not_available: site 'trondheim' does not expose field(s) stage"
+    )
     assert bergen.refusal is not None and bergen.refusal.startswith("budget_exhausted:")
     assert "cannot pay for the job" in bergen.refusal
     # Only QUERY messages were ever sent, and no ledger holds a charge.
