@@ -367,7 +367,13 @@ PIPELINE: Sequence[Step] = (
 
 
 def _refusal(query_id: str, site: str, err: VardeError, started: float) -> SiteRelease:
-    known = {"policy_violation", "budget_exhausted", "invalid_query", "envelope_rejected"}
+    known = {
+        "policy_violation",
+        "field_not_available",
+        "budget_exhausted",
+        "invalid_query",
+        "envelope_rejected",
+    }
     return SiteRelease(
         query_id=query_id,
         site=site,
