@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from io import BytesIO
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -35,6 +36,34 @@ SUPPRESSED = "suppressed"
 """The legend label of the marker drawn where an aggregate-mode cell was suppressed."""
 
 PANEL_COLUMNS = 3
+
+
+def png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (Agg, whatever backend is active)."""
+    buf = BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
+
+
+class ShownFigure(Figure):
+    """A figure that a notebook displays when a cell returns it, with no ``pyplot`` involved.
+
+    IPython shows an object by its ``_repr_png_``; a plain ``Figure`` has none
+    unless ``pyplot``'s inline backend registered a formatter for it, which a
+    figure built without ``pyplot`` cannot count on.
+    """
+
+    def _repr_png_(self) -> bytes:
+        return png(self)
+
+
+class ShownAxes(Axes):
+    """An axes a notebook displays (as its whole figure) when a cell returns it."""
+
+    def _repr_png_(self) -> bytes:
+        fig = self.get_figure(root=True)
+        assert isinstance(fig, Figure)
+        return png(fig)
 
 
 @dataclass(frozen=True)
@@ -140,8 +169,8 @@ def panels(
         return fig, [ax]
     cols = min(n, PANEL_COLUMNS)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
-    grid = fig.subplots(rows, cols, squeeze=False)
+    fig = ShownFigure(figsize=(width * cols, height * rows), layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False, subplot_kw={"axes_class": ShownAxes})
     axes = [a for row in grid for a in row]
     for extra in axes[n:]:
         extra.remove()

@@ -47,6 +47,7 @@ STAGE_IV_LUNG: dict[str, Any] = {
     "args": [LUNG, {"op": "eq", "field": "stage", "value": "IV"}],
 }
 EGFR = ["positive", "negative", "not_tested"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +115,16 @@ def answer(
 
 
 def png(drawn: Axes | Figure) -> bytes:
+    """Render as a script would (``savefig``) and as a notebook would (``_repr_png_``)."""
     fig = drawn if isinstance(drawn, Figure) else drawn.get_figure()
     assert isinstance(fig, Figure)
     buf = BytesIO()
     fig.savefig(buf, format="png", dpi=60)
     data = buf.getvalue()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[:8] == PNG_MAGIC
     assert len(data) > 5000, len(data)  # something was drawn, not an empty canvas
+    shown = drawn._repr_png_()  # type: ignore[union-attr]
+    assert shown[:8] == PNG_MAGIC and len(shown) > 5000
     return data
 
 
