@@ -2,8 +2,8 @@
 
 ::
 
-    verify -> parse -> authorise -> cache -> preview -> approval -> repeat
-           -> price -> expiry -> charge -> release -> audit
+    verify -> parse -> authorise -> resolve -> cache -> preview -> approval
+           -> repeat -> price -> expiry -> charge -> release -> audit
 
 Each step is a function ``step(ctx, item) -> SiteRelease | None`` (Flower's
 mods are the model): it reads and fills in the :class:`WorkState` it is
@@ -45,6 +45,7 @@ from nodes.ledger import Charge
 from nodes.policy import Policy, ProjectPolicy
 from nodes.release_cache import CachedRelease, cache_key
 from nodes.statistics import Plan, exact, plan, price
+from nodes.statistics.accuracy_first import site_budget
 from varde.envelope import Payload, SignedEnvelope, open_envelope, peek, utcnow
 from varde.errors import EnvelopeRejected, InvalidQuery, VardeError
 from varde.query import Query
@@ -72,6 +73,7 @@ class WorkState:
     project: ProjectPolicy | None = None  # authorise
     cache_key: str = ""  # cache
     cached: CachedRelease | None = None  # cache
+    note: str = ""  # resolve: what an accuracy target cost here, said with the release
     plan: Plan | None = None  # price
     charge: Charge | None = None  # charge
     cells: list[Cell] = field(default_factory=list)  # release
@@ -167,6 +169,22 @@ def authorise(_ctx: NodeContext, item: WorkState) -> None:
     item.project = item.policy.authorize(item.question, researcher=item.item.researcher)
 
 
+def resolve(ctx: NodeContext, item: WorkState) -> None:
+    """An accuracy target becomes this site's least budget for it; above the cap, a refusal.
+
+    From here on the item asks the same question with that budget (the steps after see
+    an epsilon or rho, as if the researcher had named it), so the cache, approvals,
+    pricing and the charge need nothing new. The budget depends on the policy's ``k``
+    and the statistic, never on a row (:mod:`nodes.statistics.accuracy_first`).
+    """
+    query = item.question
+    if query.accuracy is None:
+        return
+    k = item.policy.privacy_unit.max_tumours_per_patient
+    budget, item.note = site_budget(query, item.terms.cap, max_rows=k, site=ctx.site)
+    item.query = query.resolved(budget)
+
+
 def cache(ctx: NodeContext, item: WorkState) -> None:
     """Look the question up in the release cache (DP releases only; aggregates are exact)."""
     if item.question.budget is not None:
@@ -206,6 +224,8 @@ def preview(ctx: NodeContext, item: WorkState) -> SiteRelease | None:
         )
     elif item.cached is not None:
         message = "a repeat: the cached release would be returned"
+    else:
+        message = item.note
     return item.release(
         ctx,
         status="budget_exhausted" if short else "ok",
@@ -346,7 +366,13 @@ def audit(ctx: NodeContext, item: WorkState) -> SiteRelease:
             "accuracy": costed.accuracy,
         }
     return item.release(
-        ctx, status="ok", mode=query.privacy.mode, mechanism=mechanism, cells=item.cells, **noise
+        ctx,
+        status="ok",
+        mode=query.privacy.mode,
+        message=item.note,
+        mechanism=mechanism,
+        cells=item.cells,
+        **noise,
     )
 
 
@@ -354,6 +380,7 @@ PIPELINE: Sequence[Step] = (
     verify,
     parse,
     authorise,
+    resolve,
     cache,
     preview,
     approval,

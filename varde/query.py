@@ -18,11 +18,19 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
-from varde.budget import ZCDP, Budget, PureDP
+from varde.budget import ZCDP, Budget, Measure, PureDP
 from varde.schema import FIELDS_BY_NAME, FieldKind, FieldSpec
 
 Scalar = str | int | float
@@ -456,11 +464,24 @@ Statistic = Annotated[
 ]
 
 
+def _one_needed(data: Any, amount: str) -> Any:
+    if isinstance(data, dict) and amount not in data:
+        raise ValueError(
+            f"Field required: give privacy.{amount} or privacy.accuracy (exactly one of them)"
+        )
+    return data
+
+
 class DPPrivacy(_Frozen):
     """Differential privacy: each site spends ``epsilon`` from the project's budget."""
 
     mode: Literal["dp"]
     epsilon: float = Field(gt=0, allow_inf_nan=False, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_given(cls, data: Any) -> Any:
+        return _one_needed(data, "epsilon")
 
     @property
     def budget(self) -> PureDP:
@@ -480,10 +501,79 @@ class ZCDPPrivacy(_Frozen):
     mode: Literal["zcdp"]
     rho: float = Field(gt=0, allow_inf_nan=False, strict=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_given(cls, data: Any) -> Any:
+        return _one_needed(data, "rho")
+
     @property
     def budget(self) -> ZCDP:
         """The typed budget asked of each site."""
         return ZCDP(self.rho)
+
+
+ACCURACY_STATISTICS = ("count", "histogram", "crosstab", "funnel", "sum", "survival")
+"""The statistics an accuracy target can be given for (``docs/STATISTICS.md``).
+
+Each has a 95% half-width that follows from the budget and public facts alone (the
+site's per-patient bound, declared clamping bounds, a stated cohort size), so the
+budget a site picks for it says nothing about its rows. A mean's error divides by its
+(unknown) count and a quantile's depends on the data's density near it: those are
+asked with an epsilon or rho."""
+
+
+class AccuracyTarget(_Frozen):
+    """What the researcher wants instead of a budget: ``+-pm95`` at 95% on each released number.
+
+    For counts (count, histogram, crosstab, funnel) ``pm95`` is in tumours; for a sum,
+    in the field's units. For survival it is a half-width on the survival probability
+    ``S(t)`` (between 0 and 1) that the DP noise alone adds at any grid point, for a
+    site-and-group cohort of ``cohort_size`` patients (required for survival, refused
+    elsewhere): the sampling error and a smaller or censored cohort widen the band the
+    release reports. Each site finds the least budget that meets it under its own policy.
+    """
+
+    pm95: float = Field(gt=0, allow_inf_nan=False)
+    cohort_size: int | None = Field(default=None, ge=1, le=1_000_000_000)
+
+
+def _one_of(data: Any, amount: str) -> Any:
+    if isinstance(data, dict) and amount in data and "accuracy" in data:
+        raise ValueError(f"give exactly one of privacy.{amount} or privacy.accuracy, not both")
+    return data
+
+
+class _AccuracyPrivacy(_Frozen):
+    accuracy: AccuracyTarget
+
+    @property
+    def budget(self) -> None:
+        """No budget is asked: each site finds its own least one for :attr:`accuracy`."""
+        return None
+
+
+class DPAccuracy(_AccuracyPrivacy):
+    """Pure DP by accuracy: each site spends the least epsilon that meets ``accuracy``."""
+
+    mode: Literal["dp"]
+    measure: ClassVar[Measure] = "epsilon"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_one(cls, data: Any) -> Any:
+        return _one_of(data, "epsilon")
+
+
+class ZCDPAccuracy(_AccuracyPrivacy):
+    """zCDP by accuracy: each site spends the least rho that meets ``accuracy``."""
+
+    mode: Literal["zcdp"]
+    measure: ClassVar[Measure] = "rho"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_one(cls, data: Any) -> Any:
+        return _one_of(data, "rho")
 
 
 class AggregatePrivacy(_Frozen):
@@ -497,7 +587,50 @@ class AggregatePrivacy(_Frozen):
         return None
 
 
-Privacy = Annotated[DPPrivacy | ZCDPPrivacy | AggregatePrivacy, Field(discriminator="mode")]
+def _privacy_tag(value: Any) -> str | None:
+    """``dp``/``zcdp`` with an amount, ``dp-accuracy``/``zcdp-accuracy`` with a target."""
+    if isinstance(value, dict):
+        mode, by_accuracy = value.get("mode"), "accuracy" in value
+    else:
+        mode, by_accuracy = getattr(value, "mode", None), isinstance(value, _AccuracyPrivacy)
+    if not isinstance(mode, str):
+        return None
+    return f"{mode}-accuracy" if by_accuracy and mode in ("dp", "zcdp") else mode
+
+
+Privacy = Annotated[
+    Annotated[DPPrivacy, Tag("dp")]
+    | Annotated[ZCDPPrivacy, Tag("zcdp")]
+    | Annotated[DPAccuracy, Tag("dp-accuracy")]
+    | Annotated[ZCDPAccuracy, Tag("zcdp-accuracy")]
+    | Annotated[AggregatePrivacy, Tag("aggregate")],
+    Discriminator(_privacy_tag),
+]
+"""How a query is private: an epsilon or rho, an accuracy target in either mode, or aggregate."""
+
+AccuracyPrivacy = DPAccuracy | ZCDPAccuracy
+
+
+def _check_target(stat: Statistic, target: AccuracyTarget) -> None:
+    """Refuse an accuracy target that has no data-independent meaning for ``stat``."""
+    if stat.kind not in ACCURACY_STATISTICS:
+        raise ValueError(
+            f"an accuracy target is accepted for {', '.join(ACCURACY_STATISTICS)}, not for "
+            f"a {stat.kind}: its error depends on the data (ask with an epsilon or rho)"
+        )
+    if isinstance(stat, Survival):
+        if target.cohort_size is None:
+            raise ValueError(
+                "a survival accuracy target needs 'cohort_size': the patients you expect per "
+                "site and group (the noise's effect on S(t) depends on it)"
+            )
+        if not target.pm95 < 1:
+            raise ValueError(
+                f"a survival accuracy target is a half-width on a probability: pm95 "
+                f"{target.pm95:g} must be below 1"
+            )
+    elif target.cohort_size is not None:
+        raise ValueError(f"'cohort_size' is for survival targets only, not for a {stat.kind}")
 
 
 def _fmt(x: float) -> str:
@@ -543,6 +676,8 @@ class Query(_Frozen):
             clash = self.statistic.fields() & set(self.group_by)
             if clash:
                 raise ValueError(f"survival cannot group by its own field(s) {sorted(clash)}")
+        if isinstance(self.privacy, DPAccuracy | ZCDPAccuracy):
+            _check_target(self.statistic, self.privacy.accuracy)
         n = self.released_count()
         if n > MAX_CELLS:
             raise ValueError(f"the query would release {n} cells; at most {MAX_CELLS} are allowed")
@@ -597,8 +732,36 @@ class Query(_Frozen):
 
     @property
     def budget(self) -> Budget | None:
-        """What each site is asked to spend: ``PureDP`` or ``ZCDP``; None in aggregate mode."""
+        """What each site is asked to spend: ``PureDP`` or ``ZCDP``.
+
+        None in aggregate mode, and for an accuracy target (:attr:`accuracy`), where
+        each site finds its own least budget (:meth:`resolved` is then the question
+        that site answers).
+        """
         return self.privacy.budget
+
+    @property
+    def accuracy(self) -> AccuracyTarget | None:
+        """The accuracy target each site meets with its least budget, if one was given."""
+        privacy = self.privacy
+        return privacy.accuracy if isinstance(privacy, DPAccuracy | ZCDPAccuracy) else None
+
+    def resolved(self, budget: Budget) -> Query:
+        """The same question asked with ``budget`` (in the measure of the query's mode).
+
+        >>> q = parse_query({"project": "p", "statistic": {"kind": "count"},
+        ...                  "privacy": {"mode": "dp", "accuracy": {"pm95": 10}}})
+        >>> q.budget is None, q.resolved(PureDP(0.3)).privacy
+        (True, DPPrivacy(mode='dp', epsilon=0.3))
+        """
+        privacy: DPPrivacy | ZCDPPrivacy
+        if self.privacy.mode == "dp" and isinstance(budget, PureDP):
+            privacy = DPPrivacy(mode="dp", epsilon=budget.epsilon)
+        elif self.privacy.mode == "zcdp" and isinstance(budget, ZCDP):
+            privacy = ZCDPPrivacy(mode="zcdp", rho=budget.rho)
+        else:
+            raise TypeError(f"a {self.privacy.mode!r} query cannot be asked with {budget}")
+        return self.model_copy(update={"privacy": privacy})
 
 
 def parse_query(data: dict[str, Any]) -> Query:

@@ -28,6 +28,9 @@ class NetworkRow(BaseModel):
     cells: list[Cell]
 
 
+_MODE_MEASURES: dict[str, Measure] = {"dp": "epsilon", "zcdp": "rho"}
+
+
 class _QueryHead(BaseModel):
     """What every answer about one query starts with."""
 
@@ -38,13 +41,19 @@ class _QueryHead(BaseModel):
     statistic: str
     mode: str
     requested: Budget | None
-    """What each site is asked to spend (None in aggregate mode)."""
+    """What each site is asked to spend (None in aggregate mode, and for an accuracy target:
+    each site then charges the least budget that meets it, see each site's ``charged``)."""
     axes: list[tuple[str, list[str]]]
 
     @property
     def measure(self) -> Measure | None:
-        """The measure the query spends (``epsilon`` or ``rho``; None in aggregate mode)."""
-        return self.requested.measure if self.requested is not None else None
+        """The measure the query spends (``epsilon`` or ``rho``; None in aggregate mode).
+
+        An accuracy target requests no amount (each site picks its own), so the mode says it.
+        """
+        if self.requested is not None:
+            return self.requested.measure
+        return _MODE_MEASURES.get(self.mode)
 
 
 class QueryResult(_QueryHead):

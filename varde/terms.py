@@ -40,6 +40,10 @@ def _exposed(terms: Manifest, fields: set[str]) -> None:
         raise FieldNotAvailable(terms.site, hidden)
 
 
+_MODES = {"epsilon": "dp", "zcdp": "zcdp"}
+"""The privacy mode a project's queries are asked in, by its accounting."""
+
+
 def _mode_text(accounting: str) -> str:
     return (
         '{"mode": "zcdp", "rho": ...}' if accounting == "zcdp" else '{"mode": "dp", "epsilon": ...}'
@@ -57,6 +61,11 @@ def check_query(terms: Manifest, query: Query) -> ProjectTerms:
             budget above the project's per-query cap.
         BudgetExhausted: The project has no budget here, or (when ``remaining``
             is published) less left than the query asks.
+
+    An accuracy target (``query.accuracy``) names no budget: its mode must match the
+    project's accounting and some budget must be left; the cap is checked by the node,
+    which alone knows the least budget its own policy needs for the target
+    (``nodes/statistics/accuracy_first.py``).
     """
     site = terms.site
     project = _project(terms, query.project)
@@ -78,6 +87,20 @@ def check_query(terms: Manifest, query: Query) -> ProjectTerms:
             f"releases at most {limits.max_cells} per query"
         )
     asked = query.budget
+    target = query.accuracy
+    if target is not None:  # each site finds its own least budget; its node checks the cap
+        if query.privacy.mode != _MODES[project.accounting]:
+            raise PolicyViolation(
+                f"project {query.project!r} accounts in {project.accounting} at {site!r}: "
+                f'ask with privacy {{"mode": "{_MODES[project.accounting]}", "accuracy": ...}}'
+            )
+        _has_budget(terms, query.project, project, 0.0, "query")
+        left = project.remaining
+        if left is not None and left.amount <= LEDGER_ROUNDING:
+            raise BudgetExhausted(
+                f"project {query.project!r} has no {left.measure} left at {site!r}"
+            )
+        return project
     if asked is None:
         if not (terms.aggregate_mode and project.aggregate):
             raise PolicyViolation(

@@ -22,7 +22,7 @@ import numpy as np
 from nodes.data import RegistryData
 from nodes.mechanisms import Sensitivity, VectorPlan
 from varde.budget import Budget
-from varde.query import Histogram, Query
+from varde.query import AccuracyTarget, Histogram, Query
 from varde.query import Statistic as _QueryStatistic
 from varde.release import Cell
 from varde.schema import FIELDS_BY_NAME, FieldKind
@@ -59,6 +59,11 @@ def count_noise(plan: VectorPlan) -> Noise:
     return Noise({"count": plan.scale}, {"count": plan.std}, {"count": plan.half_width})
 
 
+def count_half_width(noise: Noise, _s: StatisticSpec, _t: AccuracyTarget) -> float:
+    """An accuracy target on counts: the 95% half-width of the noise on each released count."""
+    return noise.accuracy["count"]
+
+
 @dataclass(frozen=True)
 class Statistic:
     """One releasable statistic: everything the node needs to know about it, in one object.
@@ -81,6 +86,9 @@ class Statistic:
         plan
     )
     """The noise's scale, sd and 95% half-width per released part."""
+    target_half_width: Callable[[Noise, StatisticSpec, AccuracyTarget], float] | None = None
+    """What an accuracy target measures: the 95% half-width a plan's noise promises for it
+    (:mod:`nodes.statistics.accuracy_first`); None where a target means nothing without data."""
     exact_value: Callable[[Exact, StatisticSpec, int], tuple[float, dict[str, float]]] | None = None
     """Aggregate mode: the exact value (and parts) of cell ``i``; None where only DP is allowed."""
     members: Callable[[RegistryData, np.ndarray, Query], list[np.ndarray]] | None = None

@@ -18,6 +18,7 @@ from nodes.statistics.base import (
     StatisticSpec,
     cell_index,
     cell_labels,
+    count_half_width,
     row_members,
 )
 from varde.query import Query
@@ -56,6 +57,7 @@ COUNTS = Statistic(
     sensitivity=lambda _s, k: sensitivity.counts(k),
     vectors=lambda ex, _s, _k: [ex.counts],
     cells=_cells,
+    target_half_width=count_half_width,
     exact_value=_exact_value,
     members=row_members,
 )

@@ -27,6 +27,7 @@ from nodes.statistics.base import (
     StatisticSpec,
     cell_index,
     cell_labels,
+    count_half_width,
     members_by_cell,
 )
 from nodes.statistics.counts import count_cells
@@ -99,6 +100,7 @@ FUNNEL = Statistic(
     sensitivity=_sensitivity,
     vectors=_vectors,
     cells=_cells,
+    target_half_width=count_half_width,
     exact_value=lambda ex, _s, i: (float(ex.counts[i]), {}),
     members=funnel_members,
 )

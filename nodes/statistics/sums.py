@@ -89,6 +89,7 @@ SUM = Statistic(
     vectors=lambda ex, _s, _k: [_sums(ex)],
     cells=lambda ex, _s, noisy, plan, _k: count_cells(ex.labels, noisy[0], plan),
     noise=_sum_noise,
+    target_half_width=lambda noise, _s, _t: noise.accuracy["sum"],
     exact_value=lambda ex, _s, i: (float(_sums(ex)[i]), {}),
     members=value_members,
 )
