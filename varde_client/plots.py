@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from varde.results import QueryResult
+from varde.training import TrainingMetrics, TrainingStatus
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -89,3 +90,30 @@ def plot(res: HasResult | QueryResult, ax: Axes | None = None, **kw: Any) -> Axe
             f"{', '.join(PLOTTABLE)}); use res.frame() for its numbers"
         )
     return _drawers()[result.statistic](result, ax, **kw)
+
+
+class HasStatus(Protocol):
+    """What :func:`plot_training` reads of a :class:`~varde_client.training.TrainingResult`."""
+
+    @property
+    def status(self) -> TrainingStatus:
+        """The job's last status, typed."""
+        ...
+
+
+def plot_training(res: HasStatus | TrainingMetrics, ax: Axes | None = None, **kw: Any) -> Axes:
+    """Draw a training job's DP evaluation: each metric per site and network, 95% whiskers.
+
+    ``res`` is a ``TrainingResult`` (``client.train(..., wait=True)``) or its
+    ``status.metrics``. Raises ``ValueError`` when the job has not evaluated
+    (yet), naming its state. Takes ``title``.
+    """
+    from varde_client.plot_training import plot_training_metrics
+
+    if isinstance(res, TrainingMetrics):
+        return plot_training_metrics(res, ax, **kw)
+    if res.status.metrics is None:
+        raise ValueError(
+            f"training job {res.status.id} has no evaluation to plot (state {res.status.state})"
+        )
+    return plot_training_metrics(res.status.metrics, ax, **kw)

@@ -32,11 +32,15 @@ from nodes.data import RegistryData, prepare
 from nodes.statistics import exact, plan
 from nodes.statistics.suppression import release_aggregate
 from nodes.synth import generate_registry
+from varde.budget import PureDP
 from varde.query import parse_query
 from varde.release import Cell, SiteRelease
 from varde.results import QueryResult
+from varde.training import EvaluationMetrics, TrainingMetrics, TrainingStatus
+from varde.training_metrics import count_noise_variance, metric_std_errors, pooled_metrics
 from varde_client.frames import QueryResponse
-from varde_client.plots import PLOTTABLE, NoPlot, plot
+from varde_client.plots import PLOTTABLE, NoPlot, plot, plot_training
+from varde_client.training import TrainingResult
 
 MAX_ROWS = 3
 RELEASED = ("oslo", "bergen")
@@ -418,6 +422,55 @@ def test_statistics_without_a_plot_and_results_without_a_release_are_refused_by_
     )
     with pytest.raises(ValueError, match="oslo: budget_exhausted, bergen: budget_exhausted"):
         plot(nobody)
+
+
+def score_table(shift: int, size: int) -> np.ndarray:
+    """A site's released (outcome, score bin) histogram: the positives score higher."""
+    bins = np.arange(20)
+    negatives = np.round(size * np.exp(-(((bins - 7) / 3.0) ** 2))).astype(np.int64)
+    positives = np.round(size * np.exp(-(((bins - 7 - shift) / 3.0) ** 2)) / 2).astype(np.int64)
+    return np.stack([negatives, positives])
+
+
+def evaluation(sites: list[str], tables: list[np.ndarray]) -> EvaluationMetrics:
+    variance = count_noise_variance("opendp.discrete_laplace", 10.0)  # epsilon 0.1, k = 1
+    return EvaluationMetrics(
+        values=pooled_metrics("logistic", tables),
+        std_errors=metric_std_errors("logistic", tables, [variance] * len(tables)),
+        charged={s: PureDP(0.1) for s in sites},
+        sites=sites,
+    )
+
+
+def test_training_metrics_have_one_whiskered_marker_per_site_and_network_per_metric() -> None:
+    tables = {"oslo": score_table(4, 30), "bergen": score_table(2, 12)}
+    metrics = TrainingMetrics(
+        network=evaluation(list(tables), list(tables.values())),
+        sites={name: evaluation([name], [table]) for name, table in tables.items()},
+        refusals={REFUSED: "budget_exhausted: nothing left to evaluate with"},
+    )
+    status = TrainingStatus(id="job1", state="finished", rounds=2, metrics=metrics)
+    ax = plot_training(TrainingResult(status))
+    png(ax)
+    markers = whiskers(ax)
+    assert [label(m).split(" (")[0] for m in markers] == ["bergen", "oslo", "network"]
+    metric_names = [t.get_text() for t in ax.get_yticklabels()]
+    assert metric_names == ["auc", "accuracy", "sensitivity", "specificity"]  # n is a count
+    assert "n \N{ALMOST EQUAL TO}" in label(markers[0])
+    for marker in markers:
+        point = marker.lines[0]
+        assert point is not None
+        x = np.asarray(point.get_data()[0], dtype=float)
+        assert ((x >= 0) & (x <= 1)).all() and len(x) == 4
+        for lines in marker.lines[2]:
+            assert all(((seg[:, 0] >= 0) & (seg[:, 0] <= 1)).all() for seg in lines.get_segments())
+    assert metrics.network is not None
+    auc = np.asarray(markers[-1].lines[0].get_data()[0], dtype=float)[0]
+    assert auc == pytest.approx(metrics.network.values["auc"])
+    assert ax.get_xlim() == (0.0, 1.0) and ax.get_xlabel()
+    assert f"{REFUSED}: budget_exhausted" in ax.get_title()
+    with pytest.raises(ValueError, match="job2 has no evaluation to plot"):
+        plot_training(TrainingResult(TrainingStatus(id="job2", state="running", rounds=2)))
 
 
 def test_importing_the_client_and_plotting_leave_pyplot_alone() -> None:
