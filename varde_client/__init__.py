@@ -11,12 +11,32 @@ this package. The command-line commands a researcher uses (``varde query``,
 """
 
 from varde_client.client import VardeClient
-from varde_client.errors import VardeHTTPError
+from varde_client.errors import (
+    AuthenticationFailed,
+    AwaitingApproval,
+    BudgetExhausted,
+    FieldNotAvailable,
+    InvalidQuery,
+    NotFound,
+    PolicyViolation,
+    QueryRefused,
+    SiteUnavailable,
+    VardeHTTPError,
+)
 from varde_client.frames import QueryResponse
 from varde_client.training import TrainingProgress, TrainingResult, TrainingTimeout, training_spec
 
 __all__ = [
+    "AuthenticationFailed",
+    "AwaitingApproval",
+    "BudgetExhausted",
+    "FieldNotAvailable",
+    "InvalidQuery",
+    "NotFound",
+    "PolicyViolation",
+    "QueryRefused",
     "QueryResponse",
+    "SiteUnavailable",
     "TrainingProgress",
     "TrainingResult",
     "TrainingTimeout",

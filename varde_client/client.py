@@ -9,8 +9,8 @@
 >>> # model.coefficients   # pandas Series, one entry per public design column
 
 Results come back as :class:`~varde_client.frames.QueryResponse` and
-:class:`~varde_client.training.TrainingResult`; refusals as
-:class:`~varde_client.errors.VardeHTTPError`.
+:class:`~varde_client.training.TrainingResult`; refusals as the typed
+subclasses of :class:`~varde_client.errors.VardeHTTPError` (``docs/CLIENT.md``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from varde.query import Query
 from varde.release import ProjectTerms
 from varde.results import PreviewResult
 from varde.training import TrainingSpec, TrainingStatus
-from varde_client.errors import VardeHTTPError
+from varde_client.errors import error_for
 from varde_client.frames import QueryResponse
 from varde_client.training import (
     FINAL_STATES,
@@ -49,19 +49,30 @@ class VardeClient:
         )
 
     def _check(self, resp: httpx.Response) -> Any:
-        """The JSON body, or :class:`VardeHTTPError` for a 4xx/5xx."""
+        """The JSON body, or the typed error of a 4xx/5xx (:func:`~varde_client.errors.error_for`).
+
+        Every error is a :class:`VardeHTTPError`; a refusal by every site carries
+        each one's typed error in ``site_errors``.
+        """
         if resp.status_code >= 400:
             try:
                 body = resp.json()
             except ValueError:
                 body = {"detail": resp.text}
-            raise VardeHTTPError(
-                resp.status_code, body if isinstance(body, dict) else {"detail": body}
-            )
+            raise error_for(resp.status_code, body if isinstance(body, dict) else {"detail": body})
         return resp.json()
 
     def query(self, spec: dict[str, Any] | Query) -> QueryResponse:
-        """Run a query (a dict in the JSON query language, or a :class:`Query`)."""
+        """Run a query (a dict in the JSON query language, or a :class:`Query`).
+
+        Raises the typed error (:mod:`varde_client.errors`) when the gateway
+        refuses the whole query: bad input, token, project, or no site released
+        anything because every site refused (the reason they share, each site's
+        in ``site_errors``). A partial answer is returned, not raised, and so is
+        a 202 (``res.pending``: nothing released yet, some site awaits its
+        staff's approval; ask again later): ``res.refusals`` has the typed
+        per-site errors and ``res.raise_for_refusals()`` raises them.
+        """
         body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, Query) else spec
         resp = self._http.post("/v1/queries", json=body)
         return QueryResponse(self._check(resp), resp.status_code)
