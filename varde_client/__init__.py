@@ -11,6 +11,17 @@ this package. The command-line commands a researcher uses (``varde query``,
 """
 
 from varde_client.client import VardeClient
+from varde_client.cohort import (
+    Criterion,
+    Field,
+    InvalidCriterion,
+    UnknownCategory,
+    UnknownField,
+    all_of,
+    any_of,
+    validate,
+)
+from varde_client.cohort_text import CohortSyntaxError, format_cohort_text, parse_cohort_text
 from varde_client.errors import (
     AuthenticationFailed,
     AwaitingApproval,
@@ -30,7 +41,11 @@ __all__ = [
     "AuthenticationFailed",
     "AwaitingApproval",
     "BudgetExhausted",
+    "CohortSyntaxError",
+    "Criterion",
+    "Field",
     "FieldNotAvailable",
+    "InvalidCriterion",
     "InvalidQuery",
     "NotFound",
     "PolicyViolation",
@@ -40,7 +55,14 @@ __all__ = [
     "TrainingProgress",
     "TrainingResult",
     "TrainingTimeout",
+    "UnknownCategory",
+    "UnknownField",
     "VardeClient",
     "VardeHTTPError",
+    "all_of",
+    "any_of",
+    "format_cohort_text",
+    "parse_cohort_text",
     "training_spec",
+    "validate",
 ]

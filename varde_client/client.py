@@ -27,6 +27,7 @@ from varde.query import Query
 from varde.release import ProjectTerms
 from varde.results import PreviewResult
 from varde.training import TrainingSpec, TrainingStatus
+from varde_client.client_questions import QuestionMethods
 from varde_client.errors import error_for
 from varde_client.frames import QueryResponse
 from varde_client.training import (
@@ -39,8 +40,13 @@ from varde_client.training import (
 )
 
 
-class VardeClient:
-    """Talks to one gateway as one researcher."""
+class VardeClient(QuestionMethods):
+    """Talks to one gateway as one researcher.
+
+    Besides :meth:`query` (a JSON query), one method per statistic builds and checks
+    the query first (:class:`~varde_client.client_questions.QuestionMethods`):
+    ``client.count(Field("stage") == "IV", by="sex", project="p", epsilon=0.5)``.
+    """
 
     def __init__(self, url: str, token: str, *, timeout: float = 120.0) -> None:
         self.url = url.rstrip("/")
