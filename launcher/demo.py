@@ -11,6 +11,8 @@ SuperNode, and after the queries the demo trains one small federated model
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,14 @@ from varde_client.report import print_training, render
 
 SITES = ["oslo", "bergen", "trondheim"]
 
+DEMO_PROJECT = "demo-tour"
+"""The project the demo's own examples spend: a copy of nsclc-feasibility's terms added to the
+demo's copies of the policies, so nsclc-feasibility keeps its whole budget for the user's
+questions once the demo has printed its examples."""
+USER_PROJECT = "nsclc-feasibility"
+
 FEASIBILITY: dict[str, Any] = {
-    "project": "nsclc-feasibility",
+    "project": DEMO_PROJECT,
     "cohort": {
         "op": "and",
         "args": [
@@ -47,7 +55,7 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     (
         "Lung cancer (C34) by stage",
         {
-            "project": "nsclc-feasibility",
+            "project": DEMO_PROJECT,
             "cohort": {"op": "startswith", "field": "topography", "prefix": "C34"},
             "statistic": {"kind": "histogram", "field": "stage"},
             "privacy": {"mode": "dp", "epsilon": 0.5},
@@ -56,7 +64,7 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     (
         "Mean age at diagnosis of lung cancer, by sex (declared bounds 18-100)",
         {
-            "project": "nsclc-feasibility",
+            "project": DEMO_PROJECT,
             "cohort": {"op": "eq", "field": "cancer_type", "value": "lung"},
             "statistic": {"kind": "mean", "field": "age_at_diagnosis", "lower": 18, "upper": 100},
             "group_by": ["sex"],
@@ -66,7 +74,7 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     (
         "PD-L1 bands in stage IV NSCLC (Trondheim's policy does not expose PD-L1)",
         {
-            "project": "nsclc-feasibility",
+            "project": DEMO_PROJECT,
             "cohort": {
                 "op": "and",
                 "args": [
@@ -81,7 +89,7 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 FUNNEL: dict[str, Any] = {
-    "project": "nsclc-feasibility",
+    "project": DEMO_PROJECT,
     "cohort": {"op": "startswith", "field": "topography", "prefix": "C34"},
     "statistic": {
         "kind": "funnel",
@@ -117,7 +125,7 @@ STATISTICS: list[tuple[str, dict[str, Any]]] = [
         "Overall survival of stage IV lung cancer, yearly to 5 years (Kaplan-Meier from each "
         "site's DP event and censoring counts; median in months)",
         {
-            "project": "nsclc-feasibility",
+            "project": DEMO_PROJECT,
             "cohort": {
                 "op": "and",
                 "args": [
@@ -133,7 +141,7 @@ STATISTICS: list[tuple[str, dict[str, Any]]] = [
         "Median age at diagnosis of lung cancer, pooled across sites (from DP counts, not an "
         "average of site medians)",
         {
-            "project": "nsclc-feasibility",
+            "project": DEMO_PROJECT,
             "cohort": {"op": "startswith", "field": "topography", "prefix": "C34"},
             "statistic": {
                 "kind": "quantile",
@@ -148,7 +156,7 @@ STATISTICS: list[tuple[str, dict[str, Any]]] = [
 """Shown after :data:`EXAMPLES` (issue 3's statistics); the funnel is previewed first."""
 
 TRAINING: dict[str, Any] = {
-    "project": "nsclc-feasibility",
+    "project": DEMO_PROJECT,
     "model": "logistic",  # 2-year mortality
     "features": ["age_at_diagnosis", "sex", "stage"],
     "rounds": 2,  # SecAgg+ (on with 3 sites) costs ~25 s per round on a small machine
@@ -179,19 +187,67 @@ def run_training(client: VardeClient) -> None:
     typer.echo(f"({time.perf_counter() - t0:.0f} s end to end)\n")
 
 
-def run_demo(*, workdir: Path, rows: int, seed: int, once: bool, train: bool = False) -> None:
-    """Start the network, print the example queries' results, then exit or keep serving."""
+def _stop_on_signals() -> None:
+    """SIGTERM (and SIGHUP) unwind like Ctrl-C, so ``finally`` stops every process we started.
+
+    Why: Python's default SIGTERM ends the demo at once, and the gateway and the
+    nodes, each in its own session, would run on as orphans.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise)
+
+
+def _print_consoles(net: LocalNetwork) -> None:
+    typer.echo("Site consoles (registry staff; bound to 127.0.0.1):")
+    for site, url in net.console_urls.items():
+        typer.echo(f"  {site:<10} {url}")
+    typer.echo(f"  login: {net.console_user} / {net.console_password}\n")
+
+
+def run_demo(
+    *,
+    workdir: Path,
+    rows: int,
+    seed: int,
+    once: bool,
+    train: bool = False,
+    consoles: bool = False,
+) -> None:
+    """Start the network, print the example queries' results, then exit or keep serving.
+
+    The nodes run on copies of ``policies/*.yaml`` in ``workdir`` (a console edit never
+    rewrites the repository's files), with :data:`DEMO_PROJECT` added for the examples.
+    """
+    _stop_on_signals()
     typer.echo(
         f"Generating {len(SITES)} synthetic registries of {rows:,} tumours (cached in {workdir})..."
     )
-    net = LocalNetwork(workdir=workdir.resolve(), sites=SITES, rows=rows, seed=seed, training=train)
+    net = LocalNetwork(
+        workdir=workdir.resolve(),
+        sites=SITES,
+        rows=rows,
+        seed=seed,
+        training=train,
+        extra_projects={DEMO_PROJECT: USER_PROJECT},
+        consoles=consoles,
+    )
     started = time.perf_counter()
     try:
         net.start()
         typer.echo(
             f"Gateway on {net.url} with nodes {', '.join(SITES)} connected "
             f"({time.perf_counter() - started:.1f} s).\n"
+            f"The examples below spend project {DEMO_PROJECT!r}; {USER_PROJECT!r} keeps its "
+            "budget for your questions.\n"
         )
+        if consoles:
+            _print_consoles(net)
         with VardeClient(net.url, net.token) as client:
             for title, spec in EXAMPLES + STATISTICS:
                 typer.echo("=" * 100)
@@ -229,11 +285,19 @@ def run_demo(*, workdir: Path, rows: int, seed: int, once: bool, train: bool = F
                 if train
                 else ""
             )
-            + "Press Ctrl-C to stop."
+            + (
+                f"Site consoles: {', '.join(net.console_urls.values())} (login "
+                f"{net.console_user} / {net.console_password})\n"
+                if consoles
+                else ""
+            )
+            + "Press Ctrl-C to stop (or send SIGTERM): every process the demo started stops."
         )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
         net.stop()

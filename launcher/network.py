@@ -13,6 +13,8 @@ then works as in a deployment.
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -30,6 +32,39 @@ from varde.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICIES = REPO / "policies"
+
+
+def with_project_like(policy_text: str, new: str, like: str) -> str:
+    r"""``policy_text`` with project ``new`` added under ``projects:``, terms copied from ``like``.
+
+    Text, not a YAML round trip, so the copy keeps every comment staff read.
+
+    >>> text = "projects:\n  a:\n    epsilon_budget: 2.0\n    training: [cox]\naggregate: {}\n"
+    >>> print(with_project_like(text, "b", "a"))
+    projects:
+      b:                           # added by varde demo: its example queries spend this project
+        epsilon_budget: 2.0
+        training: [cox]
+      a:
+        epsilon_budget: 2.0
+        training: [cox]
+    aggregate: {}
+    <BLANKLINE>
+    """
+    terms = (yaml.safe_load(policy_text) or {}).get("projects", {}).get(like)
+    if not isinstance(terms, dict):
+        raise ValueError(f"policy has no project {like!r} to copy")
+    lines = [
+        f"  {new}:".ljust(31) + "# added by varde demo: its example queries spend this project"
+    ]
+    for key, value in terms.items():
+        shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        lines.append(f"    {key}: {shown}")
+    found = re.search(r"^projects:[^\n]*\n", policy_text, flags=re.MULTILINE)
+    if found is None:
+        raise ValueError("policy has no top-level 'projects:' line")
+    at = found.end()
+    return policy_text[:at] + "\n".join(lines) + "\n" + policy_text[at:]
 
 
 def _varde(*args: str) -> list[str]:
@@ -54,6 +89,13 @@ class LocalNetwork:
     app_state: Any = None
     training: bool = False
     """Also run a Flower SuperLink beside the gateway and a SuperNode beside each node."""
+    extra_projects: dict[str, str] = field(default_factory=dict)
+    """New project -> existing project whose terms it copies, in every site's copied policy."""
+    consoles: bool = False
+    """Also serve each node's staff console on 127.0.0.1 (URLs in :attr:`console_urls`)."""
+    console_user: str = "staff"
+    console_password: str = ""
+    console_urls: dict[str, str] = field(default_factory=dict)
     superlink_port: int = 0
     _federation: Any = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -75,8 +117,28 @@ class LocalNetwork:
         return self.workdir / "state" / site
 
     def policy_path(self, site: str) -> Path:
-        """The policy file a site runs with."""
+        """The policy file a site runs with (after :meth:`ensure_policies`: a copy in workdir)."""
         return self.policies.get(site, DEFAULT_POLICIES / f"{site}.yaml")
+
+    def ensure_policies(self) -> None:
+        """Copy every site's default policy into ``workdir/policies`` and run the nodes on it.
+
+        Why: a node writes its policy file when staff edit a budget in the console, and
+        the demo and the tests must never rewrite the repository's tracked
+        ``policies/*.yaml``. A policy passed in :attr:`policies` is the caller's own
+        file and is used as it is. :attr:`extra_projects` are added to each copy.
+        """
+        copies = self.workdir / "policies"
+        copies.mkdir(parents=True, exist_ok=True)
+        for site in self.sites:
+            if site in self.policies:
+                continue
+            text = (DEFAULT_POLICIES / f"{site}.yaml").read_text()
+            for new, like in self.extra_projects.items():
+                text = with_project_like(text, new, like)
+            copy = copies / f"{site}.yaml"
+            copy.write_text(text)
+            self.policies[site] = copy
 
     def log_path(self, name: str) -> Path:
         """Where a process's output goes."""
@@ -256,9 +318,21 @@ class LocalNetwork:
         state = self.node_state(site)
         if state.exists():
             shutil.rmtree(state)
+        console: list[str] = []
+        if self.consoles:
+            from nodes.console.auth import add_user, users_path
+
+            self.console_password = self.console_password or secrets.token_urlsafe(12)
+            state.mkdir(parents=True)
+            add_user(users_path(state), self.console_user, self.console_password)
+            port = free_port()
+            self.console_urls[site] = f"http://127.0.0.1:{port}"
+            console = ["--console-port", str(port)]
         self._spawn(
             site,
-            self._node_args(site, "--enroll-token", self.enrollment_token(site), "--site", site),
+            self._node_args(
+                site, "--enroll-token", self.enrollment_token(site), "--site", site, *console
+            ),
         )
 
     def restart_node(self, site: str) -> None:
@@ -288,6 +362,7 @@ class LocalNetwork:
     def start(self) -> LocalNetwork:
         """Data, gateway, enrollment, nodes; returns when all are connected."""
         self.ensure_data()
+        self.ensure_policies()
         self.start_gateway()
         for site in self.sites:
             self.start_node(site)

@@ -19,7 +19,7 @@ from .conftest import charges_everywhere, ledger_of
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("network")]
 
 # the demo's trial-feasibility query (stage IV NSCLC, EGFR+, 18-75, since 2020)
-FEAS: dict[str, Any] = FEASIBILITY
+FEAS: dict[str, Any] = {**FEASIBILITY, "project": "nsclc-feasibility"}
 
 
 def exact_count(network: LocalNetwork, site: str, k: int, mask_fn: Any) -> int:
