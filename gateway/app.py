@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from gateway.api.docs import serve_docs
 from gateway.api.errors import Problem, invalid_body
 from gateway.api.routes import catalog, nodes, queries
 from gateway.core.config import Settings, get_settings
@@ -39,6 +40,9 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
             "Each site enforces its own policy and privacy budget; this gateway only combines "
             "what sites release."
         ),
+        docs_url=None,  # served offline by gateway.api.docs, with no CDN
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.varde = varde_state
 
@@ -76,6 +80,7 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
     app.include_router(catalog.router)
     app.include_router(nodes.router)
     app.include_router(trainings.router)
+    serve_docs(app)
     settings_in_force = varde_state.settings
     if settings_in_force.flower_superlink:
         from gateway.training.deployment import FlwrSubmitter

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import CurrentResearcher, State
 from gateway.api.errors import responses
+from gateway.api.examples import TRAINING_EXAMPLES
 from gateway.training.service import TrainingJobInfo, TrainingService
 from varde.errors import Forbidden, NodeUnavailable
 from varde.release import Manifest
@@ -49,7 +50,10 @@ Manifests = Annotated[dict[str, Manifest], Depends(site_manifests)]
     responses=responses(401, 403, 409, 422, 503),
 )
 async def post_training(
-    researcher: CurrentResearcher, spec: TrainingSpec, service: Trainings, manifests: Manifests
+    researcher: CurrentResearcher,
+    spec: Annotated[TrainingSpec, Body(openapi_examples=TRAINING_EXAMPLES)],
+    service: Trainings,
+    manifests: Manifests,
 ) -> TrainingStatus:
     """Validate a training job against every site's policy, then start it.
 

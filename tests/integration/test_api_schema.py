@@ -1,12 +1,11 @@
 """The gateway's API against its own OpenAPI document, fuzzed with schemathesis.
 
-Every operation of ``/openapi.json`` is called with generated requests (valid
-and not), authenticated as a researcher, against a real gateway app (SQLite in a
-temporary directory) whose one enrolled site has published its manifest but is
-not connected: anything that passes validation and the pre-check gets a clear
-503, and nothing can be charged anywhere. Checks: no 5xx other than the
-documented 503, every status and body as documented, and no response that does
-not conform to its schema.
+Every operation of ``/operators/openapi.json`` (node routes included) is called with generated
+requests (valid and not), authenticated as a researcher, against a real gateway app (SQLite in
+a temporary directory) whose one enrolled site has published its manifest but is not connected:
+anything that passes validation and the pre-check gets a clear 503, and nothing can be charged
+anywhere. Checks: no 5xx other than the documented 503, every status and body as documented,
+and no response that does not conform to its schema.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ def _gateway() -> tuple[Any, str]:
 
 
 APP, TOKEN = _gateway()
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+schema = schemathesis.openapi.from_asgi("/operators/openapi.json", APP)  # node routes too
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,14 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import State
 from gateway.api.errors import responses
+from gateway.api.examples import ENROLL_EXAMPLES
 from gateway.core.db import EnrollmentToken, GatewayAudit, Node, release_record
 from gateway.core.security import token_hash
 from gateway.state import GATEWAY_ID, GatewayState
@@ -127,7 +128,9 @@ def _enroll(state: GatewayState, req: EnrollRequest) -> EnrollResponse:
 
 
 @router.post("/enroll", response_model=EnrollResponse, responses=responses(401, 422))
-async def enroll(req: EnrollRequest, state: State) -> EnrollResponse:
+async def enroll(
+    req: Annotated[EnrollRequest, Body(openapi_examples=ENROLL_EXAMPLES)], state: State
+) -> EnrollResponse:
     """Pin a site's key with a one-time token; return the gateway key for the site to pin."""
     return await run_in_threadpool(_enroll, state, req)
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Body
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import CurrentResearcher, State
 from gateway.api.errors import responses
+from gateway.api.examples import QUERY_EXAMPLES
 from gateway.queries import preview_query, run_query, stored_result
 from varde.query import Query
 from varde.results import PreviewResult, QueryResult, StoredQuery
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
+
+QueryBody = Annotated[Query, Body(openapi_examples=QUERY_EXAMPLES)]
 
 
 @router.post(
@@ -23,7 +28,7 @@ router = APIRouter(prefix="/v1/queries", tags=["queries"])
         **responses(401, 403, 404, 409, 422, 503),
     },
 )
-async def post_query(query: Query, state: State, researcher: CurrentResearcher) -> Response:
+async def post_query(query: QueryBody, state: State, researcher: CurrentResearcher) -> Response:
     """Ask every site (or ``sites``) one question; per-site rows, network row, budgets left.
 
     The result is serialised once by pydantic (it is already a validated
@@ -38,7 +43,7 @@ async def post_query(query: Query, state: State, researcher: CurrentResearcher) 
 
 
 @router.post("/preview", response_model=PreviewResult, responses=responses(401, 403, 404, 422, 503))
-async def post_preview(query: Query, state: State, researcher: CurrentResearcher) -> Response:
+async def post_preview(query: QueryBody, state: State, researcher: CurrentResearcher) -> Response:
     """What ``query`` would cost at each site (epsilon) and how accurate each number would be.
 
     Each site checks its own policy and budget and prices the query with the

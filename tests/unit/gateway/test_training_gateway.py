@@ -69,8 +69,8 @@ class Client:
 
         return asyncio.run(go())
 
-    def get(self, url: str) -> httpx.Response:
-        return self._call("GET", url)
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self._call("GET", url, **kwargs)
 
     def post(self, url: str, json: object) -> httpx.Response:
         return self._call("POST", url, json=json)
