@@ -60,7 +60,7 @@ PROJECTIONS: list[tuple[str, Callable[[Floats, Floats], Floats], float, float]] 
 
 
 @pytest.mark.parametrize(("name", "project", "lower", "upper"), PROJECTIONS)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=release())
 def test_monotone_projection_meets_its_constraints_and_is_idempotent(
     name: str,
@@ -79,7 +79,7 @@ def test_monotone_projection_meets_its_constraints_and_is_idempotent(
 
 
 @pytest.mark.parametrize(("name", "project", "lower", "upper"), PROJECTIONS)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=release(0.0, 1.0))
 def test_a_consistent_release_is_not_moved(
     name: str,
@@ -93,7 +93,7 @@ def test_a_consistent_release_is_not_moved(
 
 
 @pytest.mark.parametrize(("name", "project", "lower", "upper"), PROJECTIONS)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(data=release(), truth=st.lists(st.floats(0.0, 1.0), min_size=12, max_size=12))
 def test_monotone_projection_is_never_farther_from_a_consistent_truth(
     name: str,
@@ -121,7 +121,7 @@ def test_weights_move_the_noisier_cell_more() -> None:
     assert funnel([100.0, 110.0], [0.0, 10.0]).tolist() == [105.0, 105.0]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=release())
 def test_nonnegative_clips_and_keeps_the_rest(data: tuple[Floats, Floats]) -> None:
     y = data[0]
@@ -130,7 +130,7 @@ def test_nonnegative_clips_and_keeps_the_rest(data: tuple[Floats, Floats]) -> No
     assert np.array_equal(nonnegative(x), x)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(data=release(), total=st.floats(0.0, 1e4))
 def test_simplex_projection_is_the_weighted_least_squares_solution(
     data: tuple[Floats, Floats], total: float
@@ -151,7 +151,7 @@ def test_simplex_projection_is_the_weighted_least_squares_solution(
     np.testing.assert_allclose(simplex(x, total, std), x, rtol=1e-9, atol=1e-6)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=release(0.0, 100.0))
 def test_simplex_leaves_a_consistent_histogram_alone(data: tuple[Floats, Floats]) -> None:
     y, std = data
