@@ -41,6 +41,7 @@ from varde.estimates import Z95
 from varde.query import Query
 from varde.release import Manifest, SiteRelease, WorkItem
 from varde.results import PreviewResult, QueryResult, StoredQuery
+from varde.suggest import unknown as unknown_name
 from varde.terms import check_query
 
 
@@ -84,11 +85,14 @@ class NoSiteAnswered(VardeError):
 
 def _targets(state: GatewayState, query: Query, researcher: str, projects: list[str]) -> list[str]:
     with state.sessions() as s:
+        yours = f"; your projects: {', '.join(sorted(projects))}" if projects else ""
         if s.get(Project, query.project) is None:
-            raise NotFound(f"unknown project {query.project!r}")
+            # the close matches and the list are the researcher's own projects, never others'
+            raise NotFound(unknown_name("project", query.project, sorted(projects)))
         if query.project not in projects:
             raise Forbidden(
-                f"researcher {researcher!r} is not a member of project {query.project!r}"
+                f"researcher {researcher!r} is not a member of project {query.project!r}{yours}"
+                " (a gateway admin adds members: varde admin researcher add)"
             )
         sites = enrolled_sites(s)
     if query.sites is None:

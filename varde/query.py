@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -31,7 +32,8 @@ from pydantic import (
 )
 
 from varde.budget import ZCDP, Budget, Measure, PureDP
-from varde.schema import FIELDS_BY_NAME, FieldKind, FieldSpec
+from varde.schema import FIELDS_BY_NAME, QUERYABLE_FIELDS, FieldKind, FieldSpec
+from varde.suggest import hint, suggest, unknown
 
 Scalar = str | int | float
 
@@ -43,10 +45,24 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def _tag(key: str) -> Callable[[Any], str | None]:
+    """A union's tag read from ``key`` (of a dict or a model).
+
+    A callable rather than the key's name, so the union's error can say in words what it
+    needs ("statistic needs a kind: ...") instead of pydantic's list of tags.
+    """
+
+    def tag(value: Any) -> str | None:
+        found = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+        return found if isinstance(found, str) else None
+
+    return tag
+
+
 def _queryable(name: str) -> FieldSpec:
     spec = FIELDS_BY_NAME.get(name)
     if spec is None:
-        raise ValueError(f"unknown field {name!r}")
+        raise ValueError(unknown("field", name, QUERYABLE_FIELDS))
     if not spec.queryable:
         raise ValueError(f"field {name!r} is an identifier and can never be queried")
     return spec
@@ -58,8 +74,11 @@ def _check_value(spec: FieldSpec, value: Scalar) -> Scalar:
         if not isinstance(value, str):
             raise ValueError(f"field {spec.name!r} is categorical; {value!r} is not a string")
         if value not in spec.categories:
-            shown = ", ".join(spec.categories[:12]) + (", ..." if len(spec.categories) > 12 else "")
-            raise ValueError(f"unknown category {value!r} for field {spec.name!r} (known: {shown})")
+            cats = list(spec.categories)
+            raise ValueError(
+                f"unknown category {value!r} for field {spec.name!r}"
+                + hint(suggest(value, cats), cats)
+            )
         return value
     if spec.kind is FieldKind.INTEGER:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -201,7 +220,21 @@ class Not(_Frozen):
 
 
 Predicate = Annotated[
-    Eq | In | Between | Ge | Le | StartsWith | And | Or | Not, Field(discriminator="op")
+    Annotated[Eq, Tag("eq")]
+    | Annotated[In, Tag("in")]
+    | Annotated[Between, Tag("between")]
+    | Annotated[Ge, Tag(">=")]
+    | Annotated[Le, Tag("<=")]
+    | Annotated[StartsWith, Tag("startswith")]
+    | Annotated[And, Tag("and")]
+    | Annotated[Or, Tag("or")]
+    | Annotated[Not, Tag("not")],
+    Discriminator(
+        _tag("op"),
+        custom_error_type="criterion_op",
+        custom_error_message="a criterion needs an op: eq, in, between, >=, <=, startswith, "
+        "and, or or not",
+    ),
 ]
 
 for _model in (And, Or, Not):
@@ -459,8 +492,20 @@ class Funnel(_Frozen):
 
 
 Statistic = Annotated[
-    Count | Sum | Mean | Histogram | Crosstab | Funnel | Quantile | Survival,
-    Field(discriminator="kind"),
+    Annotated[Count, Tag("count")]
+    | Annotated[Sum, Tag("sum")]
+    | Annotated[Mean, Tag("mean")]
+    | Annotated[Histogram, Tag("histogram")]
+    | Annotated[Crosstab, Tag("crosstab")]
+    | Annotated[Funnel, Tag("funnel")]
+    | Annotated[Quantile, Tag("quantile")]
+    | Annotated[Survival, Tag("survival")],
+    Discriminator(
+        _tag("kind"),
+        custom_error_type="statistic_kind",
+        custom_error_message="statistic needs a kind: count, sum, mean, histogram, crosstab, "
+        "funnel, quantile or survival",
+    ),
 ]
 
 
@@ -604,7 +649,11 @@ Privacy = Annotated[
     | Annotated[DPAccuracy, Tag("dp-accuracy")]
     | Annotated[ZCDPAccuracy, Tag("zcdp-accuracy")]
     | Annotated[AggregatePrivacy, Tag("aggregate")],
-    Discriminator(_privacy_tag),
+    Discriminator(
+        _privacy_tag,
+        custom_error_type="privacy_mode",
+        custom_error_message="privacy needs a mode: dp, zcdp or aggregate",
+    ),
 ]
 """How a query is private: an epsilon or rho, an accuracy target in either mode, or aggregate."""
 

@@ -32,6 +32,7 @@ from pydantic import TypeAdapter
 
 from varde import query as q
 from varde.schema import FieldKind
+from varde.suggest import hint, suggest
 from varde_client.schema_view import (
     CohortError,
     InvalidCriterion,
@@ -39,8 +40,6 @@ from varde_client.schema_view import (
     SchemaLike,
     UnknownCategory,
     UnknownField,
-    hint,
-    suggest,
 )
 
 __all__ = [

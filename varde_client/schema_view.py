@@ -8,7 +8,6 @@ turns a typo into an error that says what was meant, before anything is sent.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -16,10 +15,7 @@ from typing import Any, TypeAlias
 import pandas as pd
 
 from varde.schema import FIELDS, FieldKind
-
-_LISTED = 20
-"""Valid names are listed in an error message when there are at most this many."""
-
+from varde.suggest import LISTED, hint, suggest
 
 # --- errors ---------------------------------------------------------------------------------------
 
@@ -67,33 +63,6 @@ class UnknownCategory(CohortError):
 
 class InvalidCriterion(CohortError):
     """A known field used in a way its kind does not allow (``between`` on a category...)."""
-
-
-def suggest(word: str, options: Sequence[str]) -> list[str]:
-    """Up to three close matches of ``word`` among ``options``, ignoring case.
-
-    >>> suggest("stge", ["stage", "sex", "grade"])
-    ['stage']
-    >>> suggest("iv", ["0", "I", "II", "III", "IV"])
-    ['IV', 'I']
-    """
-    lowered: dict[str, str] = {}
-    for option in options:
-        lowered.setdefault(option.lower(), option)
-    hits = difflib.get_close_matches(word.lower(), list(lowered), n=3, cutoff=0.6)
-    return [lowered[h] for h in hits]
-
-
-def hint(suggestions: Sequence[str], options: Sequence[str]) -> str:
-    """The tail of an error message: the close matches, and every option when there are few."""
-    out = ""
-    if suggestions:
-        quoted = [repr(s) for s in suggestions]
-        either = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
-        out += f"; did you mean {either}?"
-    if len(options) <= _LISTED:
-        out += f" (valid: {', '.join(options)})"
-    return out
 
 
 # --- the schema a criterion is checked against -------------------------------------------------
@@ -187,7 +156,7 @@ class Schema:
         extending = [c for c in cats if c.startswith(value)]  # "C34" is a prefix of "C34.1"
         close = extending[:3] or suggest(value, cats)
         msg = f"unknown category {value!r} for field {name!r}" + hint(close, cats)
-        if len(cats) > _LISTED:
+        if len(cats) > LISTED:
             msg += f" ({len(cats)} categories)"
         if extending:
             msg += f"; to match a code prefix use Field({name!r}).startswith({value!r})"

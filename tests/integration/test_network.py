@@ -154,7 +154,12 @@ BAD: list[tuple[str, Any, int, str]] = [
         403,
         "above the per-query cap",
     ),
-    ("unknown project", {**FEAS, "project": "no-such-project"}, 404, "unknown project"),
+    (
+        "unknown project",
+        {**FEAS, "project": "nsclc-feasability"},
+        404,
+        "unknown project 'nsclc-feasability'; did you mean 'nsclc-feasibility'?",
+    ),
     ("unknown site", {**FEAS, "sites": ["reykjavik"]}, 404, "unknown site(s) reykjavik"),
     (
         "inverted bounds",

@@ -61,13 +61,13 @@ def test_feasibility_query_parses() -> None:
         ({"cohort": {"op": ">=", "field": "diagnosis_date", "value": "2020-13-01"}}, "ISO date"),
         ({"cohort": {"op": "startswith", "field": "topography", "prefix": "X9"}}, "starts with"),
         ({"cohort": {"op": "between", "field": "stage", "low": "I", "high": "II"}}, "categorical"),
-        ({"cohort": {"op": "like", "field": "stage", "value": "I"}}, "does not match any"),
+        ({"cohort": {"op": "like", "field": "stage", "value": "I"}}, "a criterion needs an op: eq"),
         ({"privacy": {"mode": "dp", "epsilon": 0}}, "greater than 0"),
         ({"privacy": {"mode": "dp", "epsilon": -1}}, "greater than 0"),
         ({"privacy": {"mode": "dp", "epsilon": float("nan")}}, "finite number"),
         ({"privacy": {"mode": "dp", "epsilon": float("inf")}}, "finite number"),
         ({"privacy": {"mode": "dp"}}, "Field required"),
-        ({"privacy": {"mode": "magic"}}, "does not match any"),
+        ({"privacy": {"mode": "magic"}}, "privacy needs a mode: dp, zcdp or aggregate"),
         (
             {"statistic": {"kind": "mean", "field": "age_at_diagnosis", "lower": 90, "upper": 18}},
             "bounds inverted",
@@ -178,3 +178,22 @@ def test_generated_predicates_round_trip(pred: dict[str, Any]) -> None:
     again = Query.model_validate_json(query.model_dump_json())
     assert again == query
     assert predicate_fields(query.cohort) == _leaf_fields(pred)
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ({"privacy": {"epsilon": 0.5}}, "privacy needs a mode: dp, zcdp or aggregate"),
+        ({"statistic": {"kind": "average"}}, "statistic needs a kind: count, sum, mean"),
+        ({"cohort": {"op": "eq", "field": "stge", "value": "IV"}}, "did you mean 'stage'"),
+        ({"cohort": {"op": "eq", "field": "stage", "value": "iv"}}, "did you mean 'IV'?"),
+        ({"cohort": {"op": "eq", "field": "topography", "value": "C34"}}, "'C34.0', 'C34.1'"),
+        ({"group_by": ["sexx"]}, "did you mean 'sex'"),
+    ],
+)
+def test_refusals_say_what_to_do(override: dict[str, Any], says: str) -> None:
+    """A mistyped name gets its close matches; a missing tag says which values it takes."""
+    with pytest.raises(ValidationError) as info:
+        Query.model_validate({**BASE, **override})
+    assert says in str(info.value)
+    assert "does not match any of the expected tags" not in str(info.value)
