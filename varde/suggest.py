@@ -23,7 +23,7 @@ def suggest(word: str, options: Sequence[str]) -> list[str]:
     >>> suggest("stge", ["stage", "sex", "grade"])
     ['stage']
     >>> suggest("iv", ["0", "I", "II", "III", "IV"])
-    ['IV', 'I']
+    ['IV']
     >>> suggest("C34", ["C33.9", "C34.0", "C34.1", "C34.2", "C34.3", "C93.4"])
     ['C34.0', 'C34.1', 'C34.2']
     """
