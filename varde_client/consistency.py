@@ -63,7 +63,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import isotonic_regression
 
 from varde.release import Cell
 
@@ -112,6 +111,8 @@ def nonincreasing(
         raise ValueError(f"lower {lower} is above upper {upper}")
     if y.size == 0 or (np.all(np.diff(y) <= 0) and np.all((y >= lower) & (y <= upper))):
         return y.copy()  # already consistent: not moved at all (not even by rounding)
+    from scipy.optimize import isotonic_regression  # here: importing it takes ~1 s
+
     weights = 1.0 / _variances(std, y.size)
     fit = isotonic_regression(y, weights=weights, increasing=False).x
     return np.clip(np.asarray(fit, dtype=np.float64), lower, upper)
