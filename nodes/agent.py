@@ -58,6 +58,7 @@ class Agent:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"varde-{ctx.site}")
         self.client = httpx.Client(timeout=httpx.Timeout(poll_wait + 15.0, connect=5.0))
         self.connected = threading.Event()
+        self._tried = threading.Event()  # set once the first poll has answered or failed
         self._manifest: tuple[object, dict[str, object]] | None = None
         self._outbox: list[dict[str, object]] = []
 
@@ -80,10 +81,21 @@ class Agent:
         )
         return env.model_dump()
 
-    def poll_once(self) -> list[SignedEnvelope]:
-        """One long-poll round trip (delivering queued releases); raises ``httpx.HTTPError``."""
+    def link_state(self) -> bool | None:
+        """Whether the gateway answered the last poll; None before the first one has returned.
+
+        What the console shows as "Gateway connection".
+        """
+        return self.connected.is_set() if self._tried.is_set() else None
+
+    def poll_once(self, wait: float | None = None) -> list[SignedEnvelope]:
+        """One long-poll round trip (delivering queued releases); raises ``httpx.HTTPError``.
+
+        ``wait``: how long the gateway may hold the poll (default :attr:`poll_wait`).
+        """
         outbox, self._outbox = self._outbox, []
-        body = {"wait": self.poll_wait, "manifest": self.manifest(), "releases": outbox}
+        held = self.poll_wait if wait is None else wait
+        body = {"wait": held, "manifest": self.manifest(), "releases": outbox}
         try:
             resp = self.client.post(f"{self.url}/v1/nodes/poll", json=self._sealed("poll", body))
             resp.raise_for_status()
@@ -92,6 +104,7 @@ class Agent:
                 self.pool.submit(self._post, release)
             raise
         self.connected.set()
+        self._tried.set()
         return [SignedEnvelope.model_validate(w) for w in resp.json()["work"]]
 
     def _sealed_release(self, release: SiteRelease) -> dict[str, object]:
@@ -154,13 +167,18 @@ class Agent:
         backoff = 0.2
         while not stop.is_set():
             try:
-                batch = self.poll_once()
+                # Not connected yet (start, or after a failure): a poll the gateway answers at
+                # once, so "connected" is known within one round trip. A long poll only
+                # returns when work arrives or its wait runs out (20 s), and the state was
+                # only set when it returned: the console showed "down" for the first 20 s.
+                batch = self.poll_once(wait=None if self.connected.is_set() else 0.0)
                 backoff = 0.2
             except httpx.HTTPStatusError as err:
                 log.error(
                     "gateway refused poll: %s %s", err.response.status_code, err.response.text
                 )
                 self.connected.clear()
+                self._tried.set()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -169,12 +187,14 @@ class Agent:
                     "gateway unreachable (%s); retrying in %.1f s", type(err).__name__, backoff
                 )
                 self.connected.clear()
+                self._tried.set()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             except Exception:  # a bug in one round trip must not take the node down
                 log.exception("unexpected error in the poll loop; going on")
                 self.connected.clear()
+                self._tried.set()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue

@@ -40,16 +40,19 @@ rounds from the project's budget, which staff also control.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Column, Engine, MetaData, String, Table, Text, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from nodes.audit import AuditLog, canonical_json
+from nodes.question import describe_query, describe_training, question_record, training_record
 from nodes.sqlite import create_tables
+from nodes.statistics import price
 from varde.envelope import utcnow
 from varde.errors import NotFound, PolicyViolation, VardeError
 from varde.query import DPPrivacy, Query
@@ -65,6 +68,8 @@ __all__ = [
     "AwaitingApproval",
     "approval_step",
     "describe_training",
+    "planned_cost",
+    "request_summary",
     "request_key",
     "training_request_key",
 ]
@@ -168,22 +173,6 @@ def training_request_key(spec: TrainingSpec, researcher: str) -> str:
     return "training:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def describe_training(spec: TrainingSpec) -> str:
-    """What staff are asked to approve, in one line.
-
-    >>> from varde.training import TrainingPrivacy
-    >>> describe_training(TrainingSpec(project="p", features=["sex", "stage"], rounds=4,
-    ...                                privacy=TrainingPrivacy(epsilon=2.0)))
-    'logistic model of death_within_2y on sex, stage; 4 rounds; epsilon 2 for the whole job (delta 1e-06, clip 1)'
-    """  # noqa: E501
-    p = spec.privacy
-    return (
-        f"{spec.model} model of {spec.outcome} on {', '.join(spec.features)}; "
-        f"{spec.rounds} rounds; {p.budget_text()} for the whole job "
-        f"(delta {p.delta:g}, clip {p.clip:g})"
-    )
-
-
 class ApprovalBook:
     """Approval requests in the node's database, each change audited in its transaction."""
 
@@ -227,8 +216,14 @@ class ApprovalBook:
         work: WorkItem,
         query: Query,
         why: str,
+        cost: dict[str, Any] | None = None,
     ) -> ApprovalRequest:
-        """Record a pending request (or return the one already recorded under ``key``)."""
+        """Record a pending request (or return the one already recorded under ``key``).
+
+        ``cost`` is what the query would spend here and its 95% error
+        (:func:`planned_cost`), audited with the request so staff see the price
+        of what they approve.
+        """
         epsilon = query.privacy.epsilon if isinstance(query.privacy, DPPrivacy) else None
         return self._record(
             kind,
@@ -239,6 +234,7 @@ class ApprovalBook:
             epsilon=epsilon,
             body=query.model_dump(mode="json", exclude_none=True),
             why=why,
+            audited={**question_record(query), "cost": cost},
         )
 
     def request_training(
@@ -258,6 +254,7 @@ class ApprovalBook:
             epsilon=spec.privacy.epsilon,
             body=spec.model_dump(mode="json", exclude={"sites", "min_sites"}),
             why=why,
+            audited=training_record(spec),
         )
 
     def _record(
@@ -271,6 +268,7 @@ class ApprovalBook:
         epsilon: float | None,
         body: dict[str, object],
         why: str,
+        audited: dict[str, Any],
     ) -> ApprovalRequest:
         request_id = "ap-" + secrets.token_hex(4)
         try:
@@ -301,6 +299,7 @@ class ApprovalBook:
                         "researcher": researcher,
                         "epsilon": epsilon,
                         "why": why,
+                        **audited,
                     },
                 )
         except IntegrityError:  # the same request arrived concurrently: one row wins
@@ -346,6 +345,7 @@ class ApprovalBook:
                     "researcher": current.researcher,
                     "by": by,
                     "reason": reason,
+                    "summary": request_summary(current),
                 },
             )
         return self.get(request_id)
@@ -367,6 +367,41 @@ class ApprovalBook:
                 detail={"request": request_id, "kind": current.kind, "why": why},
             )
         return self.get(request_id)
+
+
+def request_summary(req: ApprovalRequest) -> str:
+    """The one-line question of a stored request (never raises: staff must see something).
+
+    A request stored under an older schema that no longer validates shows why.
+    """
+    try:
+        body = json.loads(req.query)
+        if req.kind == "training":
+            return describe_training(TrainingSpec.model_validate(body))
+        return describe_query(Query.model_validate(body))
+    except (ValueError, TypeError) as err:  # pydantic's ValidationError is a ValueError
+        return f"(the stored question no longer reads as a {req.kind}: {str(err)[:200]})"
+
+
+def planned_cost(query: Query, policy: Policy) -> dict[str, Any] | None:
+    """What ``query`` would spend at this site and its 95% error, from the plan (no row read).
+
+    None in aggregate mode (no DP budget); a budget the mechanism cannot price
+    gives its reason instead of numbers.
+    """
+    asked = query.budget
+    if asked is None:
+        return None
+    try:
+        plan = price(query, asked, max_rows=policy.privacy_unit.max_tumours_per_patient)
+    except VardeError as err:
+        return {"measure": asked.measure, "amount": asked.amount, "problem": err.message}
+    return {
+        "measure": plan.cost.measure,
+        "amount": plan.cost.amount,
+        "mechanism": plan.mechanism,
+        "error_95": dict(plan.accuracy),
+    }
 
 
 def _needed(policy: Policy, query: Query) -> list[tuple[RequestKind, str]]:
@@ -416,7 +451,9 @@ def approval_step(
                 f"staff at {site!r} denied request {found.id}"
                 + (f": {found.reason}" if found.reason else "")
             )
-        req = found or book.request(kind, key, work=work, query=query, why=why)
+        req = found or book.request(
+            kind, key, work=work, query=query, why=why, cost=planned_cost(query, policy)
+        )
         waiting.append(f"request {req.id}: {why}")
     if not waiting:
         return None

@@ -33,7 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,6 +47,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     insert,
     select,
     update,
@@ -362,27 +363,94 @@ class AuditLog:
         self,
         *,
         kind: str | None = None,
+        kinds: Sequence[str] | None = None,
         since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
         query_id: str | None = None,
         project: str | None = None,
+        researcher: str | None = None,
         search: str | None = None,
         after_id: int = 0,
+        before_id: int | None = None,
         limit: int | None = None,
         newest_first: bool = False,
     ) -> list[AuditEntry]:
-        """Entries matching every filter given (``search``: substring of kind, ids or detail)."""
+        """Entries matching every filter given (``search``: substring of kind, ids or detail).
+
+        ``kinds``: any of these kinds; ``since``/``until``: at or after / before
+        (timezone-aware); ``researcher``: entries whose detail names this
+        researcher; ``after_id``/``before_id``: ids strictly between (pages).
+        """
         t = audit_entries
-        stmt = select(t).where(t.c.id > after_id)
+        stmt = self._filtered(
+            select(t),
+            kind=kind,
+            kinds=kinds,
+            since=since,
+            until=until,
+            query_id=query_id,
+            project=project,
+            researcher=researcher,
+            search=search,
+            after_id=after_id,
+            before_id=before_id,
+        )
+        stmt = stmt.order_by(t.c.id.desc() if newest_first else t.c.id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            return [_row_entry(row) for row in conn.execute(stmt)]
+
+    def count(self, **filters: Any) -> int:
+        """How many entries match ``filters`` (those of :meth:`entries`, without paging)."""
+        stmt = self._filtered(select(func.count()).select_from(audit_entries), **filters)
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def kinds(self) -> list[str]:
+        """Every kind of entry the trail holds, sorted (for the console's filter)."""
+        stmt = select(audit_entries.c.kind).distinct().order_by(audit_entries.c.kind)
+        with self.engine.connect() as conn:
+            return [str(k) for k in conn.execute(stmt).scalars()]
+
+    @staticmethod
+    def _filtered(
+        stmt: Any,
+        *,
+        kind: str | None = None,
+        kinds: Sequence[str] | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        query_id: str | None = None,
+        project: str | None = None,
+        researcher: str | None = None,
+        search: str | None = None,
+        after_id: int = 0,
+        before_id: int | None = None,
+    ) -> Any:
+        t = audit_entries
+        stmt = stmt.where(t.c.id > after_id)
+        if before_id is not None:
+            stmt = stmt.where(t.c.id < before_id)
         if kind is not None:
             stmt = stmt.where(t.c.kind == kind)
-        if since is not None:
-            if since.tzinfo is None:
-                raise ValueError("since must be timezone-aware")
-            stmt = stmt.where(t.c.at >= since.astimezone(dt.UTC).isoformat(timespec="microseconds"))
+        if kinds is not None:
+            stmt = stmt.where(t.c.kind.in_(list(kinds)))
+        for bound, op in ((since, "ge"), (until, "lt")):
+            if bound is None:
+                continue
+            if bound.tzinfo is None:
+                raise ValueError("since and until must be timezone-aware")
+            text = bound.astimezone(dt.UTC).isoformat(timespec="microseconds")
+            stmt = stmt.where(t.c.at >= text if op == "ge" else t.c.at < text)
         if query_id is not None:
             stmt = stmt.where(t.c.query_id == query_id)
         if project is not None:
             stmt = stmt.where(t.c.project == project)
+        if researcher is not None:
+            # details are canonical JSON (no spaces), so the key and value appear exactly so
+            needle = canonical_json({"researcher": researcher})[1:-1]
+            stmt = stmt.where(t.c.detail.contains(needle, autoescape=True))
         if search:
             pattern = f"%{search}%"
             stmt = stmt.where(
@@ -391,11 +459,7 @@ class AuditLog:
                 | t.c.project.like(pattern)
                 | t.c.detail.like(pattern)
             )
-        stmt = stmt.order_by(t.c.id.desc() if newest_first else t.c.id)
-        if limit is not None:
-            stmt = stmt.limit(limit)
-        with self.engine.connect() as conn:
-            return [_row_entry(row) for row in conn.execute(stmt)]
+        return stmt
 
     def iter_all(self) -> Iterator[AuditEntry]:
         """Every entry in id order (what :func:`verify_trail` walks)."""

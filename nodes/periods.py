@@ -36,3 +36,27 @@ def period_key(period: BudgetPeriod, now: dt.datetime) -> str:
     if period == "month":
         return f"{at.year}-{at.month:02d}"
     raise ValueError(f"unknown budget period {period!r}")
+
+
+def period_dates(period: BudgetPeriod, now: dt.datetime) -> tuple[dt.date, dt.date] | None:
+    """First and last day (UTC) of the budget period containing ``now``; None for lifetime.
+
+    >>> now = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
+    >>> [period_dates(p, now) for p in ("quarter", "month")]
+    [(datetime.date(2026, 10, 1), datetime.date(2026, 12, 31)), (datetime.date(2026, 11, 1), datetime.date(2026, 11, 30))]
+    """  # noqa: E501
+    if now.tzinfo is None:
+        raise ValueError("period_dates needs a timezone-aware time")
+    at = now.astimezone(dt.UTC).date()
+    if period == "lifetime":
+        return None
+    if period == "year":
+        return dt.date(at.year, 1, 1), dt.date(at.year, 12, 31)
+    first_month = (at.month - 1) // 3 * 3 + 1 if period == "quarter" else at.month
+    if period not in ("quarter", "month"):
+        raise ValueError(f"unknown budget period {period!r}")
+    months = 3 if period == "quarter" else 1
+    start = dt.date(at.year, first_month, 1)
+    after = first_month + months
+    end = dt.date(at.year + (after > 12), (after - 1) % 12 + 1, 1) - dt.timedelta(days=1)
+    return start, end

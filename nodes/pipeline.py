@@ -43,6 +43,7 @@ from nodes.cohort import evaluate
 from nodes.context import NodeContext
 from nodes.ledger import Charge
 from nodes.policy import Policy, ProjectPolicy
+from nodes.question import claimed_question, question_record
 from nodes.release_cache import CachedRelease, cache_key
 from nodes.statistics import Plan, exact, plan, price
 from nodes.statistics.accuracy_first import site_budget
@@ -104,6 +105,19 @@ class WorkState:
         assert self.plan is not None, "price runs first"
         return self.plan
 
+    def about(self) -> dict[str, Any]:
+        """What every audit entry about the parsed item carries: who asked what, under which policy.
+
+        The canonical question (JSON and its one-line summary, :mod:`nodes.question`),
+        the researcher and the policy version, so the trail answers "who asked what"
+        without joining entries.
+        """
+        return {
+            "researcher": self.item.researcher,
+            **question_record(self.question),
+            "policy_version": self.policy.version,
+        }
+
     def elapsed_ms(self) -> float:
         """Milliseconds since the item arrived."""
         return (time.perf_counter() - self.started) * 1000
@@ -139,6 +153,8 @@ def verify(ctx: NodeContext, item: WorkState) -> None:
         "query_id": claimed.get("query_id", ""),
         "project": claimed.get("project", ""),
         "researcher": claimed.get("researcher", ""),
+        **claimed_question(claimed.get("query")),
+        "policy_version": item.policy.version,
     }
     item.payload = open_envelope(
         item.envelope,
@@ -202,9 +218,11 @@ def preview(ctx: NodeContext, item: WorkState) -> SiteRelease | None:
     if not item.item.preview:
         return None
     query = item.question
-    ctx.store.audit("previewed", query_id=item.item.query_id, project=query.project)
     asked = query.budget
     if asked is None:
+        ctx.store.audit(
+            "previewed", query_id=item.item.query_id, project=query.project, **item.about()
+        )
         return item.release(
             ctx,
             status="ok",
@@ -214,6 +232,15 @@ def preview(ctx: NodeContext, item: WorkState) -> SiteRelease | None:
         )
     costed = price(query, asked, max_rows=item.policy.privacy_unit.max_tumours_per_patient)
     planned = costed.cost.like(0.0) if item.cached is not None else costed.cost
+    ctx.store.audit(
+        "previewed",
+        query_id=item.item.query_id,
+        project=query.project,
+        **item.about(),
+        measure=planned.measure,
+        amount=planned.amount,
+        error_95=costed.accuracy,
+    )
     left = ctx.account(query.project, item.terms).left(ctx.ledger)
     short = planned > left  # type: ignore[operator]
     message = ""
@@ -263,6 +290,10 @@ def repeat(ctx: NodeContext, item: WorkState) -> SiteRelease | None:
         query_id=item.item.query_id,
         project=item.question.project,
         first_query_id=hit.query_id,
+        **item.about(),
+        measure=hit.cost.measure,
+        amount=0.0,
+        n_cells=len(hit.cells),
     )
     return item.release(
         ctx,
@@ -315,8 +346,7 @@ def charge(ctx: NodeContext, item: WorkState) -> None:
         what="query",
         note=query.statistic.kind,
         statistic=query.statistic.kind,
-        researcher=item.item.researcher,
-        policy_version=item.policy.version,
+        **item.about(),
     )
     ctx.charged()
 
@@ -351,11 +381,14 @@ def audit(ctx: NodeContext, item: WorkState) -> SiteRelease:
         "released",
         query_id=item.item.query_id,
         project=query.project,
+        **item.about(),
         mode=query.privacy.mode,
         charged=dataclasses.asdict(costed.cost) if costed else None,
+        measure=costed.cost.measure if costed else None,
+        amount=costed.cost.amount if costed else 0.0,
         mechanism=mechanism if costed else "aggregate",
+        n_cells=len(item.cells),
         cells=[c.model_dump(mode="json") for c in item.cells[:50]],
-        policy_version=item.policy.version,
     )
     noise: dict[str, Any] = {}
     if costed is not None:
@@ -447,5 +480,8 @@ def handle(
         return SiteRelease(
             query_id=claimed_id, site=ctx.site, status="error", message="internal error at the site"
         )
-    ctx.store.audit(kind, query_id=claimed_id, message=refusal.message, **extra)
+    if item.work is not None and item.query is not None:  # parsed: say who asked what
+        extra = {**item.about(), **extra}
+    project = item.query.project if item.query is not None else ""
+    ctx.store.audit(kind, query_id=claimed_id, project=project, message=refusal.message, **extra)
     return _refusal(claimed_id, ctx.site, refusal, item.started)

@@ -9,14 +9,25 @@ prints :func:`render_diff`, the reloader audits :func:`diff_policies`.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel
 
+from nodes.periods import BudgetPeriod
 from nodes.policy import Policy, ProjectPolicy
+from varde.budget import Measure
 
-__all__ = ["Effect", "PolicyChange", "diff_policies", "render_diff"]
+__all__ = ["Effect", "PolicyChange", "SpentLookup", "diff_policies", "render_diff"]
+
+SpentLookup = Callable[[str, Measure, BudgetPeriod], tuple[float, str]]
+"""(project, measure, budget period) -> (what it has spent in the current period, that period).
+
+Given to :func:`render_diff` by ``varde policy diff --state-dir``, from the node's ledger.
+"""
+_BUDGET_KEY = re.compile(r"^projects\.(?P<project>.+)\.(?P<measure>epsilon|rho)_budget$")
 
 Effect = Literal["more", "less", "neutral"]
 """What a change does to what may leave the site: more exposure, less, or neither."""
@@ -262,8 +273,37 @@ def diff_policies(old: Policy, new: Policy) -> list[PolicyChange]:
     return out + _other_fields("", old, new, _POLICY_HANDLED)
 
 
-def render_diff(old: Policy, new: Policy) -> str:
-    """The diff as text: one change per line, then totals (epsilon budget, exposure)."""
+def _with_spent(change: PolicyChange, new: Policy, spent: SpentLookup) -> str:
+    """A budget change's line with what the project has already spent beside it."""
+    found = _BUDGET_KEY.match(change.where)
+    if found is None or found["project"] not in new.projects:
+        return str(change)
+    project = new.projects[found["project"]]
+    measure: Measure = "rho" if found["measure"] == "rho" else "epsilon"
+    amount, period = spent(found["project"], measure, project.budget_period)
+    budget = project.rho_budget if measure == "rho" else project.epsilon_budget
+    note = f"; spent {amount:.6g} {measure} in period {period}"
+    if budget < amount:
+        until = (
+            "for good (a lifetime budget never renews)"
+            if period == "lifetime"
+            else "until the next period"
+        )
+        note += (
+            ": the new budget is BELOW what is spent, so the project has nothing left "
+            f"{until} (nothing spent comes back)"
+        )
+    else:
+        note += f", {budget - amount:.6g} left under the new budget"
+    return str(change) + note
+
+
+def render_diff(old: Policy, new: Policy, *, spent: SpentLookup | None = None) -> str:
+    """The diff as text: one change per line, then totals (epsilon budget, exposure).
+
+    With ``spent`` (the node's ledger), each budget change says what the
+    project has already spent in its current period and what that leaves.
+    """
     changes = diff_policies(old, new)
     if not changes:
         return "no change in effect (budgets and exposure identical)"
@@ -271,7 +311,7 @@ def render_diff(old: Policy, new: Policy) -> str:
     total_new = sum(p.epsilon_budget for p in new.projects.values())
     more = sum(1 for c in changes if c.effect == "more")
     less = sum(1 for c in changes if c.effect == "less")
-    lines = [str(c) for c in changes]
+    lines = [str(c) if spent is None else _with_spent(c, new, spent) for c in changes]
     lines.append(
         f"total epsilon budget over all projects: {total_old:g} -> {total_new:g} "
         f"({total_new - total_old:+g})"

@@ -106,7 +106,7 @@ def _start_console(
         ledger=ctx.ledger,
         policy=lambda: ctx.policy,
         users=users_path(state_dir),
-        connected=agent.connected.is_set,
+        connected=agent.link_state,
         training=training,
         policy_file=policy_path,
         policy_saved=reloader.check_once,  # a budget saved in the console is in force at once

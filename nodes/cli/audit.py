@@ -92,3 +92,44 @@ def audit_export(
     else:
         out.write_text(buf.getvalue())
         typer.echo(f"{len(entries)} entries -> {out}", err=True)
+
+
+@audit_app.command("report")
+def audit_report(
+    state_dir: NodeStateDir,
+    by: Annotated[str, typer.Option(help="researcher or project.")] = "researcher",
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only charges and releases at or after this ISO date/time (UTC if bare)."
+        ),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or csv.")] = "table",
+) -> None:
+    """Who spent this site's budget: spend per researcher or project, by measure, with totals.
+
+    Read from the audit trail (verify it first with ``varde audit verify``): the
+    amount charged in each measure, the number of charges, of releases (queries,
+    training rounds, evaluations) and of free repeats, and the first and last of them.
+    """
+    from nodes.spend import RELEASE_KINDS, By, render_csv, render_table, spend_report
+    from nodes.store import NodeStore
+
+    if by not in {"researcher", "project"}:
+        fail(f"--by must be researcher or project, not {by!r}")
+    if fmt not in {"table", "csv"}:
+        fail(f"--format must be table or csv, not {fmt!r}")
+    when = parse_since(since)
+    store = NodeStore.in_directory(existing_state(state_dir))
+    try:
+        entries = store.log.entries(kinds=RELEASE_KINDS)
+    finally:
+        store.close()
+    key: By = "researcher" if by == "researcher" else "project"
+    rows = spend_report(entries, by=key, since=when)
+    if fmt == "csv":
+        sys.stdout.write(render_csv(rows, by=key))
+        return
+    period = f"since {when.isoformat()}" if when is not None else "over the whole trail"
+    typer.echo(f"privacy budget spent at this site by {by}, {period}:")
+    typer.echo(render_table(rows, by=key))

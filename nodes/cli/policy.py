@@ -31,6 +31,14 @@ def policy_check(
 def policy_diff(
     old: Annotated[Path, typer.Argument(help="The policy in force.")],
     new: Annotated[Path, typer.Argument(help="The proposed policy.")],
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="The node's state directory: each budget change then shows what the "
+            "project has already spent in its current period (from the node's ledger).",
+        ),
+    ] = None,
 ) -> None:
     """Show what replacing OLD by NEW does to budgets and exposure (both must be valid)."""
     from nodes.policy_check import check_policy_file
@@ -43,7 +51,28 @@ def policy_diff(
             typer.echo(r.explain(), err=True)
         raise typer.Exit(code=2)
     assert results[0].policy is not None and results[1].policy is not None
-    typer.echo(render_diff(results[0].policy, results[1].policy))
+    if state_dir is None:
+        typer.echo(render_diff(results[0].policy, results[1].policy))
+        return
+    from nodes.ledger import Ledger
+    from nodes.periods import BudgetPeriod, period_key
+    from varde.budget import Measure
+    from varde.envelope import utcnow
+
+    if not (state_dir / "ledger.sqlite").exists():
+        typer.echo(f"error: no node ledger at {state_dir / 'ledger.sqlite'}", err=True)
+        raise typer.Exit(code=2)
+    ledger = Ledger.in_directory(state_dir)
+    now = utcnow()
+
+    def spent(project: str, measure: Measure, period: BudgetPeriod) -> tuple[float, str]:
+        key = period_key(period, now)
+        return ledger.spent(project, measure, key), key
+
+    try:
+        typer.echo(render_diff(results[0].policy, results[1].policy, spent=spent))
+    finally:
+        ledger.close()
 
 
 @policy_app.command("schema")

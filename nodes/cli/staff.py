@@ -121,12 +121,36 @@ def node_deny(
 def node_pending(
     state_dir: NodeStateDir,
     all_: Annotated[bool, typer.Option("--all", help="Decided requests too.")] = False,
+    show: Annotated[
+        str | None,
+        typer.Option(
+            "--show",
+            metavar="ID",
+            help="Show one request in full: the question (cohort, statistic, grid), its "
+            "privacy and cost here, who asked, when, and the decision.",
+        ),
+    ] = None,
 ) -> None:
-    """List approval requests waiting for a decision."""
+    """List approval requests waiting for a decision (one line each: id, who, the question)."""
+    from nodes.approval_view import view_request
+    from nodes.approvals import request_summary
     from nodes.store import NodeStore
+    from varde.errors import NotFound
 
     store = NodeStore.in_directory(existing_state(state_dir))
     try:
+        if show is not None:
+            try:
+                view = view_request(store.log, store.approvals.get(show))
+            except NotFound as err:
+                fail(f"{err.message} (`varde node pending --all` lists every request)")
+            width = max(len(label) for label, _ in view.facts)
+            typer.echo(f"{view.request.id}  {view.request.kind} request, {view.request.status}")
+            for label, text in view.facts:
+                typer.echo(f"  {label.ljust(width)}  {text}")
+            typer.echo("  as the node will answer it:")
+            typer.echo("\n".join("    " + line for line in view.question_json.splitlines()))
+            return
         reqs = store.approvals.requests(None if all_ else "pending")
     finally:
         store.close()
@@ -140,6 +164,8 @@ def node_pending(
             f"since {r.created_at[:19]}  {r.why}"
             + (f"  [{r.decided_by}: {r.reason}]" if r.decided_at else "")
         )
+        typer.echo(f"    {request_summary(r)}")
+    typer.echo(f"details: varde node pending --show ID --state-dir {state_dir}")
 
 
 @node_admin.command("console-user")

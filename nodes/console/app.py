@@ -27,7 +27,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from nodes.console.deps import ConsoleContext, NotLoggedIn, not_logged_in
-from nodes.console.routes import approvals, audit, login, overview
+from nodes.console.routes import approvals, audit, login, overview, spend
 from nodes.console.routes import policy as policy_page  # `policy` is the factory's argument
 from nodes.ledger import Ledger
 from nodes.policy import Policy
@@ -76,7 +76,7 @@ def create_console(
         policy_saved=policy_saved,
     )
     app.add_exception_handler(NotLoggedIn, not_logged_in)
-    for module in (login, overview, policy_page, audit, approvals):
+    for module in (login, overview, policy_page, audit, spend, approvals):
         app.include_router(module.router)
     return app
 

@@ -29,10 +29,19 @@ body{font-family:system-ui,sans-serif;margin:0;color:#1d2730}
 header{background:#1d3b53;color:#fff;padding:.6em 1.2em;display:flex;gap:1.2em;align-items:center}
 header a{color:#fff}
 main{padding:1em 1.5em}
-table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #c8d0d8;padding:.25em .6em;text-align:left;vertical-align:top}
-pre{background:#f4f6f8;padding:.6em;overflow:auto;max-width:90em}
-.ok{color:#1a7f37}.bad{color:#b42318}
+table{border-collapse:collapse;margin:.5em 0 1.5em;max-width:100%}
+td,th{border:1px solid #c8d0d8;padding:.25em .6em;text-align:left;vertical-align:top;
+overflow-wrap:anywhere}
+table.wide{width:100%;table-layout:fixed}
+pre{background:#f4f6f8;padding:.6em;overflow:auto;max-width:90em;white-space:pre-wrap;
+overflow-wrap:anywhere}
+.ok{color:#1a7f37}.bad{color:#b42318}.muted{color:#5b6770}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em;margin:.4em 0}
+dl.facts dt{font-weight:600}dl.facts dd{margin:0;overflow-wrap:anywhere}
+section.request{border:1px solid #c8d0d8;padding:.6em 1em;margin:0 0 1em;max-width:70em}
+form.filters{display:flex;flex-wrap:wrap;gap:.6em;align-items:end;margin:.4em 0 .8em}
+form.filters label{display:flex;flex-direction:column;font-size:.9em}
+.num{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
@@ -69,7 +78,7 @@ def page(title: str, body: str, user: Staff | None = None, site: str = "") -> HT
     """A whole page around ``body`` (already HTML); the navigation only for a logged-in user."""
     nav = (
         '<a href="/">Overview</a><a href="/policy">Policy</a><a href="/audit">Audit trail</a>'
-        '<a href="/approvals">Approvals</a>'
+        '<a href="/spend">Spend</a><a href="/approvals">Approvals</a>'
         f'<form method="post" action="/logout" style="margin-left:auto">{esc(user.name)} '
         '<button type="submit">Log out</button></form>'
         if user
@@ -86,11 +95,27 @@ def page(title: str, body: str, user: Staff | None = None, site: str = "") -> HT
     return HTMLResponse(doc, headers=HEADERS)
 
 
-def table(table_id: str, head: list[str], rows: list[list[str]]) -> str:
-    """A table; cells are already escaped HTML."""
+def table(
+    table_id: str,
+    head: list[str],
+    rows: list[list[str]],
+    *,
+    css: str = "",
+    widths: list[str] | None = None,
+) -> str:
+    """A table; cells are already escaped HTML.
+
+    ``css``: its class (``wide``: full width, fixed layout, so long values wrap
+    instead of widening the page); ``widths``: a CSS width per column.
+    """
+    cols = "".join(f'<col style="width:{w}">' for w in widths) if widths else ""
     th = "".join(f"<th>{esc(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table id="{table_id}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+    klass = f' class="{css}"' if css else ""
+    return (
+        f'<table id="{table_id}"{klass}>{f"<colgroup>{cols}</colgroup>" if cols else ""}'
+        f"<thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def problem(message: str, user: Staff, site: str) -> HTMLResponse:

@@ -52,6 +52,7 @@ from nodes.data import RegistryData
 from nodes.ledger import Ledger
 from nodes.mechanisms import Mechanism, plan_laplace
 from nodes.policy import Policy
+from nodes.question import training_record
 from nodes.store import NodeStore
 from nodes.training.cox import linear_predictor
 from nodes.training.dp import sigmoid
@@ -176,6 +177,7 @@ def evaluate_model(
         model=spec.model,
         researcher=researcher,
         policy_version=policy.version,
+        **training_record(spec),
     )
     # Paid and committed: only now read the held-out rows and draw the noise.
     exact = evaluation_table(data, spec, np.asarray(weights, dtype=np.float64))

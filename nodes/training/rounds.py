@@ -48,6 +48,7 @@ from nodes.accounts import Account
 from nodes.data import RegistryData
 from nodes.ledger import Ledger
 from nodes.policy import Policy, ProjectPolicy
+from nodes.question import training_record
 from nodes.store import NodeStore
 from nodes.training.cox import CoxNoisePlan, noisy_cox_descent, plan_cox_noise
 from nodes.training.dp import NoisePlan, noisy_gradient_descent, plan_noise
@@ -258,6 +259,8 @@ def run_round(
         model=spec.model,
         researcher=researcher,
         policy_version=policy.version,
+        n_cells=spec.n_coefficients(),  # the noisy coefficients this round releases
+        **training_record(spec),
     )
     # Paid and committed: only now touch the rows and draw noise.
     new_weights, count = train_round(data, spec, weights, plan)

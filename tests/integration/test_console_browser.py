@@ -100,7 +100,15 @@ def test_staff_log_in_read_a_budget_approve_and_see_the_audit_entry(
     # read a budget
     row = page.locator("#budgets tr", has_text="nsclc-feasibility")
     cells = row.locator("td").all_inner_texts()
-    assert cells[:6] == ["nsclc-feasibility", "epsilon", "lifetime", "10", "0.5", "9.5"]
+    assert cells[:7] == [
+        "nsclc-feasibility",
+        "epsilon",
+        "lifetime",
+        "never renews (lifetime)",
+        "10",
+        "0.5",
+        "9.5",
+    ]
     assert page.inner_text("#pending") == "1"
     assert page.inner_text("#connection") == "connected"
 
@@ -121,7 +129,7 @@ def test_staff_log_in_read_a_budget_approve_and_see_the_audit_entry(
     assert again.charged.epsilon == pytest.approx(0.5)
     page.goto(console + "/")
     cells = page.locator("#budgets tr", has_text="nsclc-feasibility").locator("td")
-    assert cells.all_inner_texts()[4] == "1"  # spent
+    assert cells.all_inner_texts()[5] == "1"  # spent
 
 
 def test_approving_a_project_in_the_browser_writes_a_new_policy_version(
@@ -245,3 +253,126 @@ def test_a_cross_origin_form_post_is_refused_and_nothing_changes(
     finally:
         evil.shutdown()
         server.stop()
+
+
+# --- the question staff approve, and who spent what (issue 15) -------------------------------
+
+
+def _log_in(page: Any, url: str) -> None:
+    page.goto(url + "/login")
+    page.fill("input[name=username]", "kari")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+
+
+def test_the_approval_page_shows_the_cohort_and_records_the_reason(
+    console: str, page: Any, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
+    node_ctx.set_policy(
+        node_ctx.policy.model_copy(update={"approvals": ApprovalRules(epsilon_above=0.4)})
+    )
+    trial = {
+        **COUNT,
+        "cohort": {
+            "op": "and",
+            "args": [
+                {"op": "startswith", "field": "topography", "prefix": "C34"},
+                {"op": "eq", "field": "stage", "value": "IV"},
+                {"op": "between", "field": "age_at_diagnosis", "low": 18, "high": 75},
+            ],
+        },
+        "statistic": {"kind": "histogram", "field": "egfr"},
+        "group_by": ["sex"],
+    }
+    work = make_work(gateway_key, trial, query_id="trial-1", researcher="bob")
+    assert handle(node_ctx, work).status == "awaiting_approval"
+    (req,) = node_ctx.store.approvals.requests("pending")
+    _log_in(page, console)
+    page.click("text=Approvals")
+    card = page.locator(f"#request-{req.id}")
+    assert card.locator(".summary").inner_text() == (
+        "histogram of egfr (all 3 categories) where topography starts with C34 and stage = IV "
+        "and age_at_diagnosis 18–75, by sex; epsilon 0.5 (dp)"
+    )
+
+    def fact(label: str) -> str:
+        return str(card.locator(f'dd[data-fact="{label}"]').inner_text())
+
+    assert fact("cohort") == "topography starts with C34 and stage = IV and age_at_diagnosis 18–75"
+    assert fact("statistic") == "histogram of egfr (all 3 categories)"
+    assert fact("grouped by") == "sex"
+    assert fact("cost here").startswith("epsilon 0.5 per site (opendp.")
+    assert "95% error ±" in fact("cost here")
+    assert (fact("researcher"), fact("project")) == ("bob", "nsclc-feasibility")
+    assert fact("decision") == "waiting for a decision"
+    page.fill(f"#why-{req.id}", "feasibility study agreed with the DPO")
+    page.click(f"#approve-{req.id}")
+    decided = page.locator(f"#request-{req.id}")
+    assert decided.locator(".status").inner_text() == "approved"
+    text = decided.locator('dd[data-fact="decision"]').inner_text()
+    assert text.startswith("approved by kari (console) at ")
+    assert text.endswith("UTC: feasibility study agreed with the DPO")
+    (granted,) = node_ctx.store.events("approval_granted")
+    assert granted.data["reason"] == "feasibility study agreed with the DPO"
+
+
+def test_the_spend_view_and_a_readable_audit_page(
+    console: str, page: Any, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
+    for who, n in (("alice", 3), ("bob", 2)):
+        for i in range(n):
+            query = {
+                **COUNT,
+                "cohort": {"op": ">=", "field": "age_at_diagnosis", "value": 10 * i + len(who)},
+            }
+            work = make_work(gateway_key, query, query_id=f"{who}-{i}", researcher=who)
+            assert handle(node_ctx, work).status == "ok"
+    long_funnel = {
+        **COUNT,
+        "statistic": {
+            "kind": "funnel",
+            "steps": [
+                {
+                    "label": f"step {i} with a long label",
+                    "criterion": {"op": ">=", "field": "age_at_diagnosis", "value": i},
+                }
+                for i in range(12)
+            ],
+        },
+        "privacy": {"mode": "dp", "epsilon": 1.0},
+    }
+    work = make_work(gateway_key, long_funnel, query_id="long-1", researcher="bob")
+    assert handle(node_ctx, work).status == "ok"
+    _log_in(page, console)
+    page.click("text=Spend")
+    rows = {
+        tuple(r.locator("td").all_inner_texts()[:5]) for r in page.locator("#spend tbody tr").all()
+    }
+    assert ("alice", "epsilon", "1.5", "3", "3") in rows
+    assert ("bob", "epsilon", "2", "3", "3") in rows
+    assert ("TOTAL", "epsilon", "3.5", "6", "6") in rows
+    chart = page.locator("#spend-chart-epsilon")
+    assert chart.is_visible()
+    legend = chart.locator("g.legend text").all_text_contents()  # SVG: no innerText
+    assert legend == ["alice (1.5)", "bob (2)"]
+    assert len(chart.locator("text.x-tick").all_text_contents()) == 5  # dated time axis
+    assert chart.locator("text.y-tick").all_text_contents()[0] == "0"
+    page.select_option("#spend-by", "project")
+    page.click("text=Show")
+    assert page.locator("#spend tbody tr").first.locator("td").all_inner_texts()[:3] == [
+        "nsclc-feasibility",
+        "epsilon",
+        "3.5",
+    ]
+    # the audit page: kinds to choose from, a summary per row, no page wider than the window
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.click("text=Audit trail")
+    page.select_option("#filter-kind", "released")
+    page.click("text=Filter")
+    summaries = page.locator("#audit tbody tr td:nth-child(5)").all_inner_texts()
+    assert len(summaries) == 6 and summaries[0].startswith("bob: released 12 cell(s)")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.locator("#audit tbody tr").first.locator("summary").click()
+    detail = page.locator("#audit tbody tr").first.locator("pre").inner_text()
+    assert '"researcher": "bob"' in detail and '"policy_version"' in detail
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

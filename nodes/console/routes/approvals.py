@@ -1,5 +1,10 @@
 """The approvals page: staff approve or deny what the policy says needs a person.
 
+Each request shows the question in full (cohort as criteria, statistic and
+grid, privacy and what it costs this site, who asks, for which project, when;
+:mod:`nodes.approval_view`, the same facts ``varde node pending --show``
+prints), and the decision records who decided, when and why.
+
 Why approving a project writes the policy first: a project approval changes
 what may leave the hospital, so it becomes a new policy version (validated and
 audited by :func:`nodes.policy_edits.record_project_approval`) before the
@@ -12,6 +17,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import RedirectResponse, Response
 
+from nodes.approval_view import RequestView, view_request
 from nodes.console.deps import Context, FormFields, StaffAction, StaffUser
 from nodes.console.pages import esc, page, problem, table
 from nodes.policy_edits import PolicyEditError, record_project_approval
@@ -22,37 +28,75 @@ __all__ = ["router"]
 router = APIRouter()
 
 
+def _request(view: RequestView) -> str:
+    """One request: the question in full, its cost here, who asked, and the decision forms."""
+    r = view.request
+    rid = esc(r.id)
+    facts = "".join(
+        f'<dt>{esc(label)}</dt><dd data-fact="{esc(label)}">{esc(text)}</dd>'
+        for label, text in view.facts
+        if label != "question"  # the card's heading line
+    )
+    if r.status == "pending":
+        action = (
+            f'<form method="post" action="/approvals/{rid}/approve">'
+            f'<input name="reason" id="why-{rid}" placeholder="why (recorded)" size="30"> '
+            f'<button type="submit" id="approve-{rid}">Approve</button></form>'
+            f'<form method="post" action="/approvals/{rid}/deny">'
+            f'<input name="reason" id="reason-{rid}" placeholder="reason (the researcher is told)" '
+            f'size="30" required> <button type="submit" id="deny-{rid}">Deny</button></form>'
+        )
+    else:
+        action = ""
+    return (
+        f'<section class="request" id="request-{rid}"><h3>{rid}: {esc(r.kind)} request, '
+        f'<span class="status">{esc(r.status)}</span></h3>'
+        f'<p class="summary"><strong>{esc(view.summary)}</strong></p>'
+        f'<dl class="facts">{facts}</dl>'
+        f"<details><summary>the question as the node will answer it (JSON)</summary>"
+        f"<pre>{esc(view.question_json)}</pre></details>{action}</section>"
+    )
+
+
 @router.get("/approvals")
 def approvals_page(ctx: Context, user: StaffUser) -> Response:
-    """Every request, oldest first; pending ones with approve and deny forms."""
+    """Every request, oldest first: the question, its cost, who asked; pending ones with forms."""
     rows = []
-    for r in ctx.store.approvals.requests():
-        if r.status == "pending":
-            action = (
-                f'<form method="post" action="/approvals/{esc(r.id)}/approve">'
-                f'<button type="submit" id="approve-{esc(r.id)}">Approve</button></form>'
-                f'<form method="post" action="/approvals/{esc(r.id)}/deny">'
-                f'<input name="reason" id="reason-{esc(r.id)}" placeholder="reason" required> '
-                f'<button type="submit" id="deny-{esc(r.id)}">Deny</button></form>'
-            )
-        else:
-            action = esc(f"{r.status} by {r.decided_by}: {r.reason}".rstrip(": "))
+    views = [view_request(ctx.store.log, r) for r in ctx.store.approvals.requests()]
+    for v in views:
+        r = v.request
+        decision = (
+            "waiting"
+            if r.status == "pending"
+            else f"{r.status} by {r.decided_by}: {r.reason}".rstrip(": ")
+        )
         rows.append(
             [
-                esc(r.id),
+                f'<a href="#request-{esc(r.id)}">{esc(r.id)}</a>',
                 esc(r.status),
                 esc(r.kind),
                 esc(r.project),
                 esc(r.researcher),
-                esc("" if r.epsilon is None else f"{r.epsilon:g}"),
-                esc(r.why),
-                action,
+                esc(v.summary),
+                esc(decision),
             ]
         )
-    body = table(
-        "approvals",
-        ["id", "status", "kind", "project", "researcher", "epsilon", "why", "decision"],
-        rows,
+    pending = [v for v in views if v.request.status == "pending"]
+    decided = [v for v in views if v.request.status != "pending"]
+    body = (
+        "<p>Nothing is computed or charged while a request waits; the researcher submits the "
+        "same question again once it is approved. A denial's reason is sent to the researcher.</p>"
+        + table(
+            "approvals",
+            ["id", "status", "kind", "project", "researcher", "question", "decision"],
+            rows,
+            css="wide",
+            widths=["7em", "6em", "5em", "9em", "7em", "auto", "14em"],
+        )
+        + "<h2>Waiting for a decision</h2>"
+        + ("".join(_request(v) for v in pending) or "<p>Nothing waits.</p>")
+        + "<h2>Decided</h2>"
+        + ("".join(_request(v) for v in reversed(decided)) or "<p>Nothing decided yet.</p>")
     )
     return page("Approvals", body, user, ctx.site)
 

@@ -90,8 +90,12 @@ def test_budgets_show_spent_and_remaining(
     assert handle(node_ctx, make_work(gateway_key, COUNT)).status == "ok"
     with _login(console) as client:
         page = client.get("/").text
-    row = "<td>nsclc-feasibility</td><td>epsilon</td><td>lifetime</td><td>10</td><td>0.5</td>"
-    assert row + "<td>9.5</td>" in page
+    row = (
+        "<td>nsclc-feasibility</td><td>epsilon</td><td>lifetime</td>"
+        "<td>never renews (lifetime)</td><td>10</td><td>0.5</td><td>9.5</td>"
+    )
+    assert row in page
+    assert 'id="chart-nsclc-feasibility"' in page and "budget (10)" in page  # the legend
     assert 'id="connection"><span class="ok">connected' in page
     assert node_ctx.policy.version in page
 
@@ -178,7 +182,8 @@ def test_budget_change_writes_a_validated_policy_version(
         assert resp.status_code == 200
         assert "saved nsclc-feasibility budget 12.5" in resp.text
         assert (
-            "<td>nsclc-feasibility</td><td>epsilon</td><td>lifetime</td><td>12.5</td>" in resp.text
+            "<td>nsclc-feasibility</td><td>epsilon</td><td>lifetime</td>"
+            "<td>never renews (lifetime)</td><td>12.5</td>" in resp.text
         )
         # one number changed; the staff's comments and layout are kept
         changed = [
@@ -333,3 +338,185 @@ def test_every_page_keeps_its_security_headers(console: str) -> None:
             assert headers["referrer-policy"] == "same-origin"
             assert "default-src 'none'" in headers["content-security-policy"]
             assert headers["cache-control"].startswith("no-store")
+
+
+# --- a console that explains itself (issue 15) -------------------------------------------------
+
+
+def _spend(node_ctx: NodeContext, gateway_key: Ed25519PrivateKey, n: int, who: str) -> None:
+    for i in range(n):
+        query = {**COUNT, "group_by": ["sex"], "privacy": {"mode": "dp", "epsilon": 0.75}}
+        stage = {"op": "eq", "field": "stage", "value": ["I", "II", "III", "IV"][i % 4]}
+        older = {"op": ">=", "field": "age_at_diagnosis", "value": len(who)}  # one per name
+        query["cohort"] = {"op": "and", "args": [stage, older]}
+        work = make_work(gateway_key, query, query_id=f"{who}-{i}", researcher=who)
+        assert handle(node_ctx, work).status == "ok"
+
+
+def test_a_budget_below_what_is_spent_needs_an_explicit_confirmation(
+    console: str, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    _spend(node_ctx, gateway_key, 4, "alice")  # 3 epsilon spent of 10
+    before = (tmp_path / "oslo.yaml").read_text()
+    with _login(console) as client:
+        asked = client.act("/budgets/nsclc-feasibility", data={"budget": "2"})
+        assert asked.status_code == 200
+        assert "below the 3 epsilon that nsclc-feasibility has already spent" in asked.text
+        assert "nothing left for good (a lifetime budget never renews)" in asked.text
+        assert 'name="below_spent"' in asked.text and "required" in asked.text
+        # the confirmation alone is not enough: refused, saying what it would mean
+        refused = client.act("/budgets/nsclc-feasibility", data={"budget": "2", "confirm": "yes"})
+        assert (
+            refused.status_code == 422
+            and "not saved: a budget of 2 epsilon is below" in refused.text
+        )
+        assert "tick the box" in refused.text
+        assert (tmp_path / "oslo.yaml").read_text() == before and _budget(node_ctx) == 10.0
+        assert node_ctx.store.events("console_policy_edit") == []
+        # above what is spent, the plain confirmation does it
+        ok = client.act("/budgets/nsclc-feasibility", data={"budget": "5", "confirm": "yes"})
+        assert "saved nsclc-feasibility budget 5" in ok.text and _budget(node_ctx) == 5.0
+        # with the box ticked, staff may set it below what is spent
+        done = client.act(
+            "/budgets/nsclc-feasibility",
+            data={"budget": "2", "confirm": "yes", "below_spent": "yes"},
+        )
+        assert "saved nsclc-feasibility budget 2" in done.text and _budget(node_ctx) == 2.0
+        assert "spent is above the budget" in done.text
+    edits = node_ctx.store.events("console_policy_edit")
+    assert [e.data.get("below_spent", False) for e in edits] == [False, True]
+
+
+def test_overview_shows_the_period_dates_of_a_renewing_budget(
+    console: str, node_ctx: NodeContext
+) -> None:
+    from nodes.periods import period_dates
+    from varde.envelope import utcnow
+
+    project = node_ctx.policy.projects["breast-outcomes"]
+    node_ctx.set_policy(
+        node_ctx.policy.model_copy(
+            update={
+                "projects": {
+                    **node_ctx.policy.projects,
+                    "breast-outcomes": project.model_copy(update={"budget_period": "quarter"}),
+                }
+            }
+        )
+    )
+    bounds = period_dates("quarter", utcnow())
+    assert bounds is not None
+    with _login(console) as client:
+        page = client.get("/").text
+    first, last = bounds
+    assert f"<td>{first.isoformat()} to {last.isoformat()} (renews " in page
+    assert 'id="chart-breast-outcomes"' in page and "time (UTC)" in page
+
+
+def test_the_connection_is_not_called_down_before_the_first_poll_answered(
+    node_ctx: NodeContext, tmp_path: Path
+) -> None:
+    add_user(users_path(tmp_path), "kari", PASSWORD)
+    state: dict[str, bool | None] = {"now": None}
+    app = create_console(
+        site="oslo",
+        store=node_ctx.store,
+        ledger=node_ctx.ledger,
+        policy=lambda: node_ctx.policy,
+        users=users_path(tmp_path),
+        connected=lambda: state["now"],
+    )
+    server = ConsoleServer(app, port=free_port()).start()
+    try:
+        with _login(server.url) as client:
+            assert "first contact under way" in client.get("/").text
+            state["now"] = False
+            assert 'id="connection"><span class="bad">down' in client.get("/").text
+    finally:
+        server.stop()
+
+
+def test_approvals_page_shows_the_question_its_cost_and_who_asked(
+    console: str, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
+    from nodes.policy import ApprovalRules
+
+    node_ctx.set_policy(
+        node_ctx.policy.model_copy(update={"approvals": ApprovalRules(epsilon_above=0.4)})
+    )
+    query = {
+        **COUNT,
+        "cohort": {
+            "op": "and",
+            "args": [
+                {"op": "startswith", "field": "topography", "prefix": "C34"},
+                {"op": "between", "field": "age_at_diagnosis", "low": 18, "high": 75},
+            ],
+        },
+        "statistic": {"kind": "histogram", "field": "stage"},
+    }
+    work = make_work(gateway_key, query, query_id="w-9", researcher="bob")
+    assert handle(node_ctx, work).status == "awaiting_approval"
+    (req,) = node_ctx.store.approvals.requests("pending")
+    with _login(console) as client:
+        page = client.get("/approvals").text
+        assert "topography starts with C34 and age_at_diagnosis 18–75" in page
+        assert "histogram of stage (all 6 categories)" in page
+        assert "epsilon 0.5 per site (opendp." in page and "95% error ±" in page
+        assert '<dd data-fact="researcher">bob</dd>' in page
+        assert '<dd data-fact="project">nsclc-feasibility</dd>' in page
+        assert "epsilon 0.5 is above 0.4" in page  # why it waits
+        resp = client.act(f"/approvals/{req.id}/approve", data={"reason": "DPO agreed"})
+        assert "approved by kari (console) at " in resp.text and "DPO agreed" in resp.text
+
+
+def test_audit_page_filters_pages_and_summarises(
+    console: str, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
+    from nodes.console.routes.audit import PAGE
+
+    _spend(node_ctx, gateway_key, 8, "alice")
+    _spend(node_ctx, gateway_key, 4, "bob")
+    for i in range(PAGE):
+        node_ctx.store.audit("console_login", user="kari", ok=True, n=i)
+    with _login(console) as client:
+        page = client.get("/audit").text
+        assert '<option value="charged">charged</option>' in page  # kinds as a select
+        assert 'class="wide"' in page and "<details>" in page  # wraps; detail on demand
+        first = client.get("/audit", params={"kind": "console_login"}).text
+        assert f"{PAGE + 1} entries match" in first and 'id="older"' in first
+        older = client.get("/audit", params={"kind": "console_login", "before": "60"}).text
+        assert 'id="newest"' in older and "older than entry 60" in older
+        bob = client.get("/audit", params={"kind": "charged", "researcher": "bob"}).text
+        assert "4 entries match" in bob
+        assert "bob: paid 0.75 epsilon for a query" in bob and "alice: paid" not in bob
+        assert "count where stage = I and age_at_diagnosis &gt;= 3, by sex; epsilon 0.75" in bob
+        today = node_ctx.store.events()[-1].at.date().isoformat()
+        dated = client.get("/audit", params={"researcher": "alice", "since": today})
+        assert "entries match" in dated.text and "alice" in dated.text
+        none = client.get("/audit", params={"researcher": "alice", "until": "2000-01-01"}).text
+        assert "0 entries match" in none
+        assert client.get("/audit", params={"since": "yesterday"}).status_code == 422
+        project = client.get("/audit", params={"project": "breast-outcomes"}).text
+        assert "0 entries match" in project
+
+
+def test_spend_page_reports_per_researcher_and_project_with_a_chart(
+    console: str, node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
+    _spend(node_ctx, gateway_key, 4, "alice")
+    _spend(node_ctx, gateway_key, 2, "bob")
+    with _login(console) as client:
+        page = client.get("/spend", params={"by": "researcher"}).text
+        assert "<td>alice</td><td>epsilon</td><td>3</td><td>4</td><td>4</td><td>0</td>" in page
+        assert "<td>bob</td><td>epsilon</td><td>1.5</td><td>2</td><td>2</td><td>0</td>" in page
+        assert "<td><strong>TOTAL</strong></td><td>epsilon</td><td>4.5</td>" in page
+        assert 'id="spend-chart-epsilon"' in page and "time (UTC)" in page
+        assert "alice (3)" in page and "bob (1.5)" in page  # the legend, with totals
+        by_project = client.get("/spend", params={"by": "project"}).text
+        assert "<td>nsclc-feasibility</td><td>epsilon</td><td>4.5</td><td>6</td>" in by_project
+        csv_text = client.get("/spend.csv", params={"by": "project"}).text
+        assert csv_text.splitlines()[1].startswith("nsclc-feasibility,epsilon,4.5,6,6,0,")
+        assert client.get("/spend", params={"by": "site"}).status_code == 422
+        later = client.get("/spend", params={"since": "2999-01-01"}).text
+        assert "Nothing was charged in this period." in later
