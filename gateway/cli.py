@@ -14,13 +14,22 @@ from typing import Annotated, NoReturn
 import typer
 
 from varde.errors import VardeError
+from varde.redaction import install_log_redaction, redact
 
-gateway_app = typer.Typer(help="Run the central gateway.", no_args_is_help=True)
-admin_app = typer.Typer(
-    help="Researchers, projects and enrollment tokens (gateway side).", no_args_is_help=True
+gateway_app = typer.Typer(
+    pretty_exceptions_show_locals=False, help="Run the central gateway.", no_args_is_help=True
 )
-project_app = typer.Typer(help="Projects.", no_args_is_help=True)
-researcher_app = typer.Typer(help="Researchers.", no_args_is_help=True)
+admin_app = typer.Typer(
+    pretty_exceptions_show_locals=False,
+    help="Researchers, projects and enrollment tokens (gateway side).",
+    no_args_is_help=True,
+)
+project_app = typer.Typer(
+    pretty_exceptions_show_locals=False, help="Projects.", no_args_is_help=True
+)
+researcher_app = typer.Typer(
+    pretty_exceptions_show_locals=False, help="Researchers.", no_args_is_help=True
+)
 admin_app.add_typer(project_app, name="project")
 admin_app.add_typer(researcher_app, name="researcher")
 
@@ -28,7 +37,7 @@ StateDir = Annotated[Path, typer.Option("--state-dir", help="Gateway state direc
 
 
 def _fail(err: Exception) -> NoReturn:
-    typer.echo(f"error: {err}", err=True)
+    typer.echo(f"error: {redact(str(err))}", err=True)
     raise typer.Exit(code=2)
 
 
@@ -76,6 +85,7 @@ def gateway_serve(
     from gateway.core.config import Settings
     from gateway.training.deployment import LocalFederation, TLSFiles
 
+    install_log_redaction()  # tokens and keys never reach the gateway's logs
     tls_files = [superlink_certfile, superlink_keyfile, superlink_ca_certfile]
     federation: LocalFederation | None = None
     if with_superlink:

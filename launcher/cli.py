@@ -16,12 +16,16 @@ from typing import Annotated
 import typer
 
 from gateway.cli import admin_app, gateway_app
+from launcher.cli_errors import VardeGroup
 from nodes.cli import audit_app, node_app, policy_app, synth_command
 from varde.errors import VardeError
 from varde_client.cli import client_app
 
 app = typer.Typer(
-    help="Varde: federated, differentially private cancer-registry queries.", no_args_is_help=True
+    cls=VardeGroup,
+    help="Varde: federated, differentially private cancer-registry queries.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # a frame's locals hold tokens (see cli_errors)
 )
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(node_app, name="node")
@@ -29,6 +33,20 @@ app.add_typer(admin_app, name="admin")
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
 app.registered_commands += [synth_command, *client_app.registered_commands]
+
+
+@app.callback()
+def options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="VARDE_DEBUG",
+            help="On an error, also print the traceback (plain, no locals, secrets masked).",
+        ),
+    ] = False,
+) -> None:
+    """Varde: federated, differentially private cancer-registry queries."""
 
 
 @app.command()

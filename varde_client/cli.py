@@ -1,23 +1,32 @@
 """The researcher's commands: ``varde query``, ``train``, ``trainings`` and ``schema``.
 
 They talk to the gateway over HTTP through :class:`~varde_client.client.VardeClient`
-and print tables; nothing here imports gateway or node code.
+and print tables; nothing here imports gateway or node code. What a command
+raises (a bad file, an unreachable gateway, a refusal) becomes one redacted
+``error:`` line in the ``varde`` command's group (``launcher/cli_errors.py``).
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-client_app = typer.Typer(help="Ask the network questions (researcher side).")
+from varde.redaction import redact
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from varde_client.frames import QueryResponse
+
+client_app = typer.Typer(
+    pretty_exceptions_show_locals=False, help="Ask the network questions (researcher side)."
+)
 
 
 def _fail(err: Exception) -> NoReturn:
-    typer.echo(f"error: {err}", err=True)
+    typer.echo(f"error: {redact(str(err))}", err=True)
     raise typer.Exit(code=2)
 
 
@@ -31,23 +40,179 @@ def schema(
     typer.echo(render_markdown())
 
 
+Output = Annotated[
+    str,
+    typer.Option(
+        "--format", help="table, csv or json.", rich_help_panel="Output", show_default=True
+    ),
+]
+Build = "Build the query (instead of a file)"
+Privacy = "Privacy (exactly one of --epsilon, --rho, --aggregate, --accuracy)"
+FORMATS = ("table", "csv", "json")
+
+
 @client_app.command()
 def query(
-    spec: Annotated[Path, typer.Argument(help="Query JSON file ('-' for stdin).")],
-    gateway: Annotated[str, typer.Option(envvar="VARDE_GATEWAY")],
-    token: Annotated[str, typer.Option(envvar="VARDE_TOKEN")],
+    gateway: Annotated[
+        str, typer.Option(envvar="VARDE_GATEWAY", help="e.g. http://127.0.0.1:8700")
+    ],
+    token: Annotated[str, typer.Option(envvar="VARDE_TOKEN", help="Your researcher token.")],
+    spec: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[FILE]",
+            help="Query document, JSON or YAML ('-' for stdin); or build one with the options.",
+            show_default=False,
+        ),
+    ] = None,
+    project: Annotated[str | None, typer.Option(rich_help_panel=Build)] = None,
+    cohort: Annotated[
+        str | None,
+        typer.Option(
+            help="e.g. 'topography^=C34 and stage=IV and age_at_diagnosis in 18..75'.",
+            rich_help_panel=Build,
+        ),
+    ] = None,
+    statistic: Annotated[
+        str | None,
+        typer.Option(
+            help="count (the default), histogram, sum, mean, quantile, crosstab or survival.",
+            rich_help_panel=Build,
+        ),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(help="group_by: public categorical fields, a,b.", rich_help_panel=Build),
+    ] = None,
+    field: Annotated[
+        str | None,
+        typer.Option(
+            help="The statistic's field (histogram, sum, mean, quantile; crosstab: a,b).",
+            rich_help_panel=Build,
+        ),
+    ] = None,
+    bins: Annotated[
+        str | None,
+        typer.Option(
+            help="Edges, e.g. 0,18,40,65,120: a numeric histogram's bins, a quantile's grid.",
+            rich_help_panel=Build,
+        ),
+    ] = None,
+    lower: Annotated[
+        float | None, typer.Option(help="sum/mean: declared lower bound.", rich_help_panel=Build)
+    ] = None,
+    upper: Annotated[
+        float | None, typer.Option(help="sum/mean: declared upper bound.", rich_help_panel=Build)
+    ] = None,
+    alphas: Annotated[
+        str | None, typer.Option(help="quantile: e.g. 0.25,0.5,0.75.", rich_help_panel=Build)
+    ] = None,
+    months: Annotated[
+        int | None, typer.Option(help="survival: horizon in months.", rich_help_panel=Build)
+    ] = None,
+    interval: Annotated[
+        int | None, typer.Option(help="survival: months per interval.", rich_help_panel=Build)
+    ] = None,
+    sites: Annotated[
+        str | None, typer.Option(help="Only these sites, a,b (default all).", rich_help_panel=Build)
+    ] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(help="Epsilon each site spends.", rich_help_panel=Privacy)
+    ] = None,
+    rho: Annotated[
+        float | None, typer.Option(help="zCDP rho each site spends.", rich_help_panel=Privacy)
+    ] = None,
+    aggregate: Annotated[
+        bool,
+        typer.Option("--aggregate", help="Non-DP counts (where allowed).", rich_help_panel=Privacy),
+    ] = False,
+    accuracy: Annotated[
+        float | None,
+        typer.Option(
+            help="Target: +-this at 95% per number; each site spends the least budget for it.",
+            rich_help_panel=Privacy,
+        ),
+    ] = None,
+    zcdp: Annotated[
+        bool, typer.Option("--zcdp", help="With --accuracy: spend rho.", rich_help_panel=Privacy)
+    ] = False,
+    cohort_size: Annotated[
+        int | None,
+        typer.Option(help="With --accuracy, survival: patients per site.", rich_help_panel=Privacy),
+    ] = None,
+    preview: Annotated[
+        bool,
+        typer.Option(
+            "--preview",
+            help="Only show what each site would charge and the expected +-95% error; "
+            "nothing is charged.",
+            rich_help_panel="Output",
+        ),
+    ] = False,
+    fmt: Output = "table",
 ) -> None:
-    """Run one query and print per-site and network tables."""
-    from varde_client import VardeClient, VardeHTTPError
+    """Run one query (or --preview it) and print per-site and network results.
+
+    The query is a file (JSON or YAML, '-' for stdin) or built from the options:
+
+    varde query --project nsclc-feasibility --cohort "topography^=C34 and stage=IV"
+    --statistic histogram --field egfr --epsilon 0.5
+    """
+    from varde_client import VardeClient
+    from varde_client.query_file import read_query_file
+    from varde_client.query_flags import QueryFlagError, QueryFlags, build_query
+
+    if fmt not in FORMATS:
+        raise QueryFlagError(f"--format {fmt!r} is not known — use table, csv or json")
+    flags = QueryFlags(
+        project=project,
+        cohort=cohort,
+        statistic=statistic,
+        by=by,
+        field=field,
+        bins=bins,
+        lower=lower,
+        upper=upper,
+        alphas=alphas,
+        months=months,
+        interval=interval,
+        sites=sites,
+        epsilon=epsilon,
+        rho=rho,
+        aggregate=aggregate,
+        accuracy=accuracy,
+        zcdp=zcdp,
+        cohort_size=cohort_size,
+    )
+    if spec is not None and flags.given():
+        raise QueryFlagError(
+            f"give a query file or build the query with options, not both "
+            f"(file {spec!r} and {', '.join(flags.given())})"
+        )
+    body = read_query_file(spec) if spec is not None else build_query(flags)
+    with VardeClient(gateway, token) as client:
+        if preview:
+            typer.echo(_preview_text(client.preview(body), fmt))
+        else:
+            typer.echo(_result_text(client.query(body), fmt))
+
+
+def _result_text(res: QueryResponse, fmt: str) -> str:
     from varde_client.report import render
 
-    text = sys.stdin.read() if str(spec) == "-" else spec.read_text()
-    with VardeClient(gateway, token) as client:
-        try:
-            res = client.query(json.loads(text))
-        except VardeHTTPError as err:
-            _fail(err)
-        typer.echo(render(res))
+    if fmt == "json":
+        return json.dumps(res.raw, indent=2, ensure_ascii=False)
+    if fmt == "csv":
+        return str(res.frame().to_csv(index=False)).rstrip("\n")
+    return render(res)
+
+
+def _preview_text(frame: pd.DataFrame, fmt: str) -> str:
+    if fmt == "json":
+        return str(frame.to_json(orient="records", indent=2))
+    if fmt == "csv":
+        return str(frame.to_csv(index=False)).rstrip("\n")
+    return str(frame.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-"))
 
 
 def _csv(value: str | None) -> list[str] | None:

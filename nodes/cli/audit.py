@@ -14,7 +14,10 @@ import typer
 
 from nodes.cli.common import NodeStateDir, existing_state, fail, node_public_key
 
-audit_app = typer.Typer(help="Verify and export a node's tamper-evident audit trail.")
+audit_app = typer.Typer(
+    pretty_exceptions_show_locals=False,
+    help="Verify and export a node's tamper-evident audit trail.",
+)
 
 
 @audit_app.command("verify")

@@ -13,6 +13,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from varde.redaction import redact
+
 NodeStateDir = Annotated[
     Path, typer.Option("--state-dir", help="The node's state directory (key, ledger, audit).")
 ]
@@ -20,7 +22,7 @@ NodeStateDir = Annotated[
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``error: message`` on stderr and exit (2: the user's input was wrong)."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(code=code)
 
 

@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-policy_app = typer.Typer(help="Check and compare site policies (policies as code).")
+policy_app = typer.Typer(
+    pretty_exceptions_show_locals=False, help="Check and compare site policies (policies as code)."
+)
 
 
 @policy_app.command("check")

@@ -10,8 +10,11 @@ import typer
 
 from nodes.cli.common import fail
 from varde.errors import VardeError
+from varde.redaction import install_log_redaction
 
-node_app = typer.Typer(help="Run a hospital node.", no_args_is_help=True)
+node_app = typer.Typer(
+    pretty_exceptions_show_locals=False, help="Run a hospital node.", no_args_is_help=True
+)
 
 
 @node_app.command("synth")
@@ -70,6 +73,7 @@ def node_run(
     from nodes.training.supernode import SuperNodeSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    install_log_redaction()  # the enrollment token and key material never reach the log
     try:
         supernode = None
         if flower_superlink is not None:

@@ -9,7 +9,9 @@ import typer
 
 from nodes.cli.common import NodeStateDir, existing_state, fail
 
-node_admin = typer.Typer(help="Staff decisions on work waiting at a node.")
+node_admin = typer.Typer(
+    pretty_exceptions_show_locals=False, help="Staff decisions on work waiting at a node."
+)
 
 
 def _staff_name() -> str:
