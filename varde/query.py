@@ -59,6 +59,23 @@ def _tag(key: str) -> Callable[[Any], str | None]:
     return tag
 
 
+def _documented(key: str, tags: list[str]) -> Callable[[dict[str, Any]], None]:
+    """Put the union's discriminator back into its JSON schema (OpenAPI readers, generators).
+
+    A callable discriminator (:func:`_tag`) leaves only a bare ``oneOf``; ``tags`` are the
+    members' values of ``key`` in the union's order, paired with the ``$ref`` of each (in
+    whatever reference template the document uses).
+    """
+
+    def add(schema: dict[str, Any]) -> None:
+        refs = [member.get("$ref") for member in schema.get("oneOf", [])]
+        if len(refs) == len(tags) and all(isinstance(r, str) for r in refs):
+            mapping = dict(zip(tags, refs, strict=True))
+            schema["discriminator"] = {"propertyName": key, "mapping": mapping}
+
+    return add
+
+
 def _queryable(name: str) -> FieldSpec:
     spec = FIELDS_BY_NAME.get(name)
     if spec is None:
@@ -219,6 +236,9 @@ class Not(_Frozen):
     arg: Predicate
 
 
+_OPS = ("eq", "in", "between", ">=", "<=", "startswith", "and", "or", "not")
+"""Every criterion's ``op``, in the order of :data:`Predicate`'s members."""
+
 Predicate = Annotated[
     Annotated[Eq, Tag("eq")]
     | Annotated[In, Tag("in")]
@@ -232,9 +252,9 @@ Predicate = Annotated[
     Discriminator(
         _tag("op"),
         custom_error_type="criterion_op",
-        custom_error_message="a criterion needs an op: eq, in, between, >=, <=, startswith, "
-        "and, or or not",
+        custom_error_message=f"a criterion needs an op: {', '.join(_OPS[:-1])} or {_OPS[-1]}",
     ),
+    Field(json_schema_extra=_documented("op", [*_OPS])),
 ]
 
 for _model in (And, Or, Not):
@@ -491,6 +511,9 @@ class Funnel(_Frozen):
         return [s.label for s in self.steps]
 
 
+_KINDS = ("count", "sum", "mean", "histogram", "crosstab", "funnel", "quantile", "survival")
+"""Every statistic's ``kind``, in the order of :data:`Statistic`'s members."""
+
 Statistic = Annotated[
     Annotated[Count, Tag("count")]
     | Annotated[Sum, Tag("sum")]
@@ -503,9 +526,9 @@ Statistic = Annotated[
     Discriminator(
         _tag("kind"),
         custom_error_type="statistic_kind",
-        custom_error_message="statistic needs a kind: count, sum, mean, histogram, crosstab, "
-        "funnel, quantile or survival",
+        custom_error_message=f"statistic needs a kind: {', '.join(_KINDS[:-1])} or {_KINDS[-1]}",
     ),
+    Field(json_schema_extra=_documented("kind", [*_KINDS])),
 ]
 
 

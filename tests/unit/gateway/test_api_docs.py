@@ -85,3 +85,13 @@ def test_docs_pages_load_nothing_from_outside_the_gateway(client: Client, page: 
 def test_the_root_leads_to_the_docs(client: Client) -> None:
     resp = client.get("/", follow_redirects=False)
     assert resp.status_code in (302, 307) and resp.headers["location"] == "/docs"
+
+
+def test_unions_keep_their_discriminator_in_the_document(client: Client) -> None:
+    """Callable discriminators (for readable errors) still document ``kind`` and ``op``."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    statistic = schemas["Query"]["properties"]["statistic"]["discriminator"]
+    assert statistic["propertyName"] == "kind"
+    assert statistic["mapping"]["survival"] == "#/components/schemas/Survival"
+    args = schemas["And"]["properties"]["args"]["items"]["discriminator"]
+    assert args["propertyName"] == "op" and args["mapping"][">="] == "#/components/schemas/Ge"
