@@ -204,7 +204,8 @@ def test_the_node_charges_its_least_epsilon_and_says_so(
     accuracy = body({"mode": "dp", "accuracy": {"pm95": 10}})
     rel = handle(node_ctx, make_work(gateway_key, accuracy, query_id="a1"))
     assert rel.status == "ok", rel.message
-    assert rel.charged == PureDP(0.942144)  # k = 3 at Oslo
+    assert isinstance(rel.charged, PureDP)  # k = 3 at Oslo: OpenDP's map of epsilon 0.942144
+    assert rel.charged.epsilon == pytest.approx(0.942144, rel=1e-9)
     assert rel.accuracy["count"] <= 10.0
     assert "the least here for +-10 at 95%" in rel.message
     (charge,) = node_ctx.ledger.charges()
@@ -260,3 +261,41 @@ def test_a_preview_shows_the_sites_epsilon_without_charging(
     assert rel.planned == PureDP(0.942144) and rel.accuracy["count"] <= 10.0
     assert "the least here for +-10" in rel.message
     assert node_ctx.ledger.charges() == []
+
+
+def with_project(ctx: NodeContext, **update: Any) -> None:
+    pol = ctx.policy
+    proj = pol.projects[P].model_copy(update=update)
+    ctx.set_policy(pol.model_copy(update={"projects": {**pol.projects, P: proj}}))
+
+
+def test_too_little_budget_left_is_budget_exhausted_uncharged(
+    node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
+    """Under the cap (1) but above what is left (0.5): the ledger refuses, nothing is spent."""
+    with_project(node_ctx, epsilon_budget=0.5)
+    rel = handle(node_ctx, make_work(gateway_key, body({"mode": "dp", "accuracy": {"pm95": 10}})))
+    assert rel.status == "budget_exhausted", rel.message
+    assert node_ctx.ledger.charges() == []
+
+
+def test_a_zcdp_project_charges_its_least_rho(
+    node_ctx: NodeContext, gateway_key: Ed25519PrivateKey
+) -> None:
+    with_project(node_ctx, accounting="zcdp", rho_budget=1.0, max_rho_per_query=0.5)
+    asked = body({"mode": "zcdp", "accuracy": {"pm95": 10}})
+    rel = handle(node_ctx, make_work(gateway_key, asked))
+    assert rel.status == "ok", rel.message
+    assert rel.mechanism == "opendp.discrete_gaussian"
+    found = least_budget(parse_query(asked), max_rows=3).budget
+    # the charge is OpenDP's map of the built measurement: the found rho, or a hair below
+    assert isinstance(found, ZCDP) and isinstance(rel.charged, ZCDP)
+    assert rel.charged <= found and rel.charged.rho == pytest.approx(found.rho, rel=1e-9)
+    assert rel.accuracy["count"] <= 10.0 and "rho" in rel.message
+    (charge,) = node_ctx.ledger.charges()
+    assert charge.measure == "rho" and charge.amount == pytest.approx(found.rho)
+    wrong = handle(
+        node_ctx,
+        make_work(gateway_key, body({"mode": "dp", "accuracy": {"pm95": 10}}), query_id="q2"),
+    )
+    assert wrong.status == "policy_violation" and "accounts in zcdp" in wrong.message
