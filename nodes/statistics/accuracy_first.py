@@ -128,6 +128,8 @@ def _least(spec_json: str, measure: Measure, target: AccuracyTarget, k: int) -> 
     low = high / 4.0
     while low > SMALLEST and meets(low):  # the answer is below: descend
         high, low = low, low / 4.0
+    if meets(low):  # even the smallest budget searched meets it (a ledger charges no less)
+        high = low
     while high - low > RELATIVE_TOLERANCE * high:
         mid = math.sqrt(low * high)
         if meets(mid):

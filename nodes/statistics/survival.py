@@ -79,10 +79,10 @@ def survival_half_width(noise: Noise, stat: StatisticSpec, target: AccuracyTarge
     the patients still at risk after interval ``j`` (a sum of ``a`` released counts) and
     ``n - A`` a sum of the other ``b = 2m + 1 - a``; with noise sd ``sigma`` on every
     count, ``sd(S_j) = sigma sqrt((1 - S)^2 a + S^2 b) / n <= sigma sqrt(max(a, b)) / n
-    <= sigma sqrt(2m) / n``, the worst case over every curve and grid point (measured on
-    the life-table estimator itself: at most 0.94 of this bound without censoring,
-    ``tests/unit/nodes/statistics/test_accuracy_first.py``). Censoring shrinks the numbers
-    at risk and widens the real band, which the release reports from its own counts.
+    <= sigma sqrt(2m) / n``, the worst case over every curve and grid point (checked on
+    the life-table estimator's own gradient, at most 0.94 of the bound, and over repeated
+    releases in ``tests/unit/nodes/statistics/test_accuracy_first.py``). Censoring shrinks
+    the numbers at risk and widens the real band, which the release reports from its counts.
     """
     assert isinstance(stat, Survival) and target.cohort_size is not None
     m = len(stat.months())

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nodes.canonical import query_key
 from nodes.context import NodeContext
+from nodes.mechanisms import plan_vector
 from nodes.pipeline import handle
 from nodes.statistics import STATISTICS, Exact, plan
 from nodes.statistics.accuracy_first import half_width, least_budget, site_budget
@@ -74,6 +75,20 @@ def test_the_found_budget_is_the_least_that_meets_the_target(
     assert half_width(q, like(found, 1 - 1e-5), max_rows=k) > target["pm95"]
 
 
+@pytest.mark.parametrize("mode", ["dp", "zcdp"])
+@pytest.mark.parametrize(("statistic", "target"), CASES)
+def test_the_half_width_never_grows_with_the_budget(
+    statistic: dict[str, Any], target: dict[str, Any], mode: str
+) -> None:
+    """What the bisection relies on: over budgets from 1e-3 to 100 (log grid) the
+    half-width OpenDP's plan gives is non-increasing, and it falls by orders of magnitude."""
+    q = ask(statistic, mode, **target)
+    make = ZCDP if mode == "zcdp" else PureDP
+    widths = [half_width(q, make(float(b)), max_rows=3) for b in np.geomspace(1e-3, 100, 61)]
+    assert all(b <= a for a, b in zip(widths, widths[1:], strict=False)), widths
+    assert widths[-1] < widths[0] / 50
+
+
 def test_a_pure_dp_count_agrees_with_opendps_inverse_accuracy_helper() -> None:
     """``accuracy_to_discrete_laplacian_scale`` gives the scale for the target; the least
     epsilon is k over that scale, to the search's tolerance, never below it."""
@@ -103,14 +118,19 @@ def releases(q: Query, exact_counts: np.ndarray, k: int, n: int) -> tuple[Budget
     return found, out
 
 
+RELEASES = 2000
+"""Releases per coverage test: at a true 95% the fraction's sd is 0.0049, so 93% is 4 sd away."""
+
+
 @pytest.mark.parametrize("mode", ["dp", "zcdp"])
 def test_released_counts_fall_within_the_target_in_95_percent_of_releases(mode: str) -> None:
-    """400 releases of one count (k = 3): at least 93% within +-10 of the exact 137 (the
-    fraction's sd is about 0.011 at 95%), and each released interval is no wider."""
+    """2000 releases of one count (k = 3): at least 93% within +-10 of the exact 137, and not
+    far above 95% (integer noise puts +-10 itself inside: measured 96.4% for the discrete
+    Laplace, 97% for the discrete Gaussian over 20,000); each released interval is no wider."""
     q = ask({"kind": "count"}, mode, pm95=10.0)
-    found, values = releases(q, np.array([137]), 3, 400)
+    found, values = releases(q, np.array([137]), 3, RELEASES)
     inside = np.mean(np.abs(values[:, 0] - 137) <= 10.0)
-    assert inside >= 0.93, (found, inside)
+    assert 0.93 <= inside <= 0.985, (found, inside)
     costed = plan(Exact([[]], np.array([137])), q.resolved(found), found, max_rows=3)
     (cell,) = costed.release()
     assert cell.ci_high is not None and cell.value is not None
@@ -119,26 +139,29 @@ def test_released_counts_fall_within_the_target_in_95_percent_of_releases(mode: 
 
 @pytest.mark.parametrize("mode", ["dp", "zcdp"])
 def test_released_sums_fall_within_the_target_in_95_percent_of_releases(mode: str) -> None:
+    """Continuous noise meets +-300 in 95% of releases exactly: between 93% and 97% of 2000."""
     q = ask(SUM, mode, pm95=300.0)
     found = least_budget(q, max_rows=2).budget
     assert found is not None
     exact = np.array([4321.0])
     ex = Exact([[]], np.array([60]), exact)
     costed = plan(ex, q.resolved(found), found, max_rows=2)
-    values = np.array([costed.release()[0].value for _ in range(400)], dtype=np.float64)
-    assert np.mean(np.abs(values - exact[0]) <= 300.0) >= 0.93
+    values = np.array([costed.release()[0].value for _ in range(RELEASES)], dtype=np.float64)
+    assert 0.93 <= np.mean(np.abs(values - exact[0]) <= 300.0) <= 0.97
 
 
 @pytest.mark.parametrize("mode", ["dp", "zcdp"])
 def test_survival_noise_stays_within_the_target_for_the_stated_cohort(mode: str) -> None:
-    """A cohort of the stated 400 patients, no censoring before the horizon: over 300
-    releases, the DP noise moves S(t) by at most +-0.05 in >= 93% of them at every grid
-    point (the target is a worst-case first-order bound, so it holds with room)."""
+    """A cohort of the stated 400 patients, half dying each month, no censoring (a curve near
+    the worst case): over 1000 OpenDP releases of its counts, the DP noise moves S(t) by at
+    most +-0.05 in >= 93% of them at every grid point. (The target is a worst-case bound:
+    over 60 months with 2000 patients and hazards 0.2-0.5 the worst point was inside in
+    96-98% of 1000 releases.)"""
     q = ask(SURVIVAL, mode, pm95=0.05, cohort_size=400)
     m, n = 12, 400
     alive, deaths = float(n), []
     for _ in range(m):
-        deaths.append(round(alive * 0.06))
+        deaths.append(round(alive * 0.5))
         alive -= deaths[-1]
     counts = np.array([*deaths, *([0] * m), int(alive)], dtype=np.int64)
     months = list(range(1, m + 1))
@@ -151,15 +174,43 @@ def test_survival_noise_stays_within_the_target_for_the_stated_cohort(mode: str)
 
     found = least_budget(q, max_rows=1).budget
     assert found is not None
-    costed = plan(Exact([[]] * (m + 1), counts), q.resolved(found), found, max_rows=1)
+    vectors = plan_vector(STATISTICS["survival"].sensitivity(q.statistic, 1), found)
     exact_curve = curve(counts)
-    noisy = []
-    for _ in range(300):
-        median = costed.release()[-1]
-        assert median.parts is not None
-        noisy.append(curve(np.array(list(median.parts.values()), dtype=np.float64)))
+    noisy = [curve(vectors.release([counts])[0].astype(np.float64)) for _ in range(1000)]
     inside = np.mean(np.abs(np.array(noisy) - exact_curve) <= 0.05, axis=0)
     assert inside.min() >= 0.93, inside
+
+
+@pytest.mark.parametrize("m", [1, 12, 60])
+def test_the_survival_bound_holds_for_the_life_table_estimator(m: int) -> None:
+    """The first-order claim behind the survival target, on the estimator the gateway runs:
+    with no censoring, the gradient of every S_j in the released counts has norm at most
+    sqrt(2m) / n, for curves from almost no deaths to half dying each interval."""
+    n, step = 1000.0, 1e-4
+    months = list(range(1, m + 1))
+
+    def curve(c: np.ndarray) -> np.ndarray:
+        points, _ = survival_from_counts(
+            months, list(c[:m]), list(c[m : 2 * m]), float(c[2 * m]), 0.0
+        )
+        return np.array([p[0] for p in points], dtype=np.float64)
+
+    worst = 0.0
+    for hazard in (1e-4, 0.01, 0.05, 0.2, 0.5):
+        alive, deaths = n, []
+        for _ in range(m):
+            deaths.append(alive * hazard)
+            alive -= deaths[-1]
+        counts = np.array([*deaths, *([0.0] * m), alive], dtype=np.float64)
+        base = curve(counts)
+        grads = np.array(
+            [
+                (curve(counts + step * np.eye(counts.size)[i]) - base) / step
+                for i in range(counts.size)
+            ]
+        )
+        worst = max(worst, float(np.sqrt((grads**2).sum(axis=0)).max() * n / np.sqrt(2 * m)))
+    assert 0.5 < worst <= 1.0
 
 
 def test_a_target_no_budget_can_meet_is_refused_by_name() -> None:
