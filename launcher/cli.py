@@ -65,12 +65,20 @@ def demo(
             "after the queries (about a minute more).",
         ),
     ] = False,
+    console: Annotated[
+        bool,
+        typer.Option(
+            "--console",
+            help="Also serve each node's staff console on 127.0.0.1 and print the URLs and a "
+            "staff login.",
+        ),
+    ] = False,
 ) -> None:
     """Start a gateway and three nodes on 127.0.0.1 and run example queries."""
     from launcher.demo import run_demo
 
     try:
-        run_demo(workdir=workdir, rows=rows, seed=seed, once=once, train=train)
+        run_demo(workdir=workdir, rows=rows, seed=seed, once=once, train=train, consoles=console)
     except (RuntimeError, VardeError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from err
