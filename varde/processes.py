@@ -67,6 +67,10 @@ def split_address(address: str) -> tuple[str, int]:
 def flower_env(home: Path) -> dict[str, str]:
     """Environment for every Flower process: state under ``home``, nothing phoned home."""
     env = dict(os.environ)
+    # `flwr run --format json` prints its JSON through rich, which forced colour (a Jupyter
+    # kernel sets these for its children) wraps in escape codes the gateway cannot parse.
+    for forced in ("FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE"):
+        env.pop(forced, None)
     env.update(
         {
             "FLWR_HOME": str(home / "flwr"),
