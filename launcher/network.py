@@ -12,6 +12,7 @@ then works as in a deployment.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -380,6 +381,29 @@ class LocalNetwork:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout)
+
+    def terminate(self, timeout: float = 10.0) -> None:
+        """Signal every process at once, then wait for them (SIGKILL after ``timeout``).
+
+        :meth:`stop` stops them one at a time. This is for when time is short: a
+        Jupyter kernel being shut down is killed a few seconds later, and every
+        process that has had its SIGTERM unwinds on its own (a node stops its
+        SuperNode) even if the caller dies while waiting.
+        """
+        procs = [p for p in self._procs.values() if p.poll() is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+        self._procs.clear()
+        self.stop()  # an in-process gateway and its federation, if any
 
     def stop(self) -> None:
         """Stop nodes first, then the gateway."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
@@ -266,19 +265,3 @@ def test_forged_release_is_refused_and_audited(network: LocalNetwork) -> None:
     )
     resp = httpx.post(f"{network.url}/v1/nodes/poll", json=env.model_dump())
     assert resp.status_code == 400 and "unknown_sender" in resp.text
-
-
-def test_researcher_notebook_runs(network: LocalNetwork, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every code cell of notebooks/feasibility.ipynb runs against the live network."""
-    from pathlib import Path
-
-    nb = json.loads((Path(__file__).parents[2] / "notebooks" / "feasibility.ipynb").read_text())
-    monkeypatch.setenv("VARDE_GATEWAY", network.url)
-    monkeypatch.setenv("VARDE_TOKEN", network.token)
-    scope: dict[str, Any] = {}
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), "notebook", "exec"), scope)
-    assert scope["table"].shape == (6, 2)
-    assert set(scope["feasibility"].frame().site) == {"bergen", "oslo", "trondheim", "network"}
-    scope["client"].close()
