@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from nodes.ledger import Charge, Ledger
-from nodes.periods import period_key
+from nodes.periods import period_key, renews_on
 from nodes.policy import ProjectPolicy
 from nodes.store import NodeStore
 from varde.budget import Budget
 from varde.envelope import utcnow
+from varde.errors import BudgetExhausted
+from varde.terms import budget_help
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,26 @@ class Account:
     project: str
     policy: ProjectPolicy
     period: str
+    renews: dt.date | None = None
+    """When the period's budget renews (None: a lifetime budget)."""
+    site: str = ""
+    contact: str = ""
+    """Whom a researcher asks for more (the site policy's ``contact``)."""
 
     @classmethod
-    def of(cls, project: str, policy: ProjectPolicy, now: dt.datetime | None = None) -> Account:
+    def of(
+        cls,
+        project: str,
+        policy: ProjectPolicy,
+        now: dt.datetime | None = None,
+        *,
+        site: str = "",
+        contact: str = "",
+    ) -> Account:
         """The account ``project`` pays from at ``now`` (default: the current UTC time)."""
-        return cls(project, policy, period_key(policy.budget_period, now or utcnow()))
+        at = now or utcnow()
+        period = period_key(policy.budget_period, at)
+        return cls(project, policy, period, renews_on(policy.budget_period, at), site, contact)
 
     @property
     def total(self) -> Budget:
@@ -75,17 +92,24 @@ class Account:
         ``charged`` audit entry with the amount, period and total spent after it.
 
         Raises:
-            BudgetExhausted: What is left cannot pay ``cost``; nothing changed.
+            BudgetExhausted: What is left cannot pay ``cost`` (the message says when the
+                budget renews and whom to ask); nothing changed.
             Conflict: ``query_id`` has already paid.
         """
-        charge = ledger.charge(
-            project=self.project,
-            cost=cost,
-            total=self.total,
-            query_id=query_id,
-            period=self.period,
-            note=note,
-        )
+        try:
+            charge = ledger.charge(
+                project=self.project,
+                cost=cost,
+                total=self.total,
+                query_id=query_id,
+                period=self.period,
+                note=note,
+            )
+        except BudgetExhausted as err:
+            site = self.site or "this site"
+            raise BudgetExhausted(
+                err.message + budget_help(site, self.renews, self.contact)
+            ) from err
         audit_charge(store, charge, what=what, budget_total=self.total.amount, **detail)
         return charge
 

@@ -93,7 +93,8 @@ class NodeContext:
 
     def account(self, name: str, project: ProjectPolicy) -> Account:
         """The ledger account ``name`` pays from now (its measure and budget period)."""
-        return Account.of(name, project, self.clock())
+        pol = self.policy
+        return Account.of(name, project, self.clock(), site=self.site, contact=pol.contact)
 
     def remaining(self, policy: Policy | None = None) -> dict[str, Budget]:
         """Budget left per project in its own measure (current period), for the manifest."""

@@ -60,3 +60,13 @@ def period_dates(period: BudgetPeriod, now: dt.datetime) -> tuple[dt.date, dt.da
     after = first_month + months
     end = dt.date(at.year + (after > 12), (after - 1) % 12 + 1, 1) - dt.timedelta(days=1)
     return start, end
+
+
+def renews_on(period: BudgetPeriod, now: dt.datetime) -> dt.date | None:
+    """First day (UTC) of the period after the one containing ``now``; None for lifetime.
+
+    >>> renews_on("quarter", dt.datetime(2026, 11, 23, tzinfo=dt.UTC))
+    datetime.date(2027, 1, 1)
+    """
+    dates = period_dates(period, now)
+    return None if dates is None else dates[1] + dt.timedelta(days=1)

@@ -20,8 +20,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nodes.periods import BudgetPeriod
+from nodes.periods import BudgetPeriod, renews_on
 from varde.budget import MAX_AMOUNT, ZCDP, Budget, Measure, PureDP, measure_of
+from varde.envelope import utcnow
 from varde.errors import PolicyViolation
 from varde.query import MAX_CELLS, Query
 from varde.release import Manifest, ProjectTerms, SiteLimits
@@ -303,6 +304,12 @@ class Policy(_Strict):
     console: ConsoleRules = Field(
         default=ConsoleRules(), description="What staff may change in the site console."
     )
+    contact: str = Field(
+        default="",
+        max_length=200,
+        description="Whom researchers ask about budgets and policy here (named in budget "
+        "refusals), e.g. an e-mail address of the registry team.",
+    )
 
     @field_validator("fields")
     @classmethod
@@ -396,6 +403,7 @@ class Policy(_Strict):
                     remaining=left.get(name),
                     training=list(p.training),
                     aggregate=p.aggregate_mode,
+                    renews=renews_on(p.budget_period, utcnow()),
                 )
                 for name, p in self.projects.items()
             },
@@ -403,6 +411,7 @@ class Policy(_Strict):
             aggregate_sums=self.aggregate.allowed and self.aggregate.sums,
             min_cell=self.aggregate.min_cell if self.aggregate.allowed else None,
             policy_version=self.version,
+            contact=self.contact,
             limits=SiteLimits(
                 min_survival_interval_months=self.limits.min_survival_interval_months,
                 max_cells=self.limits.max_cells,

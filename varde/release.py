@@ -12,6 +12,7 @@ suppression from refusal from failure.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -120,6 +121,8 @@ class ProjectTerms(_Wire):
     """Federated training models the project may train at the site (empty: none)."""
     aggregate: bool = False
     """Non-DP aggregate queries allowed for this project (the site allows them too)."""
+    renews: dt.date | None = None
+    """First day (UTC) of the next budget period; None for a lifetime budget (never renews)."""
 
     @model_validator(mode="after")
     def _one_measure(self) -> ProjectTerms:
@@ -155,3 +158,5 @@ class Manifest(_Wire):
     min_cell: int | None = None
     policy_version: str = ""
     limits: SiteLimits = SiteLimits()
+    contact: str = ""
+    """Whom researchers ask about this site's budgets and policy (named in budget refusals)."""

@@ -17,6 +17,8 @@ compared in the measure the project accounts in (:mod:`varde.budget`).
 
 from __future__ import annotations
 
+import datetime as dt
+
 from varde.budget import measure_of
 from varde.errors import BudgetExhausted, FieldNotAvailable, PolicyViolation
 from varde.query import Query, Survival
@@ -25,6 +27,25 @@ from varde.training import TrainingSpec, round_costs
 
 LEDGER_ROUNDING = 1e-9
 """A ledger rounds each charge up to this (nano-units): a budget within it still pays."""
+
+
+def budget_help(site: str, renews: dt.date | None, contact: str) -> str:
+    """What a researcher can do about a spent budget: when it renews and whom to ask.
+
+    One wording for the gateway's pre-check and the node's own refusal.
+
+    >>> budget_help("oslo", dt.date(2027, 1, 1), "registry@ous.example")
+    '; the budget renews on 2027-01-01; for more, ask registry@ous.example'
+    >>> budget_help("oslo", None, "")
+    "; it is the project's whole budget at 'oslo' (it does not renew); for more, ask the registry staff at 'oslo'"
+    """  # noqa: E501
+    where = f"at {site!r}" if site else "here"
+    when = (
+        f"the budget renews on {renews.isoformat()}"
+        if renews is not None
+        else f"it is the project's whole budget {where} (it does not renew)"
+    )
+    return f"; {when}; for more, ask {contact or f'the registry staff {where}'}"
 
 
 def _project(terms: Manifest, project: str) -> ProjectTerms:
@@ -137,6 +158,7 @@ def _has_budget(
         raise BudgetExhausted(
             f"project {name!r} has {left.amount:.6g} {measure} left at "
             f"{terms.site!r}; the {what} needs {needed:.6g}"
+            + budget_help(terms.site, project.renews, terms.contact)
         )
 
 

@@ -80,7 +80,9 @@ def test_manifest_carries_the_accounting_and_rho(oslo_policy: Policy) -> None:
             {"kind": "mean", "field": "age_at_diagnosis", "lower": 0, "upper": 100},
             (
                 "budget_exhausted",
-                "project 'nsclc-feasibility' has 0.2 rho left at 'bergen'; the query needs 0.25",
+                "project 'nsclc-feasibility' has 0.2 rho left at 'bergen'; the query needs 0.25; "
+                "it is the project's whole budget at 'bergen' (it does not renew); for more, ask "
+                "the Oslo registry team, registry@oslo.example",  # the contact its policy names
             ),
         ),
         (

@@ -37,11 +37,14 @@ def test_monthly_budget_renews_next_month(
 ) -> None:
     monthly(node_ctx, 2.0)
     node_ctx.clock = lambda: dt.datetime(2026, 11, 30, 23, 0, tzinfo=dt.UTC)
-    statuses = [
-        handle(node_ctx, make_work(gateway_key, query(i), query_id=f"n{i}")).status
-        for i in range(3)
+    releases = [
+        handle(node_ctx, make_work(gateway_key, query(i), query_id=f"n{i}")) for i in range(3)
     ]
-    assert statuses == ["ok", "ok", "budget_exhausted"]
+    assert [r.status for r in releases] == ["ok", "ok", "budget_exhausted"]
+    # the refusal says what is left, when the budget renews and whom to ask (the policy's contact)
+    said = releases[2].message
+    assert "remaining 0.0 of 2.0" in said and "the budget renews on 2026-12-01" in said, said
+    assert "ask the Oslo registry team, registry@oslo.example" in said, said
     assert node_ctx.remaining()["nsclc-feasibility"].epsilon == 0.0
     node_ctx.clock = lambda: dt.datetime(2026, 12, 1, 0, 30, tzinfo=dt.UTC)
     assert node_ctx.remaining()["nsclc-feasibility"].epsilon == pytest.approx(2.0)

@@ -202,7 +202,7 @@ def test_budget_change_writes_a_validated_policy_version(
         text = path.read_text()
         bad = client.act("/budgets/nsclc-feasibility", data={"budget": "0.5", "confirm": "yes"})
         assert bad.status_code == 422
-        assert "exceeds the whole epsilon_budget" in bad.text and "oslo.yaml:22:" in bad.text
+        assert "exceeds the whole epsilon_budget" in bad.text and "oslo.yaml:23:" in bad.text
         assert client.act("/budgets/nsclc-feasibility", data={"budget": "-1"}).status_code == 422
         assert client.act("/budgets/nope", data={"budget": "1"}).status_code == 422
         assert path.read_text() == text
