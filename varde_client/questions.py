@@ -38,6 +38,12 @@ class ClientOptions(TypedDict, total=False):
     epsilon: float
     rho: float
     aggregate: bool
+    accuracy: float
+    """Instead of an epsilon or rho: the 95% half-width wanted (each site finds its least)."""
+    zcdp: bool
+    """With ``accuracy``: the project accounts in zCDP (rho), not pure DP."""
+    cohort_size: int
+    """With ``accuracy`` on a survival curve: the patients per site the target assumes."""
     sites: Sequence[str]
     timeout_s: float
 
@@ -53,31 +59,53 @@ _OPTIONS = {*ClientOptions.__annotations__, "schema"}
 
 
 def privacy(
-    *, epsilon: float | None = None, rho: float | None = None, aggregate: bool = False
+    *,
+    epsilon: float | None = None,
+    rho: float | None = None,
+    aggregate: bool = False,
+    accuracy: float | None = None,
+    zcdp: bool = False,
+    cohort_size: int | None = None,
 ) -> dict[str, Any]:
-    """The query's ``privacy`` object from exactly one of ``epsilon``, ``rho``, ``aggregate=True``.
+    """The query's ``privacy``: exactly one of ``epsilon``, ``rho``, ``accuracy``, ``aggregate``.
+
+    ``accuracy`` asks for a 95% half-width instead of a budget: each site spends the least
+    epsilon (or rho, with ``zcdp=True``) its own policy needs for it (docs/STATISTICS.md).
 
     >>> privacy(rho=0.05)
     {'mode': 'zcdp', 'rho': 0.05}
+    >>> privacy(accuracy=10)
+    {'mode': 'dp', 'accuracy': {'pm95': 10.0}}
     """
-    if not isinstance(aggregate, bool):
-        raise TypeError(f"aggregate is True or False, not {aggregate!r}")
+    for name, flag in (("aggregate", aggregate), ("zcdp", zcdp)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} is True or False, not {flag!r}")
     given = [
         name
         for name, present in (
             ("epsilon=", epsilon is not None),
             ("rho=", rho is not None),
+            ("accuracy=", accuracy is not None),
             ("aggregate=True", aggregate),
         )
         if present
     ]
     if len(given) != 1:
         got = f" (got {' and '.join(given)})" if given else ""
-        raise ValueError(f"give exactly one of epsilon=, rho= or aggregate=True{got}")
+        raise ValueError(f"give exactly one of epsilon=, rho=, accuracy= or aggregate=True{got}")
+    if (zcdp or cohort_size is not None) and accuracy is None:
+        raise ValueError("zcdp= and cohort_size= go with accuracy= (rho= asks in zCDP directly)")
     if aggregate:
         return {"mode": "aggregate"}
     if epsilon is not None:
         return {"mode": "dp", "epsilon": _positive("epsilon", epsilon)}
+    if accuracy is not None:
+        target: dict[str, Any] = {"pm95": _positive("accuracy", accuracy)}
+        if cohort_size is not None:
+            if isinstance(cohort_size, bool) or not isinstance(cohort_size, int):
+                raise TypeError(f"cohort_size is a whole number, not {cohort_size!r}")
+            target["cohort_size"] = cohort_size
+        return {"mode": "zcdp" if zcdp else "dp", "accuracy": target}
     assert rho is not None
     return {"mode": "zcdp", "rho": _positive("rho", rho)}
 
@@ -135,6 +163,9 @@ def build(
             epsilon=options.get("epsilon"),
             rho=options.get("rho"),
             aggregate=options.get("aggregate", False),
+            accuracy=options.get("accuracy"),
+            zcdp=options.get("zcdp", False),
+            cohort_size=options.get("cohort_size"),
         ),
     }
     if cohort is not None:

@@ -88,7 +88,11 @@ def test_every_statistic_has_a_builder() -> None:
 @pytest.mark.parametrize(
     ("privacy", "error", "message"),
     [
-        ({}, ValueError, r"exactly one of epsilon=, rho= or aggregate=True$"),
+        ({}, ValueError, r"exactly one of epsilon=, rho=, accuracy= or aggregate=True$"),
+        ({"accuracy": 5, "epsilon": 0.1}, ValueError, r"\(got epsilon= and accuracy=\)"),
+        ({"accuracy": "5"}, TypeError, "accuracy is a number"),
+        ({"epsilon": 0.1, "zcdp": True}, ValueError, "zcdp= and cohort_size= go with accuracy="),
+        ({"accuracy": 5, "cohort_size": 2.5}, TypeError, "cohort_size is a whole number"),
         ({"epsilon": 0.1, "rho": 0.1}, ValueError, r"\(got epsilon= and rho=\)"),
         ({"epsilon": 0.1, "aggregate": True}, ValueError, "got epsilon= and aggregate=True"),
         ({"epsilon": "0.5"}, TypeError, "epsilon is a number"),
@@ -109,6 +113,18 @@ def test_privacy_is_exactly_one_and_never_coerced(
         return
     with pytest.raises(error, match=message):
         questions.count(PROJECT, **privacy)
+
+
+def test_an_accuracy_target_replaces_the_budget() -> None:
+    """``accuracy=`` asks each site for its least epsilon (or rho) meeting +-x at 95%."""
+    assert questions.count(PROJECT, LUNG, accuracy=10).model_dump(mode="json")["privacy"] == {
+        "mode": "dp",
+        "accuracy": {"pm95": 10.0, "cohort_size": None},
+    }
+    zcdp = questions.count(PROJECT, accuracy=10, zcdp=True).model_dump(mode="json")["privacy"]
+    assert zcdp["mode"] == "zcdp"
+    curve = questions.survival(PROJECT, LUNG, accuracy=0.1, cohort_size=200)
+    assert curve.model_dump(mode="json")["privacy"]["accuracy"]["cohort_size"] == 200
 
 
 def test_names_are_checked_with_suggestions() -> None:
