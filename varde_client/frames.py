@@ -38,7 +38,7 @@ import pandas as pd
 from varde.budget import Budget
 from varde.release import Cell
 from varde.results import QueryResult
-from varde_client.consistency import consistent_cells
+from varde_client.consistency import consistent_cells, is_noisy
 from varde_client.errors import QueryRefused, VardeHTTPError, site_error
 
 if TYPE_CHECKING:
@@ -150,11 +150,7 @@ class QueryResponse:
         for cell, value in zip(cells, consistent, strict=True):
             row: dict[str, Any] = {"site": site}
             row.update(dict(zip(self.axes, cell.labels, strict=False)))
-            noisy = (
-                None
-                if value is None or cell.ci_low is None or cell.ci_high is None
-                else cell.ci_high - cell.ci_low > abs(value)
-            )
+            noisy = is_noisy(value, cell.ci_low, cell.ci_high)
             row.update(
                 value=value,
                 raw_value=cell.value,

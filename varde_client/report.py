@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from varde.release import Cell
+from varde_client.consistency import NONNEGATIVE, consistent_cells, is_noisy
 from varde_client.frames import QueryResponse
 from varde_client.training import TrainingResult
 
@@ -44,8 +45,28 @@ def site_summary(res: QueryResponse) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("site")
 
 
-def _shown(cell: Cell, digits: int) -> str:
-    return "suppr." if cell.status == "suppressed" else _num(cell.value, digits)
+NONNEGATIVE_SHOWN = {*NONNEGATIVE, "funnel", "survival"}
+"""Statistics whose intervals are printed from zero up (counts, probabilities)."""
+
+NOISY_MARK = "*"
+NOISY_NOTE = (
+    "* the 95% interval is wider than the value: noise dominates that number. Values are shown "
+    "made consistent (never below zero, funnels and survival never rising); --format json has "
+    "the raw releases."
+)
+
+
+def _shown(cell: Cell, value: float | None, digits: int) -> str:
+    """A cell as printed: its consistent value, marked when noise dominates it."""
+    if cell.status == "suppressed":
+        return "suppr."
+    mark = NOISY_MARK if is_noisy(value, cell.ci_low, cell.ci_high) else ""
+    return _num(value, digits) + mark
+
+
+def _low(lo: float | None, statistic: str) -> float | None:
+    """An interval's lower end as printed: a count's is never below zero."""
+    return None if lo is None else (max(lo, 0.0) if statistic in NONNEGATIVE_SHOWN else lo)
 
 
 def render(res: QueryResponse, *, digits: int | None = None) -> str:
@@ -61,33 +82,43 @@ def render(res: QueryResponse, *, digits: int | None = None) -> str:
     ok = [s for s in result.sites if s.status == "ok"]
     net = result.network
     lines: list[str] = []
+    stat = result.statistic
+
+    def shown(cells: list[Cell]) -> list[str]:
+        return [
+            _shown(c, v, digits) for c, v in zip(cells, consistent_cells(stat, cells), strict=True)
+        ]
+
+    rows_of = [(s.site, s.cells) for s in ok] + ([("NETWORK", net.cells)] if net else [])
+    marked = any(NOISY_MARK in text for _, cells in rows_of for text in shown(cells))
     if not axes:
-        rows = [(s.site, s.cells[0]) for s in ok]
-        if net is not None:
-            rows.append(("NETWORK", net.cells[0]))
-        if rows:
+        if rows_of:
             frame = pd.DataFrame(
                 [
                     {
                         "site": site,
-                        "value": _num(c.value, digits),
-                        "95% CI": _ci(c.ci_low, c.ci_high, digits),
+                        "value": shown(cells[:1])[0],
+                        "95% CI": _ci(_low(cells[0].ci_low, stat), cells[0].ci_high, digits),
                     }
-                    for site, c in rows
+                    for site, cells in rows_of
                 ]
             )
             lines.append(frame.to_string(index=False))
     else:
-        table: dict[str, list[str]] = {s.site: [_shown(c, digits) for c in s.cells] for s in ok}
+        table: dict[str, list[str]] = {s.site: shown(s.cells) for s in ok}
         labels: list[str] = []
         if net is not None:
             labels = [" / ".join(c.labels) for c in net.cells]
-            table["NETWORK"] = [_shown(c, digits) for c in net.cells]
-            table["network 95% CI"] = [_ci(c.ci_low, c.ci_high, digits) for c in net.cells]
+            table["NETWORK"] = shown(net.cells)
+            table["network 95% CI"] = [
+                _ci(_low(c.ci_low, stat), c.ci_high, digits) for c in net.cells
+            ]
         if table:
             frame = pd.DataFrame(table, index=labels or None)
             frame.index.name = " x ".join(axes)
             lines.append(frame.to_string())
+    if marked:
+        lines.append(NOISY_NOTE)
     lines.append("")
     lines.append(site_summary(res).to_string())
     return "\n".join(lines)
