@@ -382,6 +382,10 @@ class LocalNetwork:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout)
 
+    def process_groups(self) -> list[int]:
+        """The process group of every process started (each runs in a session of its own)."""
+        return [p.pid for p in self._procs.values() if p.poll() is None]
+
     def terminate(self, timeout: float = 10.0) -> None:
         """Signal every process at once, then wait for them (SIGKILL after ``timeout``).
 

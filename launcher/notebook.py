@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from launcher.demo import DEMO_PROJECT, SITES, USER_PROJECT
 from launcher.network import LocalNetwork
+from launcher.reaper import watch
 from varde_client import VardeClient
 
 GATEWAY_VAR = "VARDE_GATEWAY"
@@ -42,6 +44,8 @@ class NotebookNetwork:
     client: VardeClient
     network: LocalNetwork | None = None
     workdir: Path | None = None
+    reaper: subprocess.Popen[bytes] | None = None
+    """Stops the network and removes ``workdir`` if this kernel exits without :meth:`close`."""
 
     @property
     def started_here(self) -> bool:
@@ -73,6 +77,10 @@ class NotebookNetwork:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        if self.reaper is not None:  # nothing left for it to do
+            self.reaper.kill()
+            self.reaper.wait(5)
+            self.reaper = None
 
 
 def gateway_from_env(env: Mapping[str, str]) -> tuple[str, str] | None:
@@ -133,6 +141,7 @@ def connect(
         client=VardeClient(network.url, network.token, timeout=120),
         network=network,
         workdir=workdir,
+        reaper=watch(workdir, network.process_groups()),  # if the kernel dies before close()
     )
     atexit.register(opened.close)
     return opened
