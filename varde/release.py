@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, computed_field, model_validator
 
 from varde.budget import Budget, measure_of
 from varde.query import MAX_CELLS
@@ -32,6 +32,17 @@ SiteStatus = Literal[
     "awaiting_approval",  # the site's staff must approve first; nothing computed or charged
 ]
 CellStatus = Literal["ok", "suppressed"]
+
+
+def is_noisy(value: float | None, low: float | None, high: float | None) -> bool | None:
+    """True where ``[low, high]`` is wider than ``value`` itself; None without all three.
+
+    >>> is_noisy(3.0, -2.0, 8.0), is_noisy(120.0, 110.0, 130.0), is_noisy(None, 0.0, 1.0)
+    (True, False, None)
+    """
+    if value is None or low is None or high is None:
+        return None
+    return high - low > abs(value)
 
 
 class _Wire(BaseModel):
@@ -55,6 +66,27 @@ class Cell(_Wire):
     std: float | None = None
     parts: dict[str, float] = {}
     part_std: dict[str, float] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_not_taken(cls, data: Any) -> Any:
+        """``noisy`` is derived from the interval, so a parsed ``noisy`` is dropped, not trusted."""
+        if isinstance(data, dict) and "noisy" in data:
+            data = {k: v for k, v in data.items() if k != "noisy"}
+        return data
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def noisy(self) -> bool | None:
+        """True where the 95% interval is wider than the value: noise dominates the number.
+
+        None without a value or an interval (suppressed cells, aggregate mode). Shown by
+        the SDK, the CLI and any page, from this one definition.
+
+        >>> Cell(value=3.0, ci_low=-2.0, ci_high=8.0).noisy, Cell(value=9.0).noisy
+        (True, None)
+        """
+        return is_noisy(self.value, self.ci_low, self.ci_high)
 
 
 class SiteRelease(_Wire):

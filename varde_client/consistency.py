@@ -193,16 +193,3 @@ def consistent_cells(statistic: str, cells: Sequence[Cell]) -> list[float | None
             where = [i for i in where if cells[i].labels[-1:] != ["median"]]
         _project(cells, where, statistic, out)
     return out
-
-
-def is_noisy(value: float | None, low: float | None, high: float | None) -> bool | None:
-    """True where the 95% interval is wider than the value itself (noise dominates the number).
-
-    None where there is no value or no interval (suppressed cells, aggregate mode).
-
-    >>> is_noisy(3.0, -2.0, 8.0), is_noisy(120.0, 110.0, 130.0), is_noisy(None, 0.0, 1.0)
-    (True, False, None)
-    """
-    if value is None or low is None or high is None:
-        return None
-    return high - low > abs(value)

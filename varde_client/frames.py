@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from varde.budget import Budget
-from varde.release import Cell
+from varde.release import Cell, is_noisy
 from varde.results import QueryResult
-from varde_client.consistency import consistent_cells, is_noisy
+from varde_client.consistency import consistent_cells
 from varde_client.errors import QueryRefused, VardeHTTPError, site_error
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from varde.release import Cell
-from varde_client.consistency import NONNEGATIVE, consistent_cells, is_noisy
+from varde.release import Cell, is_noisy
+from varde_client.consistency import NONNEGATIVE, consistent_cells
 from varde_client.frames import QueryResponse
 from varde_client.training import TrainingResult
 
