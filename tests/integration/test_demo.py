@@ -171,7 +171,15 @@ def _edit_a_budget_then_signal(
         while any(_alive(p) for p in children) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not [p for p in children if _alive(p)], "processes outlived the demo"
-    finally:
+    finally:  # whatever failed, leave no process behind
+        children = _descendants(proc.pid) if proc.poll() is None else set()
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+            proc.send_signal(signal.SIGTERM)  # the demo stops what it started
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        for pid in children:  # SIGKILL to the demo itself would orphan them
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
