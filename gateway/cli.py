@@ -77,8 +77,44 @@ def gateway_serve(
     superlink_certfile: SuperLinkFile = None,
     superlink_keyfile: SuperLinkFile = None,
     superlink_ca_certfile: SuperLinkFile = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Serve HTTPS with this certificate chain (PEM, server certificate first).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="The private key of --tls-cert (PEM)."),
+    ] = None,
+    dev_network: Annotated[
+        bool,
+        typer.Option(
+            "--dev-network",
+            help="Allow plain http on a --host other than loopback (a development network "
+            "only: tokens and released numbers would cross it unencrypted).",
+        ),
+    ] = False,
+    proxy_headers: Annotated[
+        bool,
+        typer.Option(
+            "--proxy-headers",
+            help="Behind a TLS reverse proxy: trust its X-Forwarded-For/-Proto headers "
+            "(from --forwarded-allow-ips only). docs/OPERATIONS.md shows the setup.",
+        ),
+    ] = False,
+    forwarded_allow_ips: Annotated[
+        str,
+        typer.Option(help="With --proxy-headers: the proxy addresses trusted (comma-separated)."),
+    ] = "127.0.0.1",
 ) -> None:
-    """Serve the gateway API (one process: the long-poll queues live in it)."""
+    """Serve the gateway API (one process: the long-poll queues live in it).
+
+    Plain http only on loopback (127.0.0.1, ::1, localhost): another --host needs
+    --tls-cert/--tls-key, or a TLS reverse proxy in front on loopback, or --dev-network.
+    """
     import uvicorn
 
     from gateway.app import create_app
@@ -86,6 +122,10 @@ def gateway_serve(
     from gateway.training.deployment import LocalFederation, TLSFiles
 
     install_log_redaction()  # tokens and keys never reach the gateway's logs
+    try:
+        check_listen_tls(host, tls_cert, tls_key, dev_network=dev_network)
+    except ValueError as err:
+        _fail(err)
     tls_files = [superlink_certfile, superlink_keyfile, superlink_ca_certfile]
     federation: LocalFederation | None = None
     if with_superlink:
@@ -142,12 +182,39 @@ def gateway_serve(
             workers=1,
             ws="none",
             timeout_graceful_shutdown=3,
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
+            proxy_headers=proxy_headers,
+            forwarded_allow_ips=forwarded_allow_ips,
         )
     except KeyboardInterrupt:
         pass
     finally:
         if federation is not None:
             federation.stop()
+
+
+def check_listen_tls(
+    host: str, tls_cert: Path | None, tls_key: Path | None, *, dev_network: bool
+) -> None:
+    """Refuse a listening setup that would carry tokens in plain text off this machine.
+
+    Why here and not in uvicorn: uvicorn serves plain http on any address it is
+    given. Researchers' bearer tokens, enrollment tokens and released numbers
+    cross this link, so plain http is allowed only on loopback (where a TLS
+    reverse proxy on the same machine may terminate TLS) or when the operator
+    says explicitly that this is a development network.
+    """
+    from varde.processes import is_loopback
+
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("HTTPS needs both --tls-cert and --tls-key (PEM files)")
+    if tls_cert is None and not is_loopback(host) and not dev_network:
+        raise ValueError(
+            f"refusing plain http on --host {host}: give --tls-cert and --tls-key, or listen "
+            "on 127.0.0.1 behind a TLS reverse proxy (--proxy-headers), or add --dev-network "
+            "on a development network"
+        )
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
