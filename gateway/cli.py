@@ -61,6 +61,14 @@ def gateway_serve(
         typer.Option(help="host:port of a Flower SuperLink run elsewhere: enables /v1/trainings."),
     ] = None,
     flower_insecure: Annotated[bool, typer.Option(help="Plain text to the SuperLink.")] = False,
+    flower_root_certificates: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="With --flower-superlink: the CA (PEM) that signed that SuperLink's certificate.",
+        ),
+    ] = None,
     with_superlink: Annotated[
         bool,
         typer.Option(
@@ -171,7 +179,7 @@ def gateway_serve(
             flower_root_certificates=(
                 federation.tls.ca_certfile
                 if federation is not None and federation.tls is not None
-                else None
+                else flower_root_certificates
             ),
         )
         uvicorn.run(
