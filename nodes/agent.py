@@ -25,11 +25,13 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
 
 import httpx
 
 from nodes.context import NodeContext
 from nodes.pipeline import handle
+from nodes.transport import gateway_client
 from varde.envelope import SignedEnvelope, peek, seal
 from varde.errors import EnvelopeRejected
 from varde.release import SiteRelease
@@ -50,13 +52,20 @@ class Agent:
         workers: int = 4,
         poll_wait: float = 20.0,
         inline_wait: float = 0.25,
+        ca_file: Path | None = None,
+        dev_network: bool = False,
     ) -> None:
         self.ctx = ctx
         self.url = gateway_url.rstrip("/")
         self.poll_wait = poll_wait
         self.inline_wait = inline_wait
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"varde-{ctx.site}")
-        self.client = httpx.Client(timeout=httpx.Timeout(poll_wait + 15.0, connect=5.0))
+        self.client = gateway_client(
+            self.url,
+            ca_file=ca_file,
+            dev_network=dev_network,
+            timeout=httpx.Timeout(poll_wait + 15.0, connect=5.0),
+        )
         self.connected = threading.Event()
         self._tried = threading.Event()  # set once the first poll has answered or failed
         self._manifest: tuple[object, dict[str, object]] | None = None

@@ -2,7 +2,9 @@
 
 After enrollment the node trusts exactly one gateway key, stored in
 ``state_dir/identity.json``; every work item must be signed by it. The node's
-own private key never leaves ``state_dir/node_key.pem``.
+own private key never leaves its key file: ``state_dir/node_key.pem``, or, in a
+node directory made by ``varde node init``, ``keys/node_key.pem`` beside
+``state/`` (a directory of its own, so a deployment can mount it read-only).
 """
 
 from __future__ import annotations
@@ -12,8 +14,24 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from nodes.transport import explain, gateway_client
 from varde.crypto import load_or_create_key, load_public_key, public_key_b64
 from varde.errors import AuthenticationFailed
+
+ENROLL_HELP = {
+    "unknown or already used enrollment token": (
+        "a token works once: ask the gateway operator for a new one "
+        "(varde admin enroll-token SITE --expires 48h)"
+    ),
+    "enrollment token expired": (
+        "ask the gateway operator for a new token (varde admin enroll-token SITE --expires 48h)"
+    ),
+    "this token enrolls site": (
+        "use the site name the token was made for (--site), or ask for a token for this site"
+    ),
+    "revoked": "ask the gateway operator to re-admit the site with a new enrollment token",
+}
+"""What to do about each refusal the gateway gives at enrollment (matched on its wording)."""
 
 
 class NodeIdentity(BaseModel):
@@ -32,8 +50,10 @@ def identity_path(state_dir: Path) -> Path:
 
 
 def key_path(state_dir: Path) -> Path:
-    """Where the node's private key lives."""
-    return state_dir / "node_key.pem"
+    """Where the node's private key lives: ``state_dir/node_key.pem``, or ``../keys/`` (init)."""
+    own = state_dir / "node_key.pem"
+    beside = state_dir.parent / "keys" / "node_key.pem"
+    return beside if not own.exists() and beside.exists() else own
 
 
 def load_identity(state_dir: Path) -> NodeIdentity | None:
@@ -42,27 +62,74 @@ def load_identity(state_dir: Path) -> NodeIdentity | None:
     return NodeIdentity.model_validate_json(path.read_text()) if path.exists() else None
 
 
+def refusal_help(detail: str) -> str:
+    """The gateway's reason for refusing an enrollment, with what to do about it."""
+    for words, fix in ENROLL_HELP.items():
+        if words in detail:
+            return f"{detail}: {fix}"
+    return detail
+
+
+def register_key(
+    gateway_url: str,
+    token: str,
+    site: str,
+    public_key: str,
+    *,
+    ca_file: Path | None = None,
+    dev_network: bool = False,
+    timeout: float = 10.0,
+) -> str:
+    """Spend ``token`` to register ``public_key`` for ``site``; return the gateway's key.
+
+    Raises :class:`AuthenticationFailed` with the gateway's reason and the fix,
+    ``ConnectionError`` when the gateway cannot be reached.
+    """
+    with gateway_client(
+        gateway_url, ca_file=ca_file, dev_network=dev_network, timeout=timeout
+    ) as client:
+        try:
+            resp = client.post(
+                f"{gateway_url.rstrip('/')}/v1/nodes/enroll",
+                json={"token": token, "site": site, "public_key": public_key},
+            )
+        except httpx.HTTPError as err:
+            raise ConnectionError(explain(err, gateway_url, ca_file)) from err
+    if resp.status_code != 200:
+        try:
+            detail = str(resp.json().get("detail", resp.text))
+        except ValueError:
+            detail = resp.text
+        raise AuthenticationFailed(
+            f"enrollment refused ({resp.status_code}): {refusal_help(detail)}"
+        )
+    gateway_key = str(resp.json()["gateway_public_key"])
+    load_public_key(gateway_key)  # a malformed key is refused before it is pinned
+    return gateway_key
+
+
 def enroll(
-    gateway_url: str, token: str, site: str, state_dir: Path, *, timeout: float = 10.0
+    gateway_url: str,
+    token: str,
+    site: str,
+    state_dir: Path,
+    *,
+    ca_file: Path | None = None,
+    dev_network: bool = False,
+    timeout: float = 10.0,
 ) -> NodeIdentity:
     """Register with the gateway and pin its key; raises with the gateway's reason on refusal."""
     state_dir.mkdir(parents=True, exist_ok=True)
     key = load_or_create_key(key_path(state_dir))
-    resp = httpx.post(
-        f"{gateway_url.rstrip('/')}/v1/nodes/enroll",
-        json={"token": token, "site": site, "public_key": public_key_b64(key)},
+    gateway_key = register_key(
+        gateway_url,
+        token,
+        site,
+        public_key_b64(key),
+        ca_file=ca_file,
+        dev_network=dev_network,
         timeout=timeout,
     )
-    if resp.status_code != 200:
-        try:
-            detail = resp.json().get("detail", resp.text)
-        except ValueError:
-            detail = resp.text
-        raise AuthenticationFailed(f"enrollment refused ({resp.status_code}): {detail}")
-    data = resp.json()
-    load_public_key(data["gateway_public_key"])
-    ident = NodeIdentity(
-        site=site, gateway_url=gateway_url, gateway_public_key=data["gateway_public_key"]
-    )
+    ident = NodeIdentity(site=site, gateway_url=gateway_url, gateway_public_key=gateway_key)
     identity_path(state_dir).write_text(ident.model_dump_json(indent=2))
     return ident

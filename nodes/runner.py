@@ -21,6 +21,7 @@ from nodes.policy_check import load_policy
 from nodes.reload import PolicyReloader
 from nodes.store import NodeStore
 from nodes.training.supernode import SuperNode, SuperNodeSettings
+from nodes.transport import check_gateway_url
 from varde.crypto import load_or_create_key
 
 if TYPE_CHECKING:
@@ -44,7 +45,15 @@ def resolve_site(policy_path: Path, site: str | None) -> tuple[str, Policy]:
     return site, Policy.deny_all(site)
 
 
-def open_identity(state_dir: Path, site: str, gateway_url: str, token: str | None) -> NodeIdentity:
+def open_identity(
+    state_dir: Path,
+    site: str,
+    gateway_url: str,
+    token: str | None,
+    *,
+    ca_file: Path | None = None,
+    dev_network: bool = False,
+) -> NodeIdentity:
     """The pinned identity, enrolling first with ``token`` if there is none."""
     ident = load_identity(state_dir)
     if ident is not None and ident.site == site and token is None:
@@ -53,7 +62,7 @@ def open_identity(state_dir: Path, site: str, gateway_url: str, token: str | Non
         raise RuntimeError(
             f"node {site!r} is not enrolled: pass --enroll-token from the gateway admin"
         )
-    return enroll(gateway_url, token, site, state_dir)
+    return enroll(gateway_url, token, site, state_dir, ca_file=ca_file, dev_network=dev_network)
 
 
 def build_context(
@@ -143,18 +152,24 @@ def run_node(
     stop: threading.Event | None = None,
     console_port: int | None = None,
     supernode: SuperNodeSettings | None = None,
+    ca_file: Path | None = None,
+    dev_network: bool = False,
 ) -> None:
     """Run until ``stop`` is set (or forever).
 
     ``console_port``: also serve the staff console on 127.0.0.1 at this port.
     ``supernode``: also run a Flower SuperNode (federated training) beside the node.
+    ``ca_file`` / ``dev_network``: see :mod:`nodes.transport`.
     """
+    check_gateway_url(gateway_url, dev_network)  # before anything is loaded or written
     site_name, policy = resolve_site(policy_path, site)
-    identity = open_identity(state_dir, site_name, gateway_url, enroll_token)
+    identity = open_identity(
+        state_dir, site_name, gateway_url, enroll_token, ca_file=ca_file, dev_network=dev_network
+    )
     ctx = build_context(
         site=site_name, policy=policy, data_path=data_path, state_dir=state_dir, identity=identity
     )
-    agent = Agent(ctx, gateway_url, workers=workers)
+    agent = Agent(ctx, gateway_url, workers=workers, ca_file=ca_file, dev_network=dev_network)
     reloader = PolicyReloader(ctx, policy_path).start()  # edits apply without a restart
     flower: SuperNode | None = None
 

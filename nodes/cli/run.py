@@ -38,12 +38,35 @@ def synth(
             typer.echo(f"{name}: {len(frame):,} tumours -> {path}")
 
 
+CaFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-file",
+        help="Trust this CA (PEM) for the gateway's TLS certificate instead of the system CAs.",
+    ),
+]
+DevNetwork = Annotated[
+    bool,
+    typer.Option(
+        "--dev-network", help="Allow plain http to a gateway off loopback (development only)."
+    ),
+]
+
+
 @node_app.command("run")
 def node_run(
-    policy: Annotated[Path, typer.Option(help="policies/<site>.yaml; missing file = deny all.")],
-    gateway: Annotated[str, typer.Option(help="Gateway URL (the node only connects out).")],
-    data: Annotated[Path, typer.Option(help="Registry file (.parquet or .csv).")],
-    state_dir: Annotated[Path, typer.Option(help="Node state: key, ledger, audit.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(help="DIR/config.yaml written by 'varde node init' (instead of the paths)."),
+    ] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="policies/<site>.yaml; missing file = deny all.")
+    ] = None,
+    gateway: Annotated[
+        str | None, typer.Option(help="Gateway URL (the node only connects out).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Registry file (.parquet or .csv).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Node state: key, ledger, audit.")] = None,
     enroll_token: Annotated[str | None, typer.Option(help="One-time token (first start).")] = None,
     site: Annotated[
         str | None, typer.Option(help="Site name (needed only without a policy).")
@@ -66,8 +89,15 @@ def node_run(
         Path | None,
         typer.Option(exists=True, dir_okay=False, help="CA (PEM) of a TLS SuperLink."),
     ] = None,
+    ca_file: CaFile = None,
+    dev_network: DevNetwork = False,
 ) -> None:
-    """Run a node: enroll if needed, then long-poll the gateway and answer work."""
+    """Run a node: enroll if needed, then long-poll the gateway and answer work.
+
+    Either ``--config DIR/config.yaml`` (a node directory made by ``varde node
+    init``) or ``--policy``, ``--gateway``, ``--data`` and ``--state-dir``.
+    """
+    from nodes.config import NodeConfigError, load_config
     from nodes.policy_check import PolicyError
     from nodes.runner import run_node
     from nodes.training.supernode import SuperNodeSettings
@@ -75,6 +105,30 @@ def node_run(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     install_log_redaction()  # the enrollment token and key material never reach the log
     try:
+        if config is not None:
+            cfg = load_config(config)
+            if cfg.data is None:
+                raise ValueError(f"{config}: no data file (set data: in the config)")
+            policy, gateway, data = (
+                policy or cfg.policy,
+                gateway or cfg.gateway_url,
+                data or cfg.data,
+            )
+            state_dir, site = state_dir or cfg.state_dir, site or cfg.site
+            ca_file, dev_network = ca_file or cfg.ca_file, dev_network or cfg.dev_network
+        missing = [
+            f"--{name.replace('_', '-')}"
+            for name, value in (
+                ("policy", policy),
+                ("gateway", gateway),
+                ("data", data),
+                ("state_dir", state_dir),
+            )
+            if value is None
+        ]
+        if missing:
+            raise ValueError(f"give --config DIR/config.yaml, or {', '.join(missing)}")
+        assert policy and gateway and data and state_dir  # for mypy: checked just above
         supernode = None
         if flower_superlink is not None:
             supernode = SuperNodeSettings(
@@ -94,8 +148,19 @@ def node_run(
             workers=workers,
             console_port=console_port,
             supernode=supernode,
+            ca_file=ca_file,
+            dev_network=dev_network,
         )
-    except (PolicyError, VardeError, FileNotFoundError, RuntimeError, ValueError) as err:
+    except ConnectionError as err:
+        fail(str(err), code=1)
+    except (
+        PolicyError,
+        NodeConfigError,
+        VardeError,
+        FileNotFoundError,
+        RuntimeError,
+        ValueError,
+    ) as err:
         fail(str(err))
     except KeyboardInterrupt:
         pass

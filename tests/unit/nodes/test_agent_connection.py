@@ -13,7 +13,7 @@ from varde.envelope import SignedEnvelope, peek
 
 
 def test_first_poll_returns_at_once_then_polls_are_long(node_ctx: NodeContext) -> None:
-    agent = Agent(node_ctx, "http://gateway.test", poll_wait=20.0)
+    agent = Agent(node_ctx, "http://127.0.0.1:9", poll_wait=20.0)
     waits: list[float] = []
     states: list[bool | None] = []
     stop = threading.Event()
