@@ -127,6 +127,7 @@ def gateway_serve(
 
     from gateway.app import create_app
     from gateway.core.config import Settings
+    from gateway.migrations import SchemaNotAtHead
     from gateway.training.deployment import LocalFederation, TLSFiles
 
     install_log_redaction()  # tokens and keys never reach the gateway's logs
@@ -197,6 +198,8 @@ def gateway_serve(
         )
     except KeyboardInterrupt:
         pass
+    except SchemaNotAtHead as err:  # an older PostgreSQL schema: the operator migrates it
+        _fail(err)
     finally:
         if federation is not None:
             federation.stop()
@@ -232,10 +235,63 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 def _sessions(state_dir: Path, database_url: str | None = None):  # type: ignore[no-untyped-def]
     from gateway.core.config import Settings
     from gateway.core.db import make_engine, make_sessionmaker
+    from gateway.migrations import SchemaNotAtHead
 
     settings = Settings(state_dir=state_dir, database_url=database_url)
     state_dir.mkdir(parents=True, exist_ok=True)
-    return make_sessionmaker(make_engine(settings.db_url))
+    try:
+        return make_sessionmaker(make_engine(settings.db_url))
+    except SchemaNotAtHead as err:
+        _fail(err)
+
+
+@gateway_app.command("migrate")
+def gateway_migrate(
+    state_dir: StateDir = Path(".varde/gateway"),
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VARDE_DATABASE_URL",
+            help="SQLAlchemy URL of the shared database (default: the SQLite in --state-dir).",
+        ),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Only say whether the schema is at head (exit 1 if not)."),
+    ] = False,
+) -> None:
+    """Bring the gateway database's schema to this version's head (run once per upgrade).
+
+    Replicas on PostgreSQL refuse to start on an older schema: stop them, run this
+    once, start them again. An embedded SQLite is upgraded at start-up anyway.
+    """
+    from sqlalchemy import create_engine
+
+    from gateway import migrations
+    from gateway.core.config import Settings
+
+    settings = Settings(state_dir=state_dir, database_url=database_url)
+    if settings.database_url is None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.db_url)
+    try:
+        with engine.connect() as conn:
+            found = migrations.current(conn)
+        if check:
+            typer.echo(f"schema revision {found or 'none'}; head {migrations.head()}")
+            if found != migrations.head():
+                raise typer.Exit(code=1)
+            return
+        try:
+            before, after = migrations.upgrade(engine)
+        except migrations.SchemaNotAtHead as err:
+            _fail(err)
+    finally:
+        engine.dispose()
+    if before == after:
+        typer.echo(f"schema already at head ({after}); nothing to do")
+    else:
+        typer.echo(f"schema upgraded from {before or 'empty'} to {after}")
 
 
 @project_app.command("add")

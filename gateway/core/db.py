@@ -141,7 +141,7 @@ class GatewayAudit(Base):
 
 
 def make_engine(url: str) -> Engine:
-    """Engine with SQLite tuned for many threads (WAL, busy timeout)."""
+    """Engine with SQLite tuned for many threads (WAL, busy timeout), its schema at head."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -157,7 +157,16 @@ def make_engine(url: str) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    # The schema comes from the Alembic revisions, never create_all: SQLite is upgraded to head,
+    # an empty PostgreSQL created at head, an older PostgreSQL refused (gateway.migrations says
+    # why). A table or column added here needs a revision in gateway/migrations/versions/.
+    from gateway.migrations import prepare
+
+    try:
+        prepare(engine)
+    except BaseException:
+        engine.dispose()  # a refused schema leaves no connection behind
+        raise
     return engine
 
 

@@ -1,0 +1,1 @@
+"""Alembic revisions of the gateway schema, one file each (``vNNNN_slug.py``), oldest first."""
