@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +16,7 @@ from gateway.api.docs import serve_docs
 from gateway.api.errors import Problem, invalid_body
 from gateway.api.routes import catalog, nodes, queries
 from gateway.core.config import Settings, get_settings
+from gateway.queries import adopt_orphan
 from gateway.state import GatewayState
 from gateway.training import routes as trainings
 from varde import __version__
@@ -28,7 +30,9 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         varde_state.loop = asyncio.get_running_loop()
+        await varde_state.dispatcher.start(functools.partial(adopt_orphan, varde_state))
         yield
+        await varde_state.dispatcher.close()
         varde_state.engine.dispose()
 
     app = FastAPI(

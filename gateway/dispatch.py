@@ -11,6 +11,11 @@ node was last heard from. Work that a node has not picked up when the query
 times out is withdrawn, so a node that comes back later never sees it; work
 picked up but answered late is refused by the node itself (the item's expiry
 is checked before charging).
+
+This is the SQLite (embedded, one process) queue. With PostgreSQL, replicas
+share the queue through tables instead (:mod:`gateway.dispatch_pg`); both
+answer to :class:`WorkQueue`, and :meth:`gateway.state.GatewayState.open`
+picks one by the database URL, so no caller knows which it has.
 """
 
 from __future__ import annotations
@@ -20,13 +25,78 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from varde.budget import Budget
 from varde.envelope import SignedEnvelope
-from varde.release import Manifest, SiteRelease
+from varde.release import Manifest, SiteRelease, WorkItem
 
 Answer = tuple[SiteRelease, SignedEnvelope]
 """A verified release and the signed envelope it came in (kept as evidence)."""
+
+Gone = Callable[[], Awaitable[bool]]
+"""Whether the polling node hung up (``Request.is_disconnected``)."""
+
+Orphan = Callable[[WorkItem, list[str], list[Answer]], Awaitable[None]]
+"""Records a query whose replica died: its work item, the sites asked, the answers that came."""
+
+
+def with_budget(
+    manifest: Manifest | None, project: str, remaining: Budget | None
+) -> Manifest | None:
+    """``manifest`` with ``project``'s remaining budget set from a release; None if unchanged."""
+    if manifest is None or remaining is None:
+        return None
+    terms = manifest.projects.get(project)
+    if terms is None or terms.budget.measure != remaining.measure:
+        return None
+    projects = dict(manifest.projects)
+    projects[project] = terms.model_copy(update={"remaining": remaining})
+    return manifest.model_copy(update={"projects": projects})
+
+
+class WorkQueue(Protocol):
+    """What queries and node routes need of the work queue, whatever keeps it."""
+
+    def connected(self, site: str) -> bool:
+        """Whether ``site`` polls now or polled within the offline window."""
+        ...
+
+    def manifest(self, site: str) -> Manifest | None:
+        """The last manifest ``site`` sent."""
+        ...
+
+    def note_budget(self, site: str, project: str, remaining: Budget | None) -> None:
+        """Update the view of ``site``'s remaining budget from a release."""
+        ...
+
+    def sites(self) -> list[str]:
+        """Sites heard from."""
+        ...
+
+    async def submit(
+        self, site: str, query_id: str, envelope: SignedEnvelope, timeout: float
+    ) -> Answer | None:
+        """Queue work for ``site``; its release, or None if none came within ``timeout``."""
+        ...
+
+    async def next_batch(
+        self, site: str, wait: float, manifest: Manifest | None = None, gone: Gone | None = None
+    ) -> list[SignedEnvelope]:
+        """Work for ``site``, waiting up to ``wait`` s for the first item."""
+        ...
+
+    async def deliver(self, release: SiteRelease, evidence: SignedEnvelope) -> bool:
+        """Hand a verified release to its query; False if no query waits for it."""
+        ...
+
+    async def start(self, on_orphan: Orphan | None = None) -> None:
+        """Begin background work (in the server's event loop)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background work and release connections."""
+        ...
 
 
 @dataclass
@@ -64,14 +134,8 @@ class Dispatcher:
     def note_budget(self, site: str, project: str, remaining: Budget | None) -> None:
         """Update the gateway's view of a site's remaining budget from a release."""
         st = self._sites.get(site)
-        if st is None or st.manifest is None or remaining is None:
-            return
-        terms = st.manifest.projects.get(project)
-        if terms is None or terms.budget.measure != remaining.measure:
-            return
-        projects = dict(st.manifest.projects)
-        projects[project] = terms.model_copy(update={"remaining": remaining})
-        st.manifest = st.manifest.model_copy(update={"projects": projects})
+        if st is not None and (updated := with_budget(st.manifest, project, remaining)):
+            st.manifest = updated
 
     async def submit(
         self, site: str, query_id: str, envelope: SignedEnvelope, timeout: float
@@ -103,7 +167,7 @@ class Dispatcher:
         site: str,
         wait: float,
         manifest: Manifest | None = None,
-        gone: Callable[[], Awaitable[bool]] | None = None,
+        gone: Gone | None = None,
     ) -> list[SignedEnvelope]:
         """Everything queued for ``site``, waiting up to ``wait`` s for the first item.
 
@@ -137,7 +201,7 @@ class Dispatcher:
             # a node that hung up mid-poll is offline now, not for another offline_after_s
             st.last_seen = 0.0 if vanished else time.monotonic()
 
-    def deliver(self, release: SiteRelease, evidence: SignedEnvelope) -> bool:
+    async def deliver(self, release: SiteRelease, evidence: SignedEnvelope) -> bool:
         """Hand a verified release to the query waiting for it; False if none waits."""
         fut = self._waiting.get((release.query_id, release.site))
         if fut is None or fut.done():
@@ -148,3 +212,9 @@ class Dispatcher:
     def sites(self) -> list[str]:
         """Sites this process has heard from."""
         return sorted(self._sites)
+
+    async def start(self, on_orphan: Orphan | None = None) -> None:
+        """Nothing to start: one process holds every query, none can be orphaned."""
+
+    async def close(self) -> None:
+        """Nothing to release: the queue dies with the process, as its queries do."""

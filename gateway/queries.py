@@ -198,17 +198,7 @@ async def run_query(
             _record, state, query_id, researcher, query.project, spec, None, evidence
         )
         _raise_if_nobody(targets, rows)
-    result = QueryResult(
-        query_id=query_id,
-        project=query.project,
-        statistic=query.statistic.kind,
-        mode=query.privacy.mode,
-        requested=query.budget,
-        axes=query.axes(),
-        sites=ordered,
-        network=combine(query, ordered),
-        budget_remaining={r.site: r.budget_remaining for r in ordered},
-    )
+    result = _result(query, query_id, ordered)
     await run_in_threadpool(
         _record,
         state,
@@ -220,6 +210,48 @@ async def run_query(
         evidence,
     )
     return result
+
+
+def _result(query: Query, query_id: str, ordered: list[SiteRelease]) -> QueryResult:
+    return QueryResult(
+        query_id=query_id,
+        project=query.project,
+        statistic=query.statistic.kind,
+        mode=query.privacy.mode,
+        requested=query.budget,
+        axes=query.axes(),
+        sites=ordered,
+        network=combine(query, ordered),
+        budget_remaining={r.site: r.budget_remaining for r in ordered},
+    )
+
+
+async def adopt_orphan(
+    state: GatewayState, work: WorkItem, sites: list[str], answers: list[Answer]
+) -> None:
+    """Record a query whose gateway replica died before it could (PostgreSQL replicas).
+
+    Its researcher got no answer (the connection broke with the replica), but the
+    sites that charged for it released numbers: they are kept as evidence, the
+    query with the result they combine to, as :func:`run_query` would have.
+    """
+    query = Query.model_validate(work.query)
+    came = {rel.site: rel for rel, _ in answers}
+    ordered = [
+        came.get(site)
+        or SiteRelease(
+            query_id=work.query_id,
+            site=site,
+            status="unavailable",
+            message="the gateway replica running this query stopped before the site answered",
+        )
+        for site in sites
+    ]
+    ok = any(r.status == "ok" for r in ordered)
+    result = _result(query, work.query_id, ordered).model_dump(mode="json") if ok else None
+    await run_in_threadpool(
+        _record, state, work.query_id, work.researcher, work.project, work.query, result, answers
+    )
 
 
 async def preview_query(
@@ -279,6 +311,8 @@ def _record(
 ) -> None:
     """The query, its result and every signed release it got, in one transaction."""
     with state.sessions() as s:
+        if s.get(QueryRecord, query_id) is not None:  # adopted by another replica meanwhile
+            return
         s.add(
             QueryRecord(
                 id=query_id, researcher=researcher, project=project, spec=spec, result=result

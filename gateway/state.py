@@ -12,7 +12,7 @@ from sqlalchemy.orm import sessionmaker
 
 from gateway.core.config import Settings
 from gateway.core.db import make_engine, make_sessionmaker
-from gateway.dispatch import Dispatcher
+from gateway.dispatch import Dispatcher, WorkQueue
 from varde.crypto import load_or_create_key, public_key_b64
 
 GATEWAY_ID = "gateway"
@@ -27,7 +27,7 @@ class GatewayState:
     engine: Engine
     sessions: sessionmaker[Any]
     key: Ed25519PrivateKey
-    dispatcher: Dispatcher
+    dispatcher: WorkQueue
     loop: asyncio.AbstractEventLoop | None = None
     _node_keys: dict[str, str] = field(default_factory=dict)
 
@@ -55,13 +55,31 @@ class GatewayState:
 
     @classmethod
     def open(cls, settings: Settings) -> GatewayState:
-        """Create the state directory, database and key on first use."""
+        """Create the state directory, database and key on first use.
+
+        The work queue follows the database: on PostgreSQL the one replicas share
+        (:mod:`gateway.dispatch_pg`), on SQLite this process's own.
+        """
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        dispatcher = work_queue(settings)
         engine = make_engine(settings.db_url)
         return cls(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
             key=load_or_create_key(settings.key_path),
-            dispatcher=Dispatcher(settings.node_offline_after_s),
+            dispatcher=dispatcher,
         )
+
+
+def work_queue(settings: Settings) -> WorkQueue:
+    """The PostgreSQL queue for a ``postgresql`` URL, else the in-process one."""
+    if not settings.db_url.startswith("postgresql"):
+        return Dispatcher(settings.node_offline_after_s)
+    try:
+        from gateway.dispatch_pg import PgDispatcher
+    except ImportError as err:  # the driver is an extra: nodes and SQLite gateways do without
+        raise RuntimeError(
+            f"a PostgreSQL database needs the postgres extra ({err}): pip install 'varde[postgres]'"
+        ) from err
+    return PgDispatcher(settings.db_url, settings.node_offline_after_s)

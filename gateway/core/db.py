@@ -106,6 +106,41 @@ class ReleaseRecord(Base):
     received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class WorkItemRecord(Base):
+    """One site's signed work item of a running query: the queue replicas share on PostgreSQL.
+
+    Why a table: a node's long-poll may land on any replica and the query may
+    wait on another, so the item, its lease and the release that answers it
+    must outlive any one process. ``state`` runs queued -> leased (handed to
+    the site until ``lease_until``; handed again only after that) -> done (the
+    release is in, ``release``/``evidence``) -> answered (the waiting query took
+    it), or timed_out / adopting -> adopted (its replica died; another one
+    recorded it). Only :mod:`gateway.dispatch_pg` uses it; SQLite deployments
+    keep the queue in memory (:mod:`gateway.dispatch`).
+    """
+
+    __tablename__ = "work_items"
+    query_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(12), index=True)
+    envelope: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    deadline: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    handed_out: Mapped[int] = mapped_column(Integer, default=0)
+    release: Mapped[str | None] = mapped_column(Text, nullable=True)
+    evidence: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SitePresence(Base):
+    """When a site last polled any replica, and the manifest it sent (PostgreSQL replicas only)."""
+
+    __tablename__ = "site_presence"
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    manifest: Mapped[str] = mapped_column(Text)
+    last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class TrainingJob(Base):
     """A federated training job as submitted, and what was last known of its progress.
 

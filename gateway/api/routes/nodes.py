@@ -206,7 +206,7 @@ async def _accept_release(state: GatewayState, envelope: SignedEnvelope) -> dict
             _audit, state, "envelope_rejected", payload.header.sender, "site mismatch"
         )
         raise EnvelopeRejected("misaddressed", "release names another site than its signer")
-    delivered = state.dispatcher.deliver(release, envelope)
+    delivered = await state.dispatcher.deliver(release, envelope)
     if not delivered:  # late or unsolicited: keep it as evidence on its own
         await run_in_threadpool(_store_release, state, envelope, release)
     if release.project:
