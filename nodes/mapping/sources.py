@@ -1,0 +1,161 @@
+"""Where a site's rows come from: CSV and Parquet files, SQL tables or queries, an OMOP CDM.
+
+Every source yields its rows in chunks (:class:`RawChunks`), and the reader maps
+each chunk to the compact common schema before reading the next, so a large
+hospital database never sits in memory twice (raw text and mapped columns).
+A source that cannot be opened is a :class:`~nodes.mapping.loader.MappingError`
+naming the file or the database (its password masked), before any row is read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from nodes.mapping.loader import MappingError
+from nodes.mapping.model import FileSource, SqlSource
+
+_CSV_CHUNK = 200_000
+
+
+@dataclass(frozen=True)
+class RawChunks:
+    """A source opened for reading: its name for messages, its columns, and its chunks."""
+
+    name: str
+    columns: list[str]
+    chunks: Iterator[pd.DataFrame]
+
+
+def expand_url(url: str) -> str:
+    """``${VAR}`` in a database URL replaced from the environment (unset: an error naming it).
+
+    >>> os.environ["H11A_DOCTEST_PW"] = "s3cret"
+    >>> expand_url("postgresql://u:${H11A_DOCTEST_PW}@db/x")
+    'postgresql://u:s3cret@db/x'
+    """
+
+    def one(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None:
+            raise MappingError(f"database URL uses ${{{m.group(1)}}}, which is not set")
+        return value
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", one, url)
+
+
+def shown_url(url: str) -> str:
+    """The URL for messages, password masked (``***``)."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable database URL>"
+
+
+def _first_line(err: sa.exc.SQLAlchemyError) -> str:
+    """The driver's own message, first line (no SQL echo, no parameters)."""
+    orig = getattr(err, "orig", None)
+    text = str(orig if orig is not None else err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def connect(url: str) -> Engine:
+    """An engine that has answered once, or a :class:`MappingError` naming the database."""
+    real = expand_url(url)
+    try:
+        engine = sa.create_engine(real)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as err:
+        raise MappingError(f"cannot use database URL {shown_url(url)}: {err}") from err
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError as err:
+        engine.dispose()
+        raise MappingError(f"cannot connect to {shown_url(url)}: {_first_line(err)}") from err
+    return engine
+
+
+def file_chunks(source: FileSource, path: Path) -> RawChunks:
+    """A CSV (all cells as text) or Parquet file, in chunks."""
+    if not path.exists():
+        raise MappingError(f"{path}: no such data file")
+    try:
+        if source.kind == "parquet":
+            parquet = pq.ParquetFile(path)
+            names = list(parquet.schema_arrow.names)
+
+            def parquet_chunks() -> Iterator[pd.DataFrame]:
+                for batch in parquet.iter_batches(batch_size=_CSV_CHUNK):
+                    yield pa.Table.from_batches([batch]).to_pandas()
+
+            return RawChunks(str(path), names, parquet_chunks())
+        reader = pd.read_csv(
+            path,
+            sep=source.delimiter,
+            encoding=source.encoding,
+            dtype=str,  # codes stay text ("01" is not 1); each field converts its own
+            keep_default_na=False,
+            na_values=[""],
+            chunksize=_CSV_CHUNK,
+        )
+        first = next(reader, None)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pa.ArrowInvalid) as err:
+        raise MappingError(f"{path}: cannot read {source.kind} file: {err}") from err
+    if first is None:
+        raise MappingError(f"{path}: the file has no header")
+
+    def csv_chunks() -> Iterator[pd.DataFrame]:
+        yield first
+        try:
+            yield from reader
+        except (UnicodeDecodeError, pd.errors.ParserError) as err:
+            raise MappingError(f"{path}: cannot read csv file: {err}") from err
+
+    return RawChunks(str(path), [str(c) for c in first.columns], csv_chunks())
+
+
+def sql_chunks(source: SqlSource) -> RawChunks:
+    """A table, view or query of a SQL database, ``chunksize`` rows at a time."""
+    engine = connect(source.url)
+    if source.table is not None:
+        schema, _, table = source.table.rpartition(".")
+        try:
+            sa_table = sa.Table(table, sa.MetaData(), schema=schema or None, autoload_with=engine)
+        except sa.exc.NoSuchTableError as err:
+            engine.dispose()
+            raise MappingError(
+                f"{shown_url(source.url)}: no table or view {source.table!r}"
+            ) from err
+        statement: sa.Executable = sa.select(sa_table)
+        name = f"{shown_url(source.url)} table {source.table}"
+    else:
+        statement = sa.text(source.query or "")
+        name = f"{shown_url(source.url)} query"
+    conn = engine.connect()
+    try:
+        result = conn.execution_options(stream_results=True).execute(statement)
+        columns = list(result.keys())
+    except sa.exc.SQLAlchemyError as err:
+        conn.close()
+        engine.dispose()
+        raise MappingError(f"{name}: {_first_line(err)}") from err
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        try:
+            while rows := result.fetchmany(source.chunksize):
+                yield pd.DataFrame.from_records(rows, columns=columns)
+        finally:
+            result.close()
+            conn.close()
+            engine.dispose()
+
+    return RawChunks(name, columns, chunks())
