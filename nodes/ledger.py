@@ -63,7 +63,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.schema import CreateSchema
 from sqlalchemy.types import TypeDecorator
 
-from nodes.sqlite import BUSY_TIMEOUT_S, serialised_writes
+from nodes.sqlite import BUSY_TIMEOUT_S, ensure_schema, serialised_writes
 from varde.budget import MAX_AMOUNT, ZCDP, Budget, Measure, PureDP, budget
 from varde.errors import BudgetExhausted, Conflict
 
@@ -335,7 +335,7 @@ class Ledger:
                 )
                 if self._schema is not None:
                     conn.execute(CreateSchema(self._schema, if_not_exists=True))
-            _Base.metadata.create_all(conn)
+            ensure_schema(conn, _Base.metadata)  # refuses a version it does not know
 
     def _connection_engine(self, *, write: bool) -> Engine:
         """The engine to use, refusing work after :meth:`close`."""

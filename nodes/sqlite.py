@@ -15,13 +15,16 @@ twice:
 * ``synchronous``: ``FULL`` where a committed row must survive a power cut (the
   ledger: the point of charging before release), ``NORMAL`` elsewhere (a
   committed row survives a process crash).
+
+Every table also carries a schema version (:func:`ensure_schema`), so a node
+started on files a newer Varde wrote refuses them instead of misreading them.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from sqlalchemy import Engine, MetaData, event
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, event, select
 from sqlalchemy.engine import Connection
 
 BUSY_TIMEOUT_S = 30.0
@@ -63,7 +66,7 @@ def serialised_writes(engine: Engine, *, synchronous: Literal["FULL", "NORMAL"])
 
 
 def create_tables(metadata: MetaData, write_engine: Engine) -> None:
-    """Create ``metadata``'s missing tables in one write transaction.
+    """Create ``metadata``'s missing tables in one write transaction, checking their versions.
 
     Why through the write engine: ``create_all`` reads the schema and then
     writes, so on a plain engine it is exactly the deferred read-then-write
@@ -72,4 +75,71 @@ def create_tables(metadata: MetaData, write_engine: Engine) -> None:
     "internal error" while two threads created the approvals table).
     """
     with write_engine.begin() as conn:
-        metadata.create_all(conn)
+        ensure_schema(conn, metadata)
+
+
+SCHEMA_VERSION = 1
+"""The version of a node table unless its ``Table.info["schema_version"]`` says otherwise."""
+
+_versions = MetaData()
+schema_versions = Table(
+    "varde_schema",
+    _versions,
+    Column("table_name", String(100), primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+"""The schema version of each node table, in the database that holds it.
+
+Why per table and not ``PRAGMA user_version``: one file (``node.sqlite``) holds
+the tables of several modules (nonces, audit, approvals, overlap sets, release
+cache), each of which may change on its own, and the ledger may live on
+PostgreSQL, which has no ``user_version``.
+"""
+
+
+class SchemaTooNew(ValueError):
+    """A node database was written by a version of Varde this code does not know.
+
+    A ``ValueError`` so every ``varde`` command shows its message as the one error line.
+    """
+
+
+def table_version(table: Table) -> int:
+    """The schema version this code writes and reads for ``table``."""
+    return int(table.info.get("schema_version", SCHEMA_VERSION))
+
+
+def ensure_schema(conn: Connection, metadata: MetaData) -> None:
+    """Refuse tables of an unknown version, create missing ones, record each table's version.
+
+    Runs inside the caller's write transaction (serialised with any other
+    writer). A table from before versions were recorded is version 1, what it
+    was then. A version this code does not know is refused before anything is
+    read or written: a newer Varde may have changed what a row means (a ledger
+    charge, an audit entry's hash), and guessing would corrupt it.
+    """
+    _versions.create_all(conn)
+    rows = conn.execute(select(schema_versions.c.table_name, schema_versions.c.version))
+    found = {name: int(version) for name, version in rows}
+    where = conn.engine.url.database or str(conn.engine.url)
+    for table in metadata.sorted_tables:
+        have, known = found.get(table.name), table_version(table)
+        if have is not None and have != known:
+            newer = have > known
+            raise SchemaTooNew(
+                f"{where}: table {table.name!r} is at schema version {have}, but this version "
+                f"of Varde reads version {known}"
+                + (
+                    ": it was written by a newer Varde. Run that version again, or restore "
+                    "the state directory from a backup taken before the upgrade"
+                    if newer
+                    else " and has no upgrade from it: upgrade Varde step by step"
+                )
+            )
+    metadata.create_all(conn)
+    missing = [t for t in metadata.sorted_tables if t.name not in found]
+    if missing:
+        conn.execute(
+            schema_versions.insert(),
+            [{"table_name": t.name, "version": table_version(t)} for t in missing],
+        )
