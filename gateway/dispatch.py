@@ -74,6 +74,10 @@ class WorkQueue(Protocol):
         """Sites heard from."""
         ...
 
+    async def depth(self) -> int:
+        """Work items queued and not yet handed to their site (the ``/metrics`` queue depth)."""
+        ...
+
     async def submit(
         self, site: str, query_id: str, envelope: SignedEnvelope, timeout: float
     ) -> Answer | None:
@@ -212,6 +216,10 @@ class Dispatcher:
     def sites(self) -> list[str]:
         """Sites this process has heard from."""
         return sorted(self._sites)
+
+    async def depth(self) -> int:
+        """Work items queued in this process and not yet handed out."""
+        return sum(len(st.queue) for st in self._sites.values())
 
     async def start(self, on_orphan: Orphan | None = None) -> None:
         """Nothing to start: one process holds every query, none can be orphaned."""

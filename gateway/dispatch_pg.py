@@ -179,6 +179,14 @@ class PgDispatcher:
         """Sites any replica has heard from."""
         return sorted(self._presence)
 
+    async def depth(self) -> int:
+        """Work items queued by any replica and not yet handed out (shared: one number)."""
+        async with self._pool.connection() as conn:
+            row = await (
+                await conn.execute("SELECT count(*) FROM work_items WHERE state = 'queued'")
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def _remember(self, site: str, text: str, age: float) -> None:
         old = self._presence.get(site)
         at = time.monotonic() - age
