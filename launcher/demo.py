@@ -44,20 +44,23 @@ FEASIBILITY: dict[str, Any] = {
         ],
     },
     "statistic": {"kind": "count"},
+    "unit": "patients",  # each patient once (first matching tumour): noise at sensitivity 1
     "privacy": {"mode": "dp", "epsilon": 0.5},
 }
 
 EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     (
-        "Trial feasibility: stage IV NSCLC (C34), EGFR+, age 18-75, diagnosed 2020 or later",
+        "Trial feasibility: patients with stage IV NSCLC (C34), EGFR+, age 18-75, diagnosed "
+        "2020 or later",
         FEASIBILITY,
     ),
     (
-        "Lung cancer (C34) by stage",
+        "Patients with lung cancer (C34) by stage (of their first lung tumour)",
         {
             "project": DEMO_PROJECT,
             "cohort": {"op": "startswith", "field": "topography", "prefix": "C34"},
             "statistic": {"kind": "histogram", "field": "stage"},
+            "unit": "patients",
             "privacy": {"mode": "dp", "epsilon": 0.5},
         },
     ),
@@ -111,14 +114,15 @@ FUNNEL: dict[str, Any] = {
             },
         ],
     },
+    "unit": "patients",  # patients left after each step, each by their first matching tumour
     "privacy": {"mode": "dp", "epsilon": 0.6},
 }
 """Trial-feasibility attrition; its cost and error are previewed before it runs."""
 
 STATISTICS: list[tuple[str, dict[str, Any]]] = [
     (
-        "Feasibility funnel: lung cancer -> stage IV -> ALK/ROS1+ -> age 18-75 (epsilon split "
-        "over the steps by OpenDP's composition)",
+        "Feasibility funnel, patients: lung cancer -> stage IV -> ALK/ROS1+ -> age 18-75 "
+        "(epsilon split over the steps by OpenDP's composition)",
         FUNNEL,
     ),
     (

@@ -345,6 +345,8 @@ def canonical_query(query: Query) -> dict[str, Any]:
         "statistic": _numbers(statistic.model_dump(mode="json", exclude_none=True)),
         "group_by": list(query.group_by),
         "privacy": _numbers(query.privacy.model_dump(mode="json")),
+        # what is counted; absent for tumours, so a tumour question keeps its key
+        **({"unit": query.unit} if query.unit != "tumours" else {}),
     }
 
 

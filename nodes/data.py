@@ -46,6 +46,11 @@ class RegistryData:
     patient_index: np.ndarray | None = field(default=None, repr=False)
     """Each row's patient as a dense ``uint32`` index (0 .. patients - 1), ordered by
     :attr:`patient_keys`: what aggregate mode counts and compares patient sets with."""
+    tumour_order: np.ndarray | None = field(default=None, repr=False)
+    """Row positions sorted by patient, then diagnosis date, then tumour id: each patient's
+    rows in a run, earliest first. Counting patients takes the first matching row of each
+    run (:mod:`nodes.statistics.units`); the order is the one :func:`bound_contributions`
+    keeps rows by."""
 
     @property
     def patients(self) -> np.ndarray:
@@ -57,6 +62,11 @@ class RegistryData:
     def column(self, name: str) -> np.ndarray:
         """The prepared array for ``name`` (``KeyError`` if the data lacks it)."""
         return self.columns[name]
+
+    not_available: frozenset[str] = frozenset()
+    """Schema fields this site does not have (its mapping's ``not_available``): their
+    columns are all missing, and :func:`nodes.mapping.availability.restrict_policy` keeps
+    them out of the policy in force, so no query reads them."""
 
 
 def bound_contributions(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
@@ -126,6 +136,7 @@ def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> Reg
         elif spec.kind is FieldKind.DATE:
             cols[spec.name] = _narrow(days_since_epoch(series))
     keys = hash_patient_ids(bounded["patient_id"])
+    patient_index = np.unique(keys, return_inverse=True)[1].astype(np.uint32).reshape(-1)
     return RegistryData(
         site=site,
         n_rows=len(bounded),
@@ -133,8 +144,20 @@ def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> Reg
         max_rows_per_patient=max_rows_per_patient,
         columns=cols,
         patient_keys=keys,
-        patient_index=np.unique(keys, return_inverse=True)[1].astype(np.uint32).reshape(-1),
+        patient_index=patient_index,
+        tumour_order=tumour_order(bounded, patient_index),
     )
+
+
+def tumour_order(bounded: pd.DataFrame, patient_index: np.ndarray) -> np.ndarray:
+    """Row positions by patient, diagnosis date (missing last), tumour id: see ``tumour_order``."""
+    dates = pd.to_datetime(bounded["diagnosis_date"], errors="coerce").to_numpy("datetime64[D]")
+    days = np.where(np.isnat(dates), np.iinfo(np.int64).max, dates.astype(np.int64))
+    try:  # the ids' own order (numbers as numbers), as bound_contributions sorts them
+        tumour_rank = pd.factorize(bounded["tumour_id"], sort=True)[0]
+    except TypeError:  # ids of mixed types: compared as text
+        tumour_rank = pd.factorize(bounded["tumour_id"].astype(str), sort=True)[0]
+    return np.lexsort((tumour_rank, days, patient_index)).astype(np.int64)
 
 
 def load_registry(path: Path, *, site: str, max_rows_per_patient: int) -> RegistryData:

@@ -178,6 +178,8 @@ def describe_query(query: Query) -> str:
     'histogram of age_at_diagnosis (bins 0, 50, 70, 120) where stage = III or stage = IV, by sex; rho 0.02 (zcdp)'
     """  # noqa: E501
     text = describe_statistic(query)
+    if query.unit == "patients":
+        text += " (patients)"
     if query.cohort is not None:
         text += f" where {describe_cohort(query.cohort)}"
     if query.group_by:

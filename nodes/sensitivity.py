@@ -51,6 +51,14 @@ most one row each in total ``k``.
   ``eps / m`` per step is the same noise as one vector Laplace at sensitivity
   ``m k``, but the split is OpenDP's accounting, not ours.
 
+**Counting patients** (a query's ``unit: patients``): before any of the above,
+the node keeps one row per patient, the first that meets the criteria of the
+released number (:mod:`nodes.statistics.units`; per step for a funnel). Adding
+or removing a patient then adds or removes at most one row, so every bound
+here holds with ``k = 1``, whatever the policy's bound: a patient count has L1
+and L2 sensitivity 1. :func:`nodes.statistics.plan` asks for the sensitivity
+at :func:`nodes.statistics.units.rows_per_patient` rows.
+
 zCDP (Gaussian family) needs **L2** sensitivities; each statistic is the same
 vector as above, so only the norm changes. If one patient's ``k`` rows fall
 ``a_1, ..., a_r`` to cells (``sum a_j <= k``), a vector whose per-row change is

@@ -283,7 +283,7 @@ def _numeric_field(name: str) -> FieldSpec:
 
 
 class Count(_Frozen):
-    """Number of tumours in the cohort (per group)."""
+    """Number of tumours, or of patients (the query's ``unit``), in the cohort (per group)."""
 
     kind: Literal["count"]
 
@@ -593,7 +593,7 @@ asked with an epsilon or rho."""
 class AccuracyTarget(_Frozen):
     """What the researcher wants instead of a budget: ``+-pm95`` at 95% on each released number.
 
-    For counts (count, histogram, crosstab, funnel) ``pm95`` is in tumours; for a sum,
+    For counts (count, histogram, crosstab, funnel) ``pm95`` is in the query's unit; for a sum,
     in the field's units. For survival it is a half-width on the survival probability
     ``S(t)`` (between 0 and 1) that the DP noise alone adds at any grid point, for a
     site-and-group cohort of ``cohort_size`` patients (required for survival, refused
@@ -709,12 +709,29 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+Unit = Literal["tumours", "patients"]
+"""What a query counts (:attr:`Query.unit`): rows of the registry, or the people behind them."""
+
+
 class Query(_Frozen):
-    """A complete question to the network."""
+    """A complete question to the network.
+
+    ``unit`` says what is counted. ``tumours`` (the default, so every query written
+    before units existed keeps its meaning) counts rows: a patient with two matching
+    primaries counts twice, and one patient moves a count by up to the site's
+    per-patient bound ``k``. ``patients`` counts each patient once, by their *first*
+    matching tumour (earliest diagnosis date, ties by tumour id): that tumour alone
+    decides the patient's group, bin or value, so one patient moves the release by at
+    most one row and its noise is ``k`` times smaller (``docs/STATISTICS.md``). Every
+    statistic takes either unit; trial feasibility asks for patients.
+    """
 
     project: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
     cohort: Predicate | None = None
     statistic: Statistic
+    unit: Unit = Field(default="tumours", exclude_if=lambda unit: unit == "tumours")
+    """Left out of the query's JSON when it is the default, so a tumour question (every
+    question written before units existed) is spelt, stored and keyed as it always was."""
     group_by: Annotated[list[str], Field(max_length=4)] = []
     privacy: Privacy
     sites: Annotated[list[str], Field(min_length=1)] | None = None

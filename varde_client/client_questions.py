@@ -73,7 +73,7 @@ class QuestionMethods:
         preview: bool = False,
         **options: Unpack[ClientOptions],
     ) -> Answer:
-        """Number of tumours in the cohort (per ``by`` group)."""
+        """Number of tumours, or of patients with ``unit="patients"``, in the cohort (per group)."""
         built = questions.count(project, cohort, by, **_options(self, options))
         return _send(self, built, preview)
 

@@ -15,7 +15,13 @@ is a query the gateway will parse, and nothing has been sent.
 
 Privacy is one of ``epsilon=`` (pure DP), ``rho=`` (zCDP, for projects a site
 accounts in zCDP) or ``aggregate=True`` (non-DP counts where a policy allows),
-exactly one; ``sites=`` and ``timeout_s=`` pass through.
+exactly one; ``sites=`` and ``timeout_s=`` pass through. ``unit="patients"``
+counts each patient once, by their first matching tumour, with ``k`` times less
+noise than the default ``unit="tumours"`` (``k``: a site's tumours per patient):
+what trial feasibility asks.
+
+>>> count("nsclc-feasibility", Field("stage") == "IV", unit="patients", epsilon=0.5).unit
+'patients'
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, TypedDict, Unpack
+from typing import Any, Literal, TypedDict, Unpack
 
 from varde.query import Query, parse_query
 from varde_client.cohort import Criterion, InvalidCriterion, Schema, SchemaLike, validate
@@ -46,6 +52,8 @@ class ClientOptions(TypedDict, total=False):
     """With ``accuracy`` on a survival curve: the patients per site the target assumes."""
     sites: Sequence[str]
     timeout_s: float
+    unit: Literal["patients", "tumours"]
+    """What is counted: ``"tumours"`` (the default) or ``"patients"`` (each once)."""
 
 
 class Options(ClientOptions, total=False):
@@ -178,13 +186,17 @@ def build(
         body["sites"] = _names("sites", options["sites"])
     if "timeout_s" in options:
         body["timeout_s"] = _positive("timeout_s", options["timeout_s"])
+    if "unit" in options:
+        if options["unit"] not in ("patients", "tumours"):
+            raise ValueError(f"unit is 'patients' or 'tumours', not {options['unit']!r}")
+        body["unit"] = options["unit"]
     return parse_query(body)
 
 
 def count(
     project: str, cohort: Criterion | None = None, by: By = None, **options: Unpack[Options]
 ) -> Query:
-    """Number of tumours in the cohort (per ``by`` group)."""
+    """Number of tumours, or of patients with ``unit="patients"``, in the cohort (per group)."""
     return build(project, {"kind": "count"}, cohort, by, options)
 
 

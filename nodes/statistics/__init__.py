@@ -23,6 +23,7 @@ from nodes.data import RegistryData
 from nodes.mechanisms import plan_vector
 from nodes.statistics.base import Exact, Plan, Statistic, cell_labels
 from nodes.statistics.registry import STATISTICS, statistic
+from nodes.statistics.units import counted_rows, rows_per_patient
 from varde.budget import Budget
 from varde.query import Query
 from varde.release import Cell
@@ -31,19 +32,26 @@ __all__ = ["STATISTICS", "Exact", "Plan", "Statistic", "exact", "plan", "price",
 
 
 def exact(data: RegistryData, mask: object, query: Query) -> Exact:
-    """Exact per-cell aggregates of the cohort ``mask`` for ``query``."""
-    rows = np.asarray(mask, dtype=bool)
+    """Exact per-cell aggregates of the cohort ``mask`` for ``query``, in the query's unit.
+
+    Counting patients keeps each patient's first matching row (:mod:`nodes.statistics.units`).
+    """
+    rows = counted_rows(data, np.asarray(mask, dtype=bool), query)
     return statistic(query.statistic.kind).exact(data, rows, query)
 
 
 def plan(ex: Exact, query: Query, budget: Budget, *, max_rows: int) -> Plan:
     """The costed OpenDP release of ``ex`` within ``budget``; nothing random happens yet.
 
+    ``max_rows`` is the site's per-patient bound ``k``; a query counting patients is
+    released at one row per patient whatever ``k`` (:func:`rows_per_patient`).
+
     Raises :class:`~varde.errors.InvalidQuery` for a budget the mechanism cannot
     represent (a noise scale or interval that is not finite), before any charge.
     """
     stat = statistic(query.statistic.kind)
     spec = query.statistic
+    max_rows = rows_per_patient(query, max_rows)
     vectors = plan_vector(stat.sensitivity(spec, max_rows), budget)
 
     def release() -> list[Cell]:

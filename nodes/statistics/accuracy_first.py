@@ -35,6 +35,7 @@ from pydantic import TypeAdapter
 from nodes.mechanisms import plan_vector
 from nodes.statistics.base import StatisticSpec
 from nodes.statistics.registry import statistic
+from nodes.statistics.units import rows_per_patient
 from varde.budget import MAX_AMOUNT, ZCDP, Budget, Measure, PureDP
 from varde.errors import InvalidQuery, PolicyViolation
 from varde.query import AccuracyTarget, Query
@@ -67,7 +68,7 @@ def half_width(query: Query, budget: Budget, *, max_rows: int) -> float:
     target = query.accuracy
     if target is None:
         raise ValueError("the query gives an epsilon or rho, not an accuracy target")
-    return _half_width(query.statistic, target, budget, max_rows)
+    return _half_width(query.statistic, target, budget, rows_per_patient(query, max_rows))
 
 
 def _half_width(spec: StatisticSpec, target: AccuracyTarget, budget: Budget, k: int) -> float:
@@ -109,7 +110,9 @@ def least_budget(query: Query, *, max_rows: int) -> Found:
     if target is None:
         raise ValueError("the query gives an epsilon or rho, not an accuracy target")
     measure: Measure = "rho" if query.privacy.mode == "zcdp" else "epsilon"
-    return _least(query.statistic.model_dump_json(), measure, target, max_rows)
+    return _least(
+        query.statistic.model_dump_json(), measure, target, rows_per_patient(query, max_rows)
+    )
 
 
 @lru_cache(maxsize=512)
@@ -159,8 +162,15 @@ def describe(query: Query, found: Budget, *, max_rows: int) -> str:
     }.get(kind, "each count")
     return (
         f"{found.measure} {found.amount:.6g}: the least here for +-{target.pm95:g} at 95% on "
-        f"{what} (k = {max_rows} tumours per patient)"
+        f"{what} ({_unit(query, max_rows)})"
     )
+
+
+def _unit(query: Query, max_rows: int) -> str:
+    """What one patient adds here, in words: the bound ``k``, or one row counting patients."""
+    if query.unit == "patients":
+        return "counting patients: one row each"
+    return f"k = {max_rows} tumours per patient"
 
 
 def site_budget(query: Query, cap: Budget, *, max_rows: int, site: str) -> tuple[Budget, str]:
@@ -179,7 +189,7 @@ def site_budget(query: Query, cap: Budget, *, max_rows: int, site: str) -> tuple
     if found.budget is None:
         raise InvalidQuery(
             f"no {measure} site {site!r} can release meets +-{target.pm95:g} at 95% for a "
-            f"{query.statistic.kind} (k = {max_rows} tumours per patient; the closest is "
+            f"{query.statistic.kind} ({_unit(query, max_rows)}; the closest is "
             f"+-{found.half_width:.3g}); nothing was charged"
         )
     if found.budget.measure != measure:  # the terms check matched mode and accounting
@@ -187,7 +197,7 @@ def site_budget(query: Query, cap: Budget, *, max_rows: int, site: str) -> tuple
     if found.budget.amount > cap.amount:
         raise PolicyViolation(
             f"site {site!r} needs {measure} {found.budget.amount:.6g} for +-{target.pm95:g} at "
-            f"95% (k = {max_rows} tumours per patient), above the per-query cap "
+            f"95% ({_unit(query, max_rows)}), above the per-query cap "
             f"{cap.amount:g} of project {query.project!r}; nothing was charged"
         )
     return found.budget, describe(query, found.budget, max_rows=max_rows)

@@ -31,6 +31,7 @@ from nodes.statistics.base import (
     members_by_cell,
 )
 from nodes.statistics.counts import count_cells
+from nodes.statistics.units import first_tumours
 from varde.query import Count, Funnel, Query
 from varde.release import Cell
 
@@ -40,7 +41,11 @@ _COUNT = Count(kind="count")
 def _alive_by_step(
     data: RegistryData, rows: np.ndarray, query: Query
 ) -> Iterator[tuple[np.ndarray, int]]:
-    """Per step, the group cell of every row still in (criteria ``1..j``; -1 for none)."""
+    """Per step, the group cell of every row still in (criteria ``1..j``; -1 for none).
+
+    Counting patients, each step keeps each patient's first row meeting criteria ``1..j``
+    (:mod:`nodes.statistics.units`): one row per patient per step.
+    """
     stat = query.statistic
     assert isinstance(stat, Funnel)
     # the same query as a plain count: its cells are just the group_by cells
@@ -48,9 +53,10 @@ def _alive_by_step(
     alive = rows.copy()
     for step in stat.steps:
         alive &= evaluate(data, step.criterion)
-        idx, n_groups = cell_index(data, alive, groups)
+        counted = first_tumours(data, alive) if query.unit == "patients" else alive
+        idx, n_groups = cell_index(data, counted, groups)
         full = np.full(rows.shape[0], -1, dtype=np.int64)
-        full[alive] = idx
+        full[counted] = idx
         yield full, n_groups
 
 

@@ -44,6 +44,7 @@ from nodes.data import RegistryData
 from nodes.statistics.base import Exact
 from nodes.statistics.cellkey import perturbation, record_keys
 from nodes.statistics.registry import statistic
+from nodes.statistics.units import counted_rows
 from varde.errors import InvalidQuery
 from varde.query import Funnel, Query
 from varde.release import Cell
@@ -180,7 +181,7 @@ def release_aggregate(
     stat = statistic(query.statistic.kind)
     if stat.exact_value is None or stat.members is None:  # refused by the query model already
         raise InvalidQuery(f"{query.statistic.kind} is DP only: it has no aggregate-mode release")
-    members = stat.members(data, rows, query)
+    members = stat.members(data, counted_rows(data, rows, query), query)
     patients = np.array([m.size for m in members], dtype=np.int64)
     supp = _suppressed(query, patients, np.asarray(ex.counts), min_cell, spread)
     by_patient = np.zeros(int(data.patients.max()) + 1 if data.n_rows else 0)

@@ -174,9 +174,11 @@ def test_feasibility_notebook(kernel_env: dict[str, str]) -> None:
         row = precise[site]
         assert (row["ci_high"] - row["ci_low"]) / 2 <= 10
         assert 0 < row["epsilon"] < 1.0
-    # Trondheim keeps 2 tumours per patient, Oslo and Bergen 3: the same +-10 costs it less
-    assert precise["trondheim"]["epsilon"] < precise["oslo"]["epsilon"]
-    assert precise["oslo"]["epsilon"] == pytest.approx(precise["bergen"]["epsilon"])
+    # the notebook counts patients: one patient moves a count by 1 whatever a site's k (3 at
+    # Oslo and Bergen, 2 at Trondheim), so +-10 costs every site the same, a third of the
+    # epsilon 0.94 a tumour count would need at k = 3
+    for site in SITES:
+        assert precise[site]["epsilon"] == pytest.approx(0.314, abs=0.01)
     for cell in ("funnel-run", "count-plot", "accuracy-plot"):
         assert shows_png(nb, cell), cell
 

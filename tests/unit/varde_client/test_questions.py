@@ -278,3 +278,18 @@ def test_client_checks_against_the_gateways_schema_before_sending(
         client.count(project=PROJECT, epsilon=0.1, preview="yes")  # type: ignore[arg-type]
     assert rec.sent == []
     assert [(r.method, r.url.path) for r in rec.requests] == [("GET", "/v1/schema")]
+
+
+def test_builders_take_a_unit() -> None:
+    """``unit=`` reaches the wire for every statistic; absent, the query counts tumours."""
+    assert questions.count(PROJECT, LUNG, epsilon=0.5).unit == "tumours"
+    assert "unit" not in _wire(questions.count(PROJECT, LUNG, epsilon=0.5))
+    built = [
+        questions.count(PROJECT, LUNG, by="sex", unit="patients", epsilon=0.5),
+        questions.funnel(PROJECT, [("IV", Field("stage") == "IV")], unit="patients", epsilon=0.5),
+        questions.histogram(PROJECT, "stage", unit="patients", epsilon=0.5),
+        questions.crosstab(PROJECT, ["sex", "stage"], unit="patients", epsilon=0.5),
+    ]
+    assert [_wire(q)["unit"] for q in built] == ["patients"] * 4
+    with pytest.raises(ValueError, match="unit is 'patients' or 'tumours'"):
+        questions.count(PROJECT, unit="people", epsilon=0.5)  # type: ignore[typeddict-item]
