@@ -19,6 +19,7 @@ from gateway.core.config import Settings, get_settings
 from gateway.queries import adopt_orphan
 from gateway.state import GatewayState
 from gateway.training import routes as trainings
+from gateway.web import routes as feasibility
 from varde import __version__
 from varde.errors import VardeError
 
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
     app.include_router(catalog.router)
     app.include_router(nodes.router)
     app.include_router(trainings.router)
+    app.include_router(feasibility.router)  # the trial-feasibility page (gateway/web)
     serve_docs(app)
     settings_in_force = varde_state.settings
     if settings_in_force.flower_superlink:
