@@ -340,17 +340,94 @@ def admin_grant(
     typer.echo(f"{researcher} may now query {project}")
 
 
+AdminDatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="VARDE_DATABASE_URL",
+        help="The gateway's database, if not the SQLite one in --state-dir.",
+    ),
+]
+
+
 @admin_app.command("enroll-token")
 def admin_enroll_token(
     site: str,
-    valid_hours: Annotated[float, typer.Option(min=0.01)] = 24.0,
+    expires: Annotated[
+        str | None,
+        typer.Option(help="How long the token is valid: 48h, 2d, 90m, 1h30m (default 24h)."),
+    ] = None,
+    valid_hours: Annotated[
+        float | None, typer.Option(min=0.01, help="The same in hours (older form).")
+    ] = None,
     state_dir: StateDir = Path(".varde/gateway"),
+    database_url: AdminDatabaseUrl = None,
 ) -> None:
-    """Print a one-time enrollment token for a new site."""
-    from gateway.admin import enrollment_token
+    """Print a one-time enrollment token for a site (also to re-admit a revoked one)."""
+    from gateway.admin import enrollment_token, parse_duration
 
     try:
-        token = enrollment_token(_sessions(state_dir), site, dt.timedelta(hours=valid_hours))
-    except VardeError as err:
+        if expires is not None and valid_hours is not None:
+            raise ValueError("give --expires or --valid-hours, not both")
+        valid_for = (
+            parse_duration(expires)
+            if expires is not None
+            else dt.timedelta(hours=24.0 if valid_hours is None else valid_hours)
+        )
+        token = enrollment_token(_sessions(state_dir, database_url), site, valid_for)
+    except (VardeError, ValueError) as err:
         _fail(err)
     typer.echo(token)
+
+
+@admin_app.command("nodes")
+def admin_nodes(
+    state_dir: StateDir = Path(".varde/gateway"),
+    database_url: AdminDatabaseUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """Every enrolled node: last seen, version, key fingerprint and state."""
+    from gateway.admin import list_nodes
+
+    nodes = list_nodes(_sessions(state_dir, database_url))
+    if as_json:
+        for node in nodes:
+            typer.echo(node.model_dump_json())
+        return
+    if not nodes:
+        typer.echo("no enrolled nodes (make a token: varde admin enroll-token SITE --expires 48h)")
+        return
+    rows = [
+        (
+            n.site,
+            f"{n.last_seen:%Y-%m-%d %H:%M:%S}" if n.last_seen else "-",
+            n.version or "-",
+            n.key_fingerprint,
+            n.state,
+        )
+        for n in nodes
+    ]
+    head = ("site", "last seen (UTC)", "version", "key", "state")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for row in [head, *rows]:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@admin_app.command("revoke")
+def admin_revoke(
+    site: str,
+    reason: Annotated[str, typer.Option(help="Why (kept in the gateway audit).")] = "",
+    state_dir: StateDir = Path(".varde/gateway"),
+    database_url: AdminDatabaseUrl = None,
+) -> None:
+    """Refuse a node from now on (its polls get 403, audited); a new token re-admits it."""
+    from gateway.admin import revoke_node
+
+    try:
+        revoke_node(_sessions(state_dir, database_url), site, reason)
+    except VardeError as err:
+        _fail(err)
+    typer.echo(
+        f"site {site} revoked: its polls are refused from now on; to re-admit it, "
+        f"give it a new token (varde admin enroll-token {site} --expires 48h)"
+    )

@@ -32,6 +32,7 @@ import httpx
 from nodes.context import NodeContext
 from nodes.pipeline import handle
 from nodes.transport import gateway_client
+from varde import __version__
 from varde.envelope import SignedEnvelope, peek, seal
 from varde.errors import EnvelopeRejected
 from varde.release import SiteRelease
@@ -79,6 +80,11 @@ class Agent:
             self._manifest = (gen, manifest.model_dump(mode="json"))
         return self._manifest[1]
 
+    def state(self, manifest: dict[str, object] | None = None) -> str:
+        """What the node tells the gateway it does: ``serving``, or ``deny-all`` (no project)."""
+        projects = (manifest or self.manifest()).get("projects")
+        return "serving" if projects else "deny-all"
+
     def _sealed(self, kind: str, body: dict[str, object]) -> dict[str, object]:
         env = seal(
             self.ctx.node_key,
@@ -104,7 +110,14 @@ class Agent:
         """
         outbox, self._outbox = self._outbox, []
         held = self.poll_wait if wait is None else wait
-        body = {"wait": held, "manifest": self.manifest(), "releases": outbox}
+        manifest = self.manifest()
+        body = {
+            "wait": held,
+            "manifest": manifest,
+            "releases": outbox,
+            "node_version": __version__,
+            "node_state": self.state(manifest),
+        }
         try:
             resp = self.client.post(f"{self.url}/v1/nodes/poll", json=self._sealed("poll", body))
             resp.raise_for_status()

@@ -48,6 +48,19 @@ def load_public_key(b64: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
+def key_fingerprint(public_b64: str) -> str:
+    """A short name of a public key both sides can show and compare (``SHA256:`` + 16 hex).
+
+    ``varde admin nodes`` shows it for every node and ``varde node doctor`` for
+    its own key, so an operator and a site can check on the phone that they mean
+    the same key.
+    """
+    import hashlib
+
+    raw = base64.b64decode(public_b64, validate=True)
+    return "SHA256:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
 def sign(key: Ed25519PrivateKey, data: bytes) -> str:
     """Signature over ``data`` as base64."""
     return base64.b64encode(key.sign(data)).decode("ascii")

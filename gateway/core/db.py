@@ -79,6 +79,13 @@ class Node(Base):
     site: Mapped[str] = mapped_column(String(64), primary_key=True)
     public_key: Mapped[str] = mapped_column(String(64))
     enrolled_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # What the node said when it last polled (written at most every few seconds), and whether
+    # the operator revoked it (its polls are then refused with 403 and audited; a new
+    # enrollment re-admits it). Nullable: rows of nodes enrolled before these columns.
+    last_seen: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    version: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    state: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class QueryRecord(Base):

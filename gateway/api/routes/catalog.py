@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from gateway.admin import enrolled_sites
+from gateway.admin import enrolled_sites, list_nodes
 from gateway.api.deps import CurrentResearcher, State
 from gateway.api.errors import responses
 from varde.budget import Budget
@@ -29,13 +30,17 @@ class FieldInfo(BaseModel):
 
 
 class SiteInfo(BaseModel):
-    """An enrolled site: connected now? what does it allow?"""
+    """An enrolled site: connected now? what does it allow? which node version, key, state?"""
 
     site: str
     connected: bool
     statistics: list[str]
     aggregate_mode: bool
     policy_version: str
+    last_seen: dt.datetime | None = None
+    version: str | None = None
+    key_fingerprint: str = ""
+    state: str = ""
 
 
 @router.get("/schema", response_model=list[FieldInfo], responses=responses(401))
@@ -65,19 +70,26 @@ def get_schema(state: State, _researcher: CurrentResearcher) -> list[FieldInfo]:
 
 @router.get("/sites", response_model=list[SiteInfo], responses=responses(401))
 def get_sites(state: State, _researcher: CurrentResearcher) -> list[SiteInfo]:
-    """Enrolled sites, whether they are connected, and what their policies allow."""
-    with state.sessions() as s:
-        sites = enrolled_sites(s)
+    """Enrolled sites: connected, what their policies allow, node version, key and state.
+
+    ``last_seen`` is written at most every few seconds; ``state`` is
+    ``revoked``, ``never seen`` or what the node last reported (``serving``,
+    ``deny-all``).
+    """
     out = []
-    for site in sites:
-        m = state.dispatcher.manifest(site)
+    for node in list_nodes(state.sessions):
+        m = state.dispatcher.manifest(node.site)
         out.append(
             SiteInfo(
-                site=site,
-                connected=state.dispatcher.connected(site),
+                site=node.site,
+                connected=node.state != "revoked" and state.dispatcher.connected(node.site),
                 statistics=m.statistics if m else [],
                 aggregate_mode=m.aggregate_mode if m else False,
                 policy_version=m.policy_version if m else "",
+                last_seen=node.last_seen,
+                version=node.version,
+                key_fingerprint=node.key_fingerprint,
+                state=node.state,
             )
         )
     return out
