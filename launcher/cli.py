@@ -73,15 +73,55 @@ def demo(
             "staff login.",
         ),
     ] = False,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            help="site=FILE: that site runs on your registry file (common schema, or the "
+            "source of its --mapping); repeat per site. Never overwritten.",
+        ),
+    ] = None,
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mapping", help="site=FILE: that site reads its data through your mapping file."
+        ),
+    ] = None,
 ) -> None:
     """Start a gateway and three nodes on 127.0.0.1 and run example queries."""
     from launcher.demo import run_demo
 
     try:
-        run_demo(workdir=workdir, rows=rows, seed=seed, once=once, train=train, consoles=console)
+        run_demo(
+            workdir=workdir,
+            rows=rows,
+            seed=seed,
+            once=once,
+            train=train,
+            consoles=console,
+            data=site_files("--data", data or []),
+            mappings=site_files("--mapping", mapping or []),
+        )
     except (RuntimeError, VardeError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from err
+
+
+def site_files(flag: str, pairs: list[str]) -> dict[str, Path]:
+    """``site=FILE`` pairs as a dict; a missing ``=``, a repeated site or a missing file fails.
+
+    >>> site_files("--data", ["oslo=a.csv"])
+    {'oslo': PosixPath('a.csv')}
+    """
+    out: dict[str, Path] = {}
+    for pair in pairs:
+        site, sep, file = pair.partition("=")
+        if not sep or not site or not file:
+            raise typer.BadParameter(f"{flag} {pair!r}: use site=FILE")
+        if site in out:
+            raise typer.BadParameter(f"{flag}: site {site!r} given twice")
+        out[site] = Path(file)
+    return out
 
 
 def main() -> None:

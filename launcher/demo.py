@@ -222,16 +222,34 @@ def run_demo(
     once: bool,
     train: bool = False,
     consoles: bool = False,
+    data: dict[str, Path] | None = None,
+    mappings: dict[str, Path] | None = None,
 ) -> None:
     """Start the network, print the example queries' results, then exit or keep serving.
 
     The nodes run on copies of ``policies/*.yaml`` in ``workdir`` (a console edit never
     rewrites the repository's files), with :data:`DEMO_PROJECT` added for the examples.
+    ``data`` / ``mappings``: a site's own registry file or mapping (``--data site=FILE``,
+    ``--mapping site=FILE``), used as given and never overwritten; the other sites get
+    synthetic registries.
     """
+    data, mappings = dict(data or {}), dict(mappings or {})
+    unknown = sorted((set(data) | set(mappings)) - set(SITES))
+    if unknown:
+        raise RuntimeError(f"the demo's sites are {', '.join(SITES)}; not {', '.join(unknown)}")
+    absent = [str(p) for p in (*data.values(), *mappings.values()) if not p.is_file()]
+    if absent:
+        raise RuntimeError(f"no such file: {', '.join(absent)}")
     _stop_on_signals()
-    typer.echo(
-        f"Generating {len(SITES)} synthetic registries of {rows:,} tumours (cached in {workdir})..."
-    )
+    synthetic = [s for s in SITES if s not in data and s not in mappings]
+    if synthetic:
+        typer.echo(
+            f"Generating {len(synthetic)} synthetic registries of {rows:,} tumours "
+            f"(cached in {workdir})..."
+        )
+    for site in sorted(set(data) | set(mappings)):
+        how = f"mapping {mappings[site]}" if site in mappings else ""
+        typer.echo(f"{site}: your data ({', '.join(filter(None, (str(data.get(site, '')), how)))})")
     net = LocalNetwork(
         workdir=workdir.resolve(),
         sites=SITES,
@@ -240,6 +258,8 @@ def run_demo(
         training=train,
         extra_projects={DEMO_PROJECT: USER_PROJECT},
         consoles=consoles,
+        data_files={site: path.resolve() for site, path in data.items()},
+        mappings={site: path.resolve() for site, path in mappings.items()},
     )
     started = time.perf_counter()
     try:

@@ -84,6 +84,11 @@ class LocalNetwork:
     researcher: str = "demo"
     port: int = 0
     data_files: dict[str, Path] = field(default_factory=dict)
+    """Each site's registry file. One given here is the caller's own: used as it is, never
+    overwritten (with a mapping it replaces the mapping's source); only missing ones are
+    synthesised, into ``workdir/data``."""
+    mappings: dict[str, Path] = field(default_factory=dict)
+    """Site -> its mapping file (docs/MAPPING.md): that node reads its data through it."""
     token: str = ""
     inprocess_gateway: bool = False
     database_url: str | None = None
@@ -161,12 +166,18 @@ class LocalNetwork:
         return f"127.0.0.1:{self.superlink_port}"
 
     def ensure_data(self) -> None:
-        """Generate each site's registry once per (rows, seed); reuse it afterwards."""
+        """Generate each missing site registry once per (rows, seed); reuse it afterwards.
+
+        A site with a file in :attr:`data_files` or a mapping in :attr:`mappings` brings
+        its own data: nothing is generated for it and its files are never touched.
+        """
         from nodes.synth import generate_registry, write_registry
 
         data_dir = self.workdir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         for site in self.sites:
+            if site in self.data_files or site in self.mappings:
+                continue
             path = data_dir / f"{site}-{self.rows}-{self.seed}.parquet"
             if not path.exists():
                 tmp = path.with_suffix(".tmp.parquet")
@@ -306,8 +317,8 @@ class LocalNetwork:
             str(self.policy_path(site)),
             "--gateway",
             self.url,
-            "--data",
-            str(self.data_files[site]),
+            *(["--data", str(self.data_files[site])] if site in self.data_files else []),
+            *(["--mapping", str(self.mappings[site])] if site in self.mappings else []),
             "--state-dir",
             str(self.node_state(site)),
             *(["--flower-superlink", self.superlink, "--flower-insecure"] if self.training else []),

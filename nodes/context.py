@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nodes.accounts import Account
 from nodes.data import RegistryData
 from nodes.ledger import Ledger
+from nodes.mapping.availability import restrict_policy
 from nodes.policy import Policy, ProjectPolicy
 from nodes.release_cache import ReleaseCache, data_digest
 from nodes.statistics.cellkey import secret_salt
@@ -49,6 +50,7 @@ class NodeContext:
         # Create the cache's table now, before worker threads race to (SQLite refuses a
         # lock upgrade inside a read transaction, so concurrent first-use DDL fails).
         self._cache = ReleaseCache(self.store.engine, self.store.write_engine)
+        self._policy = self.effective(self._policy)
 
     @property
     def release_cache(self) -> ReleaseCache:
@@ -80,8 +82,13 @@ class NodeContext:
         with self._lock:
             return self._policy
 
+    def effective(self, policy: Policy) -> Policy:
+        """``policy`` as it applies to these data: fields the site lacks are not exposed."""
+        return restrict_policy(policy, self.data.not_available)
+
     def set_policy(self, policy: Policy) -> None:
-        """Put a validated policy in force; the ledger is untouched."""
+        """Put a validated policy in force (as :meth:`effective`); the ledger is untouched."""
+        policy = self.effective(policy)
         with self._lock:
             self._policy = policy
             self.generation += 1

@@ -123,10 +123,11 @@ class PolicyReloader:
                 "\n  ".join(problems),
             )
             return "refused"
-        if result.policy.version == old.version:
+        new = self.ctx.effective(result.policy)  # as it applies to the data loaded
+        if new.version == old.version:
             return "unchanged"
-        self._put(old, result.policy, text=text, reason="policy file changed")
-        log.info("policy %s -> %s in force", old.version, result.policy.version)
+        self._put(old, new, text=text, reason="policy file changed")
+        log.info("policy %s -> %s in force", old.version, new.version)
         return "reloaded"
 
     def _put(self, old: Policy, new: Policy, *, text: str, reason: str) -> None:

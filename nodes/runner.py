@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from nodes.accounts import reconcile
 from nodes.agent import Agent
 from nodes.context import NodeContext
-from nodes.data import load_registry
 from nodes.enrollment import NodeIdentity, enroll, key_path, load_identity
 from nodes.ledger import Ledger
+from nodes.mapping.node_data import load_node_data
 from nodes.policy import Policy
 from nodes.policy_check import load_policy
 from nodes.reload import PolicyReloader
@@ -66,12 +66,25 @@ def open_identity(
 
 
 def build_context(
-    *, site: str, policy: Policy, data_path: Path, state_dir: Path, identity: NodeIdentity
+    *,
+    site: str,
+    policy: Policy,
+    data_path: Path | None,
+    state_dir: Path,
+    identity: NodeIdentity,
+    mapping_path: Path | None = None,
 ) -> NodeContext:
-    """Load data (bounded per patient by the policy) and open ledger and store."""
+    """Load data (bounded per patient by the policy) and open ledger and store.
+
+    With ``mapping_path`` the rows come through the site's mapping
+    (:mod:`nodes.mapping`); data failing a hard check stop the start here.
+    """
     started = time.perf_counter()
-    data = load_registry(
-        data_path, site=site, max_rows_per_patient=policy.privacy_unit.max_tumours_per_patient
+    data = load_node_data(
+        site=site,
+        max_rows_per_patient=policy.privacy_unit.max_tumours_per_patient,
+        data_path=data_path,
+        mapping_path=mapping_path,
     )
     log.info(
         "site %s: %d rows loaded (%d beyond the per-patient bound dropped) in %.1f s",
@@ -144,7 +157,7 @@ def run_node(
     *,
     policy_path: Path,
     gateway_url: str,
-    data_path: Path,
+    data_path: Path | None,
     state_dir: Path,
     enroll_token: str | None = None,
     site: str | None = None,
@@ -154,8 +167,12 @@ def run_node(
     supernode: SuperNodeSettings | None = None,
     ca_file: Path | None = None,
     dev_network: bool = False,
+    mapping_path: Path | None = None,
 ) -> None:
     """Run until ``stop`` is set (or forever).
+
+    ``mapping_path``: read the data through this site mapping (``data_path``, if
+    given, then replaces the mapping's source).
 
     ``console_port``: also serve the staff console on 127.0.0.1 at this port.
     ``supernode``: also run a Flower SuperNode (federated training) beside the node.
@@ -167,7 +184,12 @@ def run_node(
         state_dir, site_name, gateway_url, enroll_token, ca_file=ca_file, dev_network=dev_network
     )
     ctx = build_context(
-        site=site_name, policy=policy, data_path=data_path, state_dir=state_dir, identity=identity
+        site=site_name,
+        policy=policy,
+        data_path=data_path,
+        state_dir=state_dir,
+        identity=identity,
+        mapping_path=mapping_path,
     )
     agent = Agent(ctx, gateway_url, workers=workers, ca_file=ca_file, dev_network=dev_network)
     reloader = PolicyReloader(ctx, policy_path).start()  # edits apply without a restart
@@ -190,6 +212,7 @@ def run_node(
                 site=site_name,
                 policy=policy_path,
                 data=data_path,
+                mapping=mapping_path,
                 state_dir=state_dir,
                 on_ledger_change=ctx.charged,
             ).start()

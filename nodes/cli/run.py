@@ -66,6 +66,13 @@ def node_run(
         str | None, typer.Option(help="Gateway URL (the node only connects out).")
     ] = None,
     data: Annotated[Path | None, typer.Option(help="Registry file (.parquet or .csv).")] = None,
+    mapping: Annotated[
+        Path | None,
+        typer.Option(
+            help="Site mapping (docs/MAPPING.md): read the data through it; --data then "
+            "replaces the mapping's source."
+        ),
+    ] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Node state: key, ledger, audit.")] = None,
     enroll_token: Annotated[str | None, typer.Option(help="One-time token (first start).")] = None,
     site: Annotated[
@@ -91,6 +98,13 @@ def node_run(
     ] = None,
     ca_file: CaFile = None,
     dev_network: DevNetwork = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            envvar="VARDE_LOG_FORMAT",
+            help="text, or json: one JSON object a line with the request id of each work item.",
+        ),
+    ] = "text",
 ) -> None:
     """Run a node: enroll if needed, then long-poll the gateway and answer work.
 
@@ -101,14 +115,18 @@ def node_run(
     from nodes.policy_check import PolicyError
     from nodes.runner import run_node
     from nodes.training.supernode import SuperNodeSettings
+    from varde.logs import configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if log_format not in ("text", "json"):
+        fail("--log-format must be text or json")
+    configure_logging("json" if log_format == "json" else "text", logging.INFO, component="node")
     install_log_redaction()  # the enrollment token and key material never reach the log
     try:
         if config is not None:
             cfg = load_config(config)
-            if cfg.data is None:
+            if cfg.data is None and cfg.mapping is None and mapping is None:
                 raise ValueError(f"{config}: no data file (set data: in the config)")
+            mapping = mapping or cfg.mapping
             policy, gateway, data = (
                 policy or cfg.policy,
                 gateway or cfg.gateway_url,
@@ -121,14 +139,14 @@ def node_run(
             for name, value in (
                 ("policy", policy),
                 ("gateway", gateway),
-                ("data", data),
+                ("data", data or mapping),
                 ("state_dir", state_dir),
             )
             if value is None
         ]
         if missing:
             raise ValueError(f"give --config DIR/config.yaml, or {', '.join(missing)}")
-        assert policy and gateway and data and state_dir  # for mypy: checked just above
+        assert policy and gateway and state_dir  # for mypy: checked just above
         supernode = None
         if flower_superlink is not None:
             supernode = SuperNodeSettings(
@@ -142,6 +160,7 @@ def node_run(
             policy_path=policy,
             gateway_url=gateway,
             data_path=data,
+            mapping_path=mapping,
             state_dir=state_dir,
             enroll_token=enroll_token,
             site=site,

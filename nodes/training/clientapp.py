@@ -64,8 +64,11 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from nodes.data import RegistryData, load_registry
+from nodes.data import RegistryData
 from nodes.ledger import Ledger
+from nodes.mapping.availability import restrict_policy
+from nodes.mapping.loader import load_mapping
+from nodes.mapping.node_data import load_node_data
 from nodes.policy import Policy
 from nodes.policy_check import load_policy
 from nodes.store import NodeStore
@@ -154,6 +157,9 @@ def query(msg: Message, context: Context) -> Message:
     try:
         job = _job(msg.content.config_records["config"], site)
         policy = load_policy(Path(_node_setting(context, "policy")), site=site)
+        mapping = context.node_config.get("mapping")
+        if isinstance(mapping, str) and mapping:  # fields the site lacks: refused up front
+            policy = restrict_policy(policy, load_mapping(Path(mapping)).not_available)
         with Ledger.in_directory(state_dir) as ledger:
             preflight(
                 policy=policy,
@@ -181,11 +187,14 @@ class _Site:
 def _site(context: Context, site: str, job: _Job) -> _Site:
     """Load the site's policy and registry, and its staff-approval check of ``job``."""
     policy = load_policy(Path(_node_setting(context, "policy")), site=site)
-    data = load_registry(
-        Path(_node_setting(context, "data")),
+    mapping, data_file = context.node_config.get("mapping"), context.node_config.get("data")
+    data = load_node_data(  # the very rows, checks and mapping the node itself answers from
         site=site,
         max_rows_per_patient=policy.privacy_unit.max_tumours_per_patient,
+        data_path=Path(data_file) if isinstance(data_file, str) and data_file else None,
+        mapping_path=Path(mapping) if isinstance(mapping, str) and mapping else None,
     )
+    policy = restrict_policy(policy, data.not_available)
     state_dir = Path(_node_setting(context, "state-dir"))
     gate = approval_gate(
         policy=policy,

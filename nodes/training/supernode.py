@@ -132,9 +132,10 @@ class SuperNode:
         *,
         site: str,
         policy: Path,
-        data: Path,
+        data: Path | None,
         state_dir: Path,
         on_ledger_change: Callable[[], None] | None = None,
+        mapping: Path | None = None,
     ) -> None:
         self.settings = settings
         self.state_dir = state_dir
@@ -143,9 +144,11 @@ class SuperNode:
         self.node_config = {
             "site": site,
             "policy": str(policy.resolve()),
-            "data": str(data.resolve()),
+            "data": str(data.resolve()) if data is not None else "",
             "state-dir": str(state_dir.resolve()),
         }
+        if mapping is not None:  # the ClientApp reads the rows through the same mapping
+            self.node_config["mapping"] = str(mapping.resolve())
         self.processes = Processes()
         self.state = "not started"
         self._stopping = threading.Event()
