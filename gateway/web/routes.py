@@ -13,11 +13,13 @@ from __future__ import annotations
 import hmac
 import secrets
 import typing
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Request, params
 from fastapi.responses import RedirectResponse, Response
+from fastapi.routing import APIRoute
 
 from gateway.api.deps import State
 from gateway.api.errors import responses
@@ -149,13 +151,33 @@ def get_budgets(state: State, researcher: PageResearcher) -> dict[str, Any]:
 QueryBody = Annotated[Query, Body()]
 
 
-@router.post("/api/preview", responses=responses(401, 403, 404, 422, 503))
+def same_dependencies(endpoint: Callable[..., Any]) -> list[params.Depends]:
+    """The route-level dependencies of the JSON API's route for ``endpoint``.
+
+    Whatever that route runs before validating a body (e.g. completing study fields from
+    the sites' declarations), the page's route runs too, so both read a body alike.
+    """
+    for route in queries.router.routes:
+        if isinstance(route, APIRoute) and route.endpoint is endpoint:
+            return list(route.dependencies)
+    raise LookupError(f"no API route for {endpoint.__name__}")  # pragma: no cover
+
+
+@router.post(
+    "/api/preview",
+    dependencies=same_dependencies(queries.post_preview),
+    responses=responses(401, 403, 404, 422, 503),
+)
 async def post_preview(query: QueryBody, state: State, researcher: ActingResearcher) -> Response:
     """What the question would charge at each site and its ±95% error (``/v1/queries/preview``)."""
     return await queries.post_preview(query, state, researcher)
 
 
-@router.post("/api/queries", responses=responses(401, 403, 404, 409, 422, 503))
+@router.post(
+    "/api/queries",
+    dependencies=same_dependencies(queries.post_query),
+    responses=responses(401, 403, 404, 409, 422, 503),
+)
 async def post_query(query: QueryBody, state: State, researcher: ActingResearcher) -> Response:
     """Run the question (``POST /v1/queries``): per-site rows, network row, budgets left."""
     return await queries.post_query(query, state, researcher)

@@ -161,8 +161,10 @@ export function survivalCurve(result) {
 }
 
 function csvField(value) {
-  const text = value === null || value === undefined ? "" : String(value);
-  return /[",\n\r]/.test(text) || /^[=+\-@]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+  let text = value === null || value === undefined ? "" : String(value);
+  // a text cell a spreadsheet would run as a formula gets a leading ' (numbers stay numbers)
+  if (typeof value !== "number" && /^[=+\-@\t\r]/.test(text)) text = `'${text}`;
+  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
 /** Rows of values as CSV text (fields quoted where needed; no formula injection). */
