@@ -14,8 +14,9 @@ from starlette.exceptions import HTTPException
 
 from gateway.api.docs import serve_docs
 from gateway.api.errors import Problem, invalid_body
-from gateway.api.routes import catalog, nodes, queries
+from gateway.api.routes import catalog, nodes, ops, queries
 from gateway.core.config import Settings, get_settings
+from gateway.metrics import RequestContext
 from gateway.queries import adopt_orphan
 from gateway.state import GatewayState
 from gateway.training import routes as trainings
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
         openapi_url=None,
     )
     app.state.varde = varde_state
+    app.add_middleware(RequestContext)  # request ids (X-Request-ID) and query metrics
 
     @app.exception_handler(VardeError)
     async def _varde_error(_request: Request, err: VardeError) -> JSONResponse:
@@ -81,6 +83,7 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
         """Liveness probe."""
         return {"status": "ok", "version": __version__}
 
+    app.include_router(ops.router)  # /readyz, /metrics
     app.include_router(queries.router)
     app.include_router(catalog.router)
     app.include_router(nodes.router)

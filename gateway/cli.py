@@ -55,7 +55,15 @@ def gateway_serve(
     database_url: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL (default SQLite).")
     ] = None,
-    log_level: Annotated[str, typer.Option()] = "warning",
+    log_level: Annotated[str, typer.Option(envvar="VARDE_LOG_LEVEL")] = "warning",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            envvar="VARDE_LOG_FORMAT",
+            help="text (uvicorn's), or json: one JSON object a line, every record with its "
+            "request id (X-Request-ID); --log-level info logs each query and release.",
+        ),
+    ] = "text",
     flower_superlink: Annotated[
         str | None,
         typer.Option(help="host:port of a Flower SuperLink run elsewhere: enables /v1/trainings."),
@@ -130,6 +138,12 @@ def gateway_serve(
     from gateway.migrations import SchemaNotAtHead
     from gateway.training.deployment import LocalFederation, TLSFiles
 
+    if log_format not in ("text", "json"):
+        _fail(ValueError("--log-format must be text or json"))
+    if log_format == "json":
+        from varde.logs import configure_logging
+
+        configure_logging("json", log_level, component="gateway")
     install_log_redaction()  # tokens and keys never reach the gateway's logs
     try:
         check_listen_tls(host, tls_cert, tls_key, dev_network=dev_network)
@@ -188,6 +202,8 @@ def gateway_serve(
             host=host,
             port=port,
             log_level=log_level,
+            # json: uvicorn's loggers propagate to the root's JSON handler, not its own format
+            log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG,
             workers=1,
             ws="none",
             timeout_graceful_shutdown=3,

@@ -24,6 +24,7 @@ from gateway.admin import enrolled_sites
 from gateway.combine import combine
 from gateway.core.db import Project, QueryRecord, release_record
 from gateway.dispatch import Answer
+from gateway.metrics import METRICS
 from gateway.state import GATEWAY_ID, GatewayState
 from varde.envelope import seal
 from varde.errors import (
@@ -38,6 +39,7 @@ from varde.errors import (
     VardeError,
 )
 from varde.estimates import Z95
+from varde.logs import request_id
 from varde.query import Query
 from varde.release import Manifest, SiteRelease, WorkItem
 from varde.results import PreviewResult, QueryResult, StoredQuery
@@ -151,6 +153,7 @@ async def _fan_out(
         researcher=researcher,
         query=spec,
         preview=preview,
+        request_id=request_id.get(),  # the researcher's request: the nodes log it too
     )
     ttl = dt.timedelta(seconds=query.timeout_s)
     envelopes = {
@@ -165,7 +168,12 @@ async def _fan_out(
         for site in asked
     }
     answers = await asyncio.gather(
-        *(disp.submit(site, query_id, envelopes[site], query.timeout_s) for site in asked)
+        *(
+            METRICS.timed_answer(
+                site, disp.submit(site, query_id, envelopes[site], query.timeout_s)
+            )
+            for site in asked
+        )
     )
     evidence = [a for a in answers if a is not None]
     for site, answer in zip(asked, answers, strict=True):

@@ -49,6 +49,7 @@ from nodes.statistics import Plan, exact, plan, price
 from nodes.statistics.accuracy_first import site_budget
 from varde.envelope import Payload, SignedEnvelope, open_envelope, peek, utcnow
 from varde.errors import EnvelopeRejected, InvalidQuery, VardeError
+from varde.logs import bound_request_id, carried_request_id
 from varde.query import Query
 from varde.release import Cell, SiteRelease, WorkItem
 
@@ -453,6 +454,32 @@ def run(ctx: NodeContext, item: WorkState, steps: Sequence[Step] | None = None) 
 
 
 def handle(
+    ctx: NodeContext, envelope: SignedEnvelope, *, now: dt.datetime | None = None
+) -> SiteRelease:
+    """:func:`answer`, logged under the item's request id, which the release carries back.
+
+    The id is read before the signature is checked (a refusal is logged under it
+    too); it is only a label (:func:`varde.logs.carried_request_id`), never trusted
+    for anything else.
+    """
+    try:
+        claimed = peek(envelope).body.get("request_id", "")
+    except EnvelopeRejected:
+        claimed = ""
+    rid = carried_request_id(claimed)
+    with bound_request_id(rid):
+        release = answer(ctx, envelope, now=now)
+        log.info(
+            "work item %s answered %s in %.0f ms",
+            release.query_id,
+            release.status,
+            release.elapsed_ms,
+            extra={"query_id": release.query_id, "status": release.status},
+        )
+    return release.model_copy(update={"request_id": rid})
+
+
+def answer(
     ctx: NodeContext, envelope: SignedEnvelope, *, now: dt.datetime | None = None
 ) -> SiteRelease:
     """Run the whole pipeline on one envelope and return what may leave the node.

@@ -13,9 +13,9 @@ suppression from refusal from failure.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from varde.budget import Budget, measure_of
 from varde.query import MAX_CELLS
@@ -32,6 +32,8 @@ SiteStatus = Literal[
     "awaiting_approval",  # the site's staff must approve first; nothing computed or charged
 ]
 CellStatus = Literal["ok", "suppressed"]
+RequestId = Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9._:-]*$")]
+"""A request id (:mod:`varde.logs`) on the wire; empty where none was given."""
 
 
 def is_noisy(value: float | None, low: float | None, high: float | None) -> bool | None:
@@ -121,6 +123,8 @@ class SiteRelease(_Wire):
     """Standard deviation of the noise on each released number, by part (count, sum)."""
     accuracy: dict[str, float] = {}
     """95% half-width of the noise on each released number, by part (count, sum)."""
+    request_id: RequestId = ""
+    """The request id of the work item answered, returned so the gateway's log joins the node's."""
 
 
 class WorkItem(_Wire):
@@ -132,6 +136,8 @@ class WorkItem(_Wire):
     query: dict[str, Any]
     preview: bool = False
     """Only say what the query would cost and how accurate it would be; read no row."""
+    request_id: RequestId = ""
+    """The researcher's request (``X-Request-ID``, or one the gateway made): the node logs it."""
 
 
 class ProjectTerms(_Wire):

@@ -300,6 +300,14 @@ async def _accept_release(state: GatewayState, envelope: SignedEnvelope) -> dict
         )
         raise EnvelopeRejected("misaddressed", "release names another site than its signer")
     delivered = await state.dispatcher.deliver(release, envelope)
+    log.info(  # under the researcher's request id the node returned, not the poll's own
+        "release of %s from %s: %s (%s)",
+        release.query_id,
+        release.site,
+        release.status,
+        "delivered" if delivered else "no query waits: kept as evidence",
+        extra={"request_id": release.request_id, "query_id": release.query_id},
+    )
     if not delivered:  # late or unsolicited: keep it as evidence on its own
         await run_in_threadpool(_store_release, state, envelope, release)
     if release.project:
