@@ -37,7 +37,7 @@ from gateway.web.deps import (
 from gateway.web.pages import HEADERS, app_page, login_page, static_file
 from gateway.web.sessions import SESSION_COOKIE
 from varde.errors import NotFound
-from varde.query import Count, Funnel, Query
+from varde.query import Query
 
 router = APIRouter(prefix="/feasibility", include_in_schema=False)
 
@@ -120,9 +120,9 @@ def get_static(name: str) -> Response:
     return found
 
 
-def _units(model: type[Count] | type[Funnel]) -> list[str]:
-    """The ``unit`` values a statistic accepts (empty: it counts tumours, no option yet)."""
-    info = model.model_fields.get("unit")
+def count_units() -> list[str]:
+    """What a query may count (``Query.unit``); empty where the language counts tumours only."""
+    info = Query.model_fields.get("unit")
     if info is None:
         return []
     return [str(a) for a in typing.get_args(info.annotation) if isinstance(a, str)]
@@ -138,7 +138,7 @@ def get_catalog(state: State, researcher: PageResearcher) -> dict[str, Any]:
         "sites": [s.model_dump() for s in catalog.get_sites(state, researcher)],
         "topography": [{"code": c, "name": n} for c, n in topography_groups()],
         "morphology": [{"code": c, "name": n} for c, n in morphology_terms()],
-        "units": {"count": _units(Count), "funnel": _units(Funnel)},
+        "units": count_units(),
     }
 
 

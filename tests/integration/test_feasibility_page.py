@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from launcher.network import LocalNetwork
-from varde.query import parse_query
+from varde.query import Query, parse_query
 
 pytestmark = [
     pytest.mark.integration,
@@ -156,6 +156,8 @@ def test_build_preview_run_export_and_rerun_uncharged(
     page.wait_for_selector("#results-section:not([hidden])")
     counts = rows(page, "counts")
     assert list(counts)[-1] == "NETWORK"
+    unit = "Patients" if "unit" in Query.model_fields else "Tumours"  # issue 11's option
+    assert page.inner_text("#unit-head") == unit
     assert set(counts) == {*SITES, "NETWORK"}
     for site in SITES:
         value, interval, words, charged, left = counts[site]
@@ -181,7 +183,9 @@ def test_build_preview_run_export_and_rerun_uncharged(
     assert {r["status"] for r in table} == {"ok"}
     name, data = downloaded(page, "#json-export")
     spec = json.loads(data)
-    assert parse_query(spec).project == "nsclc-feasibility"  # what VardeClient / varde query take
+    query = parse_query(spec)  # what VardeClient / varde query take
+    assert query.project == "nsclc-feasibility"
+    assert spec.get("unit", "tumours") == unit.lower()
     assert {"op": "eq", "field": "egfr", "value": "positive"} in spec["cohort"]["args"]
     name, data = downloaded(page, "#png-counts")
     assert name.endswith(".png") and data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -170,10 +170,10 @@ function epsilonOf(state, problems) {
 /**
  * The question's documents: `{count, funnel?, survival?}`, or `{problems}`.
  *
- * `fields`: the schema by name (GET /feasibility/api/catalog); `units`: the `unit`
- * values count and funnel accept (patients where offered).
+ * `fields`: the schema by name (GET /feasibility/api/catalog); `units`: the values the
+ * query's `unit` takes (every statistic counts patients where the language offers it).
  */
-export function buildQueries(state, fields, units = { count: [], funnel: [] }) {
+export function buildQueries(state, fields, units = []) {
   const problems = [];
   if (!state.project) problems.push("Choose a project");
   const steps = inclusionSteps(state, fields, problems);
@@ -189,19 +189,18 @@ export function buildQueries(state, fields, units = { count: [], funnel: [] }) {
   if (problems.length) return { problems };
   const privacy = { mode: "dp", epsilon };
   const cohort = allOf(all.map((s) => s.predicate));
-  const countStat = { kind: "count" };
-  if ((units.count || []).includes("patients")) countStat.unit = "patients";
-  const out = { count: { project: state.project, cohort, statistic: countStat, privacy } };
+  const unit = units.includes("patients") ? { unit: "patients" } : {};
+  const out = { count: { project: state.project, cohort, statistic: { kind: "count" }, ...unit, privacy } };
   if (state.funnel) {
-    const funnelStat = { kind: "funnel", steps: all.map((s) => ({ label: s.label, criterion: s.predicate })) };
-    if ((units.funnel || []).includes("patients")) funnelStat.unit = "patients";
-    out.funnel = { project: state.project, statistic: funnelStat, privacy };
+    const funnel = { kind: "funnel", steps: all.map((s) => ({ label: s.label, criterion: s.predicate })) };
+    out.funnel = { project: state.project, statistic: funnel, ...unit, privacy };
   }
   if (state.survival) {
     out.survival = {
       project: state.project,
       cohort,
       statistic: { kind: "survival", interval_months: 6, horizon_months: 36 },
+      ...unit,
       privacy,
     };
   }

@@ -318,7 +318,7 @@ async function preview(queries) {
 // ---- results ---------------------------------------------------------------------------
 
 function unitWord() {
-  return (catalog.units.count || []).includes("patients") ? "patients" : "tumours";
+  return catalog.units.includes("patients") ? "patients" : "tumours";
 }
 
 function cellText(r) {

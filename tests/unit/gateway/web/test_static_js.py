@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from varde.query import parse_query
+from varde.query import Query, parse_query
 from varde_client.consistency import nonincreasing
 
 NODE = shutil.which("node")
@@ -86,7 +86,7 @@ BUILD = "return criteria.buildQueries(data.state, data.fields, data.units);"
 
 
 def test_the_readme_question_builds_valid_queries() -> None:
-    out = run_js(BUILD, {"state": readme_state(), "fields": SCHEMA, "units": {}})
+    out = run_js(BUILD, {"state": readme_state(), "fields": SCHEMA, "units": []})
     count = parse_query(out["count"])
     assert count.statistic.kind == "count" and count.budget is not None
     assert out["count"]["cohort"]["args"] == [
@@ -102,10 +102,16 @@ def test_the_readme_question_builds_valid_queries() -> None:
 
 
 def test_patients_are_counted_where_the_query_language_offers_it() -> None:
-    units = {"count": ["tumours", "patients"], "funnel": ["tumours", "patients"]}
+    units = ["tumours", "patients"]
     out = run_js(BUILD, {"state": readme_state(), "fields": SCHEMA, "units": units})
-    assert out["count"]["statistic"]["unit"] == "patients"
-    assert out["funnel"]["statistic"]["unit"] == "patients"
+    for kind in ("count", "funnel", "survival"):
+        assert out[kind]["unit"] == "patients"
+        if "unit" in Query.model_fields:  # issue 11's option: the documents validate with it
+            assert parse_query(out[kind]).unit == "patients"  # type: ignore[attr-defined]
+    assert (
+        "unit"
+        not in run_js(BUILD, {"state": readme_state(), "fields": SCHEMA, "units": []})["count"]
+    )
 
 
 def test_exclusions_and_other_fields_become_valid_criteria() -> None:
@@ -117,7 +123,7 @@ def test_exclusions_and_other_fields_become_valid_criteria() -> None:
             {"field": "days_to_treatment", "value": "", "min": "", "max": "30"},
         ],
     )
-    out = run_js(BUILD, {"state": state, "fields": SCHEMA, "units": {}})
+    out = run_js(BUILD, {"state": state, "fields": SCHEMA, "units": []})
     args = out["count"]["cohort"]["args"]
     assert args[0]["op"] == "or" and len(args[0]["args"]) == 2
     assert args[-1]["op"] == "not" and args[-1]["arg"]["op"] == "or"
@@ -144,7 +150,7 @@ def test_exclusions_and_other_fields_become_valid_criteria() -> None:
     ],
 )  # fmt: skip
 def test_bad_input_is_named_in_plain_words(changes: dict[str, Any], problem: str) -> None:
-    out = run_js(BUILD, {"state": readme_state(**changes), "fields": SCHEMA, "units": {}})
+    out = run_js(BUILD, {"state": readme_state(**changes), "fields": SCHEMA, "units": []})
     assert any(problem in p for p in out["problems"]), out
 
 
