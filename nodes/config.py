@@ -92,7 +92,9 @@ def load_config(path: Path) -> NodeConfig:
     try:
         config = NodeConfig.model_validate(doc)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise NodeConfigError(f"{path}: {where}: {first['msg']}") from err
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in err.errors()
+        )
+        raise NodeConfigError(f"{path}: {problems}") from err
     return config.resolved(path.resolve().parent)

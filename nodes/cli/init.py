@@ -81,3 +81,25 @@ def node_init(
         typer.echo(f"  no data yet: set data: (or mapping:) in {where}/config.yaml")
     typer.echo(f"next: varde node doctor --config {where}/config.yaml")
     typer.echo(f"then: varde node run --config {where}/config.yaml")
+
+
+@setup_app.command("doctor")
+def node_doctor(
+    config: Annotated[Path, typer.Option(help="DIR/config.yaml written by 'varde node init'.")],
+) -> None:
+    """Check config, key, policy, data, proxy, TLS, clock and the gateway's view of this key.
+
+    Prints each check as ok / warn / fail with the fix; exits 1 if any failed.
+    Changes nothing and takes no work from a running node.
+    """
+    from nodes.doctor import diagnose
+
+    checks = diagnose(config)
+    for check in checks:
+        typer.echo(check.render())
+    failed = [c.name for c in checks if c.status == "fail"]
+    warned = [c.name for c in checks if c.status == "warn"]
+    if failed:
+        typer.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"all checks passed{f' ({len(warned)} warning(s))' if warned else ''}")

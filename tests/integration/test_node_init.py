@@ -8,10 +8,12 @@ enrollment, a token that still works afterwards.
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +25,13 @@ from launcher.cli import app
 from launcher.network import LocalNetwork
 from nodes.config import load_config
 from nodes.enrollment import key_path, load_identity
-from varde.crypto import key_fingerprint, load_private_key, public_key_b64
+from varde.crypto import (
+    generate_key,
+    key_fingerprint,
+    load_private_key,
+    public_key_b64,
+    save_private_key,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("network")]
 
@@ -246,3 +254,91 @@ def test_expired_and_other_site_tokens_are_refused_with_the_fix(
     )  # fmt: skip
     assert code == 2 and "enrolls site 'hammerfest'" in out and "--site" in out
     _nothing_left(tmp_path)
+
+
+class _ForwardingProxy(http.server.BaseHTTPRequestHandler):
+    """A plain-HTTP forward proxy (absolute-form requests), remembering what it forwarded."""
+
+    seen: list[str] = []
+
+    def _forward(self) -> None:
+        _ForwardingProxy.seen.append(f"{self.command} {self.path}")
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in {"host", "connection"}}
+        with httpx.Client(trust_env=False) as upstream:
+            resp = upstream.request(self.command, self.path, content=body, headers=headers)
+        self.send_response(resp.status_code)
+        for k, v in resp.headers.items():
+            if k.lower() not in {"content-length", "transfer-encoding", "connection"}:
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(resp.content)))
+        self.end_headers()
+        self.wfile.write(resp.content)
+
+    do_GET = do_POST = _forward
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _doctor(config: Path) -> tuple[int, str]:
+    result = runner.invoke(app, ["node", "doctor", "--config", str(config)])
+    return result.exit_code, result.stdout + result.stderr
+
+
+def test_doctor_on_an_enrolled_node(
+    small_network: LocalNetwork, data_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    node = tmp_path / "lofoten-node"
+    code, out = _init(
+        "--gateway", small_network.url, "--token", _token(small_network, "lofoten"),
+        "--site", "lofoten", "--dir", str(node), "--data", str(data_file),
+    )  # fmt: skip
+    assert code == 0, out
+    config = node / "config.yaml"
+    code, out = _doctor(config)
+    assert code == 0, out
+    for line in ("ok   key recognised", "ok   clock", "ok   data: verdict: OK", "ok   reachable"):
+        assert line in out, out
+    assert "warn policy" in out and "all checks passed (1 warning(s))" in out
+    assert "fail" not in out
+    # through a proxy: the checks go through it, and say so
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ForwardingProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        _ForwardingProxy.seen.clear()
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        code, out = _doctor(config)
+        assert code == 0, out
+        assert "ok   proxy: the gateway answers through http://127.0.0.1:" in out
+        assert _ForwardingProxy.seen == [
+            f"GET {small_network.url}/healthz",
+            f"POST {small_network.url}/v1/nodes/whoami",
+        ]
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    from varde.processes import free_port
+
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # a proxy that is down
+    code, out = _doctor(config)
+    assert code == 1 and "fail proxy: through http://127.0.0.1:" in out, out
+    monkeypatch.delenv("HTTP_PROXY")
+    # another key than the one the gateway pinned
+    key_file = node / "keys" / "node_key.pem"
+    original = key_file.read_bytes()
+    key_file.unlink()
+    save_private_key(generate_key(), key_file)
+    code, out = _doctor(config)
+    assert code == 1 and "pinned another key for site 'lofoten'" in out, out
+    assert "restore keys/node_key.pem" in out
+    key_file.write_bytes(original)
+    # revoked by the operator
+    revoked = runner.invoke(
+        app, ["admin", "revoke", "lofoten", "--state-dir", str(small_network.gateway_state)]
+    )
+    assert revoked.exit_code == 0, revoked.output
+    code, out = _doctor(config)
+    assert code == 1 and "fail key recognised: site 'lofoten' was revoked" in out, out
