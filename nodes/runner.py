@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from nodes.accounts import reconcile
 from nodes.agent import Agent
 from nodes.context import NodeContext
+from nodes.data import RegistryData
 from nodes.enrollment import NodeIdentity, enroll, key_path, load_identity
 from nodes.ledger import Ledger
 from nodes.mapping.node_data import load_node_data
@@ -65,20 +66,10 @@ def open_identity(
     return enroll(gateway_url, token, site, state_dir, ca_file=ca_file, dev_network=dev_network)
 
 
-def build_context(
-    *,
-    site: str,
-    policy: Policy,
-    data_path: Path | None,
-    state_dir: Path,
-    identity: NodeIdentity,
-    mapping_path: Path | None = None,
-) -> NodeContext:
-    """Load data (bounded per patient by the policy) and open ledger and store.
-
-    With ``mapping_path`` the rows come through the site's mapping
-    (:mod:`nodes.mapping`); data failing a hard check stop the start here.
-    """
+def load_data(
+    site: str, policy: Policy, data_path: Path | None, mapping_path: Path | None
+) -> RegistryData:
+    """The site's registry, bounded per patient by the policy (refused on hard check failures)."""
     started = time.perf_counter()
     data = load_node_data(
         site=site,
@@ -93,6 +84,27 @@ def build_context(
         data.n_dropped,
         time.perf_counter() - started,
     )
+    return data
+
+
+def build_context(
+    *,
+    site: str,
+    policy: Policy,
+    data_path: Path | None,
+    state_dir: Path,
+    identity: NodeIdentity,
+    mapping_path: Path | None = None,
+    data: RegistryData | None = None,
+) -> NodeContext:
+    """Load data (bounded per patient by the policy) and open ledger and store.
+
+    With ``mapping_path`` the rows come through the site's mapping
+    (:mod:`nodes.mapping`); data failing a hard check stop the start here.
+    ``data``: already loaded (:func:`load_data`), so nothing is read twice.
+    """
+    if data is None:
+        data = load_data(site, policy, data_path, mapping_path)
     node_key = load_or_create_key(key_path(state_dir))
     ledger = Ledger.in_directory(state_dir)
     store = NodeStore.in_directory(state_dir, key=node_key)  # signs audit checkpoints
@@ -180,6 +192,8 @@ def run_node(
     """
     check_gateway_url(gateway_url, dev_network)  # before anything is loaded or written
     site_name, policy = resolve_site(policy_path, site)
+    # data first: data that fail a check never spend the one-time enrollment token
+    data = load_data(site_name, policy, data_path, mapping_path)
     identity = open_identity(
         state_dir, site_name, gateway_url, enroll_token, ca_file=ca_file, dev_network=dev_network
     )
@@ -190,6 +204,7 @@ def run_node(
         state_dir=state_dir,
         identity=identity,
         mapping_path=mapping_path,
+        data=data,
     )
     agent = Agent(ctx, gateway_url, workers=workers, ca_file=ca_file, dev_network=dev_network)
     reloader = PolicyReloader(ctx, policy_path).start()  # edits apply without a restart

@@ -176,13 +176,13 @@ def omop_chunks(source: OmopSource) -> RawChunks:
         engine.dispose()
         raise MappingError(f"{name}: not a readable OMOP CDM 5.4: {_first_line(err)}") from err
 
-    def chunks() -> Iterator[pd.DataFrame]:
-        try:
-            while rows := result.fetchmany(source.chunksize):
-                yield _shape(pd.DataFrame.from_records(rows, columns=columns), latest)
-        finally:
-            result.close()
-            conn.close()
-            engine.dispose()
+    def close() -> None:
+        result.close()
+        conn.close()
+        engine.dispose()
 
-    return RawChunks(name, BASE_COLUMNS + list(source.measurements), chunks())
+    def chunks() -> Iterator[pd.DataFrame]:
+        while rows := result.fetchmany(source.chunksize):
+            yield _shape(pd.DataFrame.from_records(rows, columns=columns), latest)
+
+    return RawChunks(name, BASE_COLUMNS + list(source.measurements), chunks(), close)

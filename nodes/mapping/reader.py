@@ -101,18 +101,21 @@ def open_source(mapping: SiteMapping, base: Path, data_override: Path | None = N
 def load_site(mapping: SiteMapping, base: Path, data_override: Path | None = None) -> SiteLoad:
     """Map every chunk of the source and collect the problems (raises only if it cannot open)."""
     raw = open_source(mapping, base, data_override)
-    absent = missing_columns(mapping, raw.columns)
-    if absent:
-        raise MappingError(
-            f"{raw.name}: the mapping reads column(s) the source does not have: "
-            f"{', '.join(absent)} (source columns: {', '.join(raw.columns[:40])})"
-        )
     log = ProblemLog()
     parts: list[pd.DataFrame] = []
-    offset = 0
-    for chunk in raw.chunks:
-        parts.append(map_chunk(mapping, chunk, offset, log))
-        offset += len(chunk)
+    try:
+        absent = missing_columns(mapping, raw.columns)
+        if absent:
+            raise MappingError(
+                f"{raw.name}: the mapping reads column(s) the source does not have: "
+                f"{', '.join(absent)} (source columns: {', '.join(raw.columns[:40])})"
+            )
+        offset = 0
+        for chunk in raw.chunks:
+            parts.append(map_chunk(mapping, chunk, offset, log))
+            offset += len(chunk)
+    finally:
+        raw.close()
     if not parts:
         raise MappingError(f"{raw.name}: the source has no rows")
     if log.hard:

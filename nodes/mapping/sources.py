@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +34,8 @@ class RawChunks:
     name: str
     columns: list[str]
     chunks: Iterator[pd.DataFrame]
+    close: Callable[[], None] = field(default=lambda: None)
+    """Release the file or connection (also when reading stops early)."""
 
 
 def expand_url(url: str) -> str:
@@ -97,7 +99,7 @@ def file_chunks(source: FileSource, path: Path) -> RawChunks:
                 for batch in parquet.iter_batches(batch_size=_CSV_CHUNK):
                     yield pa.Table.from_batches([batch]).to_pandas()
 
-            return RawChunks(str(path), names, parquet_chunks())
+            return RawChunks(str(path), names, parquet_chunks(), parquet.close)
         reader = pd.read_csv(
             path,
             sep=source.delimiter,
@@ -109,8 +111,11 @@ def file_chunks(source: FileSource, path: Path) -> RawChunks:
         )
         first = next(reader, None)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pa.ArrowInvalid) as err:
+        if source.kind == "csv" and "reader" in locals():
+            reader.close()
         raise MappingError(f"{path}: cannot read {source.kind} file: {err}") from err
     if first is None:
+        reader.close()
         raise MappingError(f"{path}: the file has no header")
 
     def csv_chunks() -> Iterator[pd.DataFrame]:
@@ -120,7 +125,7 @@ def file_chunks(source: FileSource, path: Path) -> RawChunks:
         except (UnicodeDecodeError, pd.errors.ParserError) as err:
             raise MappingError(f"{path}: cannot read csv file: {err}") from err
 
-    return RawChunks(str(path), [str(c) for c in first.columns], csv_chunks())
+    return RawChunks(str(path), [str(c) for c in first.columns], csv_chunks(), reader.close)
 
 
 def sql_chunks(source: SqlSource) -> RawChunks:
@@ -149,13 +154,13 @@ def sql_chunks(source: SqlSource) -> RawChunks:
         engine.dispose()
         raise MappingError(f"{name}: {_first_line(err)}") from err
 
-    def chunks() -> Iterator[pd.DataFrame]:
-        try:
-            while rows := result.fetchmany(source.chunksize):
-                yield pd.DataFrame.from_records(rows, columns=columns)
-        finally:
-            result.close()
-            conn.close()
-            engine.dispose()
+    def close() -> None:
+        result.close()
+        conn.close()
+        engine.dispose()
 
-    return RawChunks(name, columns, chunks())
+    def chunks() -> Iterator[pd.DataFrame]:
+        while rows := result.fetchmany(source.chunksize):
+            yield pd.DataFrame.from_records(rows, columns=columns)
+
+    return RawChunks(name, columns, chunks(), close)
