@@ -122,6 +122,29 @@ def rows(page: Any, table: str) -> dict[str, list[str]]:
     return out
 
 
+COLOURS = """(selectors) => selectors.map((sel) => {
+  const el = document.querySelector(sel);
+  let bg = el, back = "rgba(0, 0, 0, 0)";
+  while (bg && (back === "rgba(0, 0, 0, 0)" || back === "transparent")) {
+    back = getComputedStyle(bg).backgroundColor;
+    bg = bg.parentElement;
+  }
+  return [sel, getComputedStyle(el).color, back];
+})"""
+
+
+def contrast(fore: str, back: str) -> float:
+    """WCAG 2 contrast ratio of two CSS ``rgb(...)`` colours."""
+
+    def luminance(css: str) -> float:
+        r, g, b = (int(float(x)) / 255 for x in re.findall(r"[\d.]+", css)[:3])
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted([luminance(fore), luminance(back)], reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
 def downloaded(page: Any, button: str) -> tuple[str, bytes]:
     with page.expect_download() as info:
         page.click(button)
@@ -172,6 +195,9 @@ def test_build_preview_run_export_and_rerun_uncharged(
     assert budgets["bergen"] == ["ε 1.00", "ε 7.00"]  # 8.0 budget: count 0.5 + funnel 0.5
     assert budgets["trondheim"] == ["ε 1.00", "ε 5.00"]
     page.screenshot(path=str(tmp_path / "feasibility-1280.png"), full_page=True)
+    selectors = ["h1", "p.muted", "#run-btn", "#save-btn", "#counts td.ok", "#counts tr.network td"]
+    for sel, fore, back in page.evaluate(COLOURS, selectors):
+        assert contrast(fore, back) >= 4.5, (sel, fore, back)  # WCAG AA for text
 
     # export: the table as CSV (same numbers as on the page), the query JSON, a PNG
     name, data = downloaded(page, "#csv-counts")
@@ -228,6 +254,23 @@ def test_build_preview_run_export_and_rerun_uncharged(
 
 def test_bad_input_and_an_ended_session_get_clear_messages(page: Any, net: LocalNetwork) -> None:
     log_in(page, net)
+    # the keyboard alone: type a code, Enter adds it, Tab reaches its remove button
+    page.focus("#topo-search")
+    page.keyboard.type("C50")
+    page.keyboard.press("Enter")
+    assert "C50 Breast" in page.inner_text("#topo-chosen")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "topo-add"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Remove C50"
+    page.keyboard.press("Enter")
+    assert page.locator("#topo-chosen li").count() == 0
+    # every control of the form has a label
+    unlabelled = page.evaluate(
+        "[...document.querySelectorAll('#question input, #question select')]"
+        ".filter((e) => !e.labels || e.labels.length === 0).map((e) => e.id)"
+    )
+    assert unlabelled == []
     page.select_option("#project", "nsclc-feasibility")
     page.click("#preview-btn")
     assert "Add at least one inclusion criterion" in page.inner_text("#form-error")

@@ -373,8 +373,9 @@ function drawFunnel(result, query) {
 
 function drawSurvival(result) {
   const { points, median } = survivalCurve(result);
+  const bound = (x) => (x == null ? "not reached" : `${fmt2(x)} months`);
   $("survival-median").textContent = median
-    ? `Median survival: ${fmt2(median.value)} months (95% interval ${fmt2(median.ci_low)}–${fmt2(median.ci_high)})`
+    ? `Median survival: ${fmt2(median.value)} months (95% interval ${bound(median.ci_low)} to ${bound(median.ci_high)})`
     : "Median survival not reached within 36 months (or not estimable).";
   $("survival-refusals").replaceChildren(
     ...(result.sites || []).filter((s) => s.status !== "ok").map((s) => h("p", { class: "bad" }, `${s.site}: ${plainRefusal(s)}`)),
