@@ -103,6 +103,12 @@ class LocalNetwork:
     console_password: str = ""
     console_urls: dict[str, str] = field(default_factory=dict)
     superlink_port: int = 0
+    gateway_replicas: int = 1
+    """How many ``varde gateway serve`` processes share the database (over 1: PostgreSQL)."""
+    replica_ports: list[int] = field(default_factory=list)
+    """The port of each replica; the first is :attr:`port`."""
+    node_gateway: dict[str, str] = field(default_factory=dict)
+    """The URL a site's node polls (default: node i polls replica i mod the replica count)."""
     _federation: Any = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _server: Any = None
@@ -112,6 +118,16 @@ class LocalNetwork:
     def url(self) -> str:
         """Base URL of the gateway."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """Base URL of every gateway replica (one unless :attr:`gateway_replicas`)."""
+        return [f"http://127.0.0.1:{p}" for p in self.replica_ports] or [self.url]
+
+    @staticmethod
+    def replica_name(index: int) -> str:
+        """The process name of replica ``index`` (0: ``gateway``, as with one replica)."""
+        return "gateway" if index == 0 else f"gateway-{index + 1}"
 
     @property
     def gateway_state(self) -> Path:
@@ -217,6 +233,10 @@ class LocalNetwork:
         from gateway.admin import add_project, add_researcher
         from gateway.core.db import make_engine, make_sessionmaker
 
+        if self.gateway_replicas > 1 and not (self.database_url or "").startswith("postgresql"):
+            raise ValueError("gateway replicas share a PostgreSQL database: set database_url")
+        if self.gateway_replicas > 1 and (self.inprocess_gateway or self.training):
+            raise ValueError("gateway replicas run as processes, without training")
         if self.gateway_state.exists():
             shutil.rmtree(self.gateway_state)
         self.gateway_state.mkdir(parents=True)
@@ -233,15 +253,22 @@ class LocalNetwork:
         if self.inprocess_gateway:
             self._serve_inprocess(timeout)
             return
+        # replicas one after another: the first creates the signing key all of them share
+        self.replica_ports = [self.port] + [free_port() for _ in range(self.gateway_replicas - 1)]
+        for index, port in enumerate(self.replica_ports):
+            self._start_replica(index, port, timeout)
+
+    def _start_replica(self, index: int, port: int, timeout: float) -> None:
+        name = self.replica_name(index)
         self._spawn(
-            "gateway",
+            name,
             _varde(
                 "gateway",
                 "serve",
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(self.port),
+                str(port),
                 "--state-dir",
                 str(self.gateway_state),
                 *(["--database-url", self.database_url] if self.database_url else []),
@@ -254,15 +281,15 @@ class LocalNetwork:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._procs["gateway"].poll() is not None:
-                raise RuntimeError(f"gateway exited:\n{self._tail('gateway')}")
+            if self._procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited:\n{self._tail(name)}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"gateway not healthy after {timeout} s:\n{self._tail('gateway')}")
+        raise RuntimeError(f"{name} not healthy after {timeout} s:\n{self._tail(name)}")
 
     def _serve_inprocess(self, timeout: float) -> None:
         """Run the gateway in a thread of this process (tests reach its dispatcher)."""
@@ -316,7 +343,8 @@ class LocalNetwork:
             "--policy",
             str(self.policy_path(site)),
             "--gateway",
-            self.url,
+            self.node_gateway.get(site)
+            or self.replica_urls[self.sites.index(site) % len(self.replica_urls)],
             *(["--data", str(self.data_files[site])] if site in self.data_files else []),
             *(["--mapping", str(self.mappings[site])] if site in self.mappings else []),
             "--state-dir",
@@ -422,7 +450,8 @@ class LocalNetwork:
 
     def stop(self) -> None:
         """Stop nodes first, then the gateway."""
-        for name in [n for n in self._procs if n != "gateway"] + ["gateway"]:
+        gateways = [n for n in self._procs if n.startswith("gateway")]
+        for name in [n for n in self._procs if n not in gateways] + gateways:
             self.stop_process(name)
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
