@@ -76,13 +76,26 @@ from varde.query import (
     StartsWith,
 )
 from varde.schema import FIELDS_BY_NAME, FieldKind
+from varde.study_fields import declared
 
 __all__ = ["canonical_predicate", "canonical_query", "query_key"]
 
 
+def _kind(field: str) -> FieldKind | None:
+    """The schema kind of ``field``; None for a study field.
+
+    A study field holds real numbers or its own categories: its predicates are kept as
+    written, never rewritten on a whole-number line.
+    """
+    spec = FIELDS_BY_NAME.get(field)
+    return None if spec is None else spec.kind
+
+
 def _scalar(field: str, value: Scalar) -> Scalar:
     """One spelling per value: a whole float is an int, a date is ``YYYY-MM-DD``."""
-    if FIELDS_BY_NAME[field].kind is FieldKind.DATE:
+    if _kind(field) is None:
+        return value
+    if _kind(field) is FieldKind.DATE:
         return dt.date.fromisoformat(str(value)).isoformat()
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -116,7 +129,7 @@ Interval = tuple[Bound, Bound]
 
 def _discrete(pred: Predicate) -> bool:
     """A comparison on a whole-number field (integer or date)."""
-    return isinstance(pred, Eq | In | Between | Ge | Le) and FIELDS_BY_NAME[pred.field].kind in (
+    return isinstance(pred, Eq | In | Between | Ge | Le) and _kind(pred.field) in (
         FieldKind.INTEGER,
         FieldKind.DATE,
     )
@@ -319,6 +332,8 @@ def canonical_predicate(pred: Predicate) -> Predicate:
         return _in(pred.field, list(pred.values))
     if isinstance(pred, Eq):
         return Eq(op="eq", field=pred.field, value=_scalar(pred.field, pred.value))
+    if isinstance(pred, Between | Ge | Le):  # a range on a study field's real line: as written
+        return pred
     assert isinstance(pred, StartsWith)
     return pred
 
@@ -331,14 +346,15 @@ def canonical_query(query: Query) -> dict[str, Any]:
     (their order fixes the layout of the released cells); numbers in them are
     spelt one way.
     """
-    cohort = None if query.cohort is None else canonical_predicate(query.cohort)
-    statistic = query.statistic
-    if isinstance(statistic, Funnel):  # the steps' order matters, each criterion's form not
-        steps = [
-            s.model_copy(update={"criterion": canonical_predicate(s.criterion)})
-            for s in statistic.steps
-        ]
-        statistic = statistic.model_copy(update={"steps": steps})
+    with declared(query.study_fields):  # rewritten criteria may name its study fields
+        cohort = None if query.cohort is None else canonical_predicate(query.cohort)
+        statistic = query.statistic
+        if isinstance(statistic, Funnel):  # the steps' order matters, each criterion's form not
+            steps = [
+                s.model_copy(update={"criterion": canonical_predicate(s.criterion)})
+                for s in statistic.steps
+            ]
+            statistic = statistic.model_copy(update={"steps": steps})
     return {
         "project": query.project,
         "cohort": None if cohort is None else cohort.model_dump(mode="json"),
@@ -347,6 +363,12 @@ def canonical_query(query: Query) -> dict[str, Any]:
         "privacy": _numbers(query.privacy.model_dump(mode="json")),
         # what is counted; absent for tumours, so a tumour question keeps its key
         **({"unit": query.unit} if query.unit != "tumours" else {}),
+        # study fields mean what their declarations say: a new declaration, a new question
+        **(
+            {"study_fields": [f.model_dump(mode="json") for f in query.study_fields]}
+            if query.study_fields
+            else {}
+        ),
     }
 
 

@@ -84,6 +84,8 @@ def evaluate(
         return out
     if isinstance(pred, Not):
         return ~evaluate(data, pred.arg, rows)
+    if pred.field not in FIELDS_BY_NAME:
+        return _study(data, pred, rows)
     spec = FIELDS_BY_NAME[pred.field]
     col = _column(data, spec.name, rows)
     if spec.kind is FieldKind.CATEGORICAL:
@@ -110,3 +112,38 @@ def evaluate(
     if isinstance(pred, Le):
         return np.asarray(col <= _num(spec, pred.value))
     raise TypeError(f"{pred.op} on {spec.kind.value} field {spec.name}")  # pragma: no cover
+
+
+def _study(data: RegistryData, pred: Predicate, rows: np.ndarray | None) -> np.ndarray:
+    """A criterion on a study field: its text by the column's own levels, numbers as floats.
+
+    The query model has checked the criterion against the field's declaration and the
+    policy that the column is of the declared kind, so this only compares.
+    """
+    assert not isinstance(pred, And | Or | Not)
+    col = _column(data, pred.field, rows)
+    levels = data.study_levels.get(pred.field)
+    if levels is not None:
+        cats = np.asarray(levels, dtype=object)
+        if isinstance(pred, Eq):
+            wanted = cats == pred.value
+        elif isinstance(pred, In):
+            wanted = np.isin(cats, np.asarray(pred.values, dtype=object))
+        elif isinstance(pred, StartsWith):
+            wanted = np.array([c.startswith(pred.prefix) for c in levels], dtype=bool)
+        else:  # pragma: no cover - the query model forbids it
+            raise TypeError(f"{pred.op} on categorical study field {pred.field}")
+        return _category_mask(col, np.asarray(wanted, dtype=bool))
+    if isinstance(pred, Eq):
+        return np.asarray(col == float(pred.value))
+    if isinstance(pred, In):
+        return np.isin(col, [float(v) for v in pred.values])
+    if isinstance(pred, Between):
+        out = col >= float(pred.low)
+        out &= col <= float(pred.high)
+        return np.asarray(out)
+    if isinstance(pred, Ge):
+        return np.asarray(col >= float(pred.value))
+    if isinstance(pred, Le):
+        return np.asarray(col <= float(pred.value))
+    raise TypeError(f"{pred.op} on study field {pred.field}")  # pragma: no cover

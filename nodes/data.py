@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from nodes.registry_io import read_registry
-from varde.schema import FIELDS, FieldKind
+from varde.schema import FIELDS, FIELDS_BY_NAME, FieldKind
 
 EPOCH = np.datetime64("1970-01-01", "D")
 
@@ -51,6 +51,15 @@ class RegistryData:
     rows in a run, earliest first. Counting patients takes the first matching row of each
     run (:mod:`nodes.statistics.units`); the order is the one :func:`bound_contributions`
     keeps rows by."""
+    study: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """Columns beyond the common schema (study fields a mapping provides), by name: numbers
+    as ``float64`` (NaN missing), text as ``int32`` codes into :attr:`study_levels` (-1
+    missing). Which of them a query may read is the policy's declaration
+    (:mod:`varde.study_fields`); their values are never checked against it here, since
+    the policy can change while the data stay: a category the declaration lacks falls in
+    no cell, a number outside the declared bounds is clamped where bounds apply."""
+    study_levels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The distinct values of each text study column, sorted (what its codes index)."""
 
     @property
     def patients(self) -> np.ndarray:
@@ -60,8 +69,13 @@ class RegistryData:
         return self.patient_index
 
     def column(self, name: str) -> np.ndarray:
-        """The prepared array for ``name`` (``KeyError`` if the data lacks it)."""
-        return self.columns[name]
+        """The prepared array for ``name``, a schema or study column (``KeyError`` if absent)."""
+        found = self.columns.get(name)
+        return self.study[name] if found is None else found
+
+    def study_kinds(self) -> dict[str, str]:
+        """Each study column's kind: ``categorical`` (text) or ``bounded`` (numbers)."""
+        return {n: "categorical" if n in self.study_levels else "bounded" for n in self.study}
 
     not_available: frozenset[str] = frozenset()
     """Schema fields this site does not have (its mapping's ``not_available``): their
@@ -135,6 +149,7 @@ def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> Reg
             cols[spec.name] = _narrow(values)
         elif spec.kind is FieldKind.DATE:
             cols[spec.name] = _narrow(days_since_epoch(series))
+    study, levels = study_columns(bounded)
     keys = hash_patient_ids(bounded["patient_id"])
     patient_index = np.unique(keys, return_inverse=True)[1].astype(np.uint32).reshape(-1)
     return RegistryData(
@@ -146,7 +161,29 @@ def prepare(frame: pd.DataFrame, *, site: str, max_rows_per_patient: int) -> Reg
         patient_keys=keys,
         patient_index=patient_index,
         tumour_order=tumour_order(bounded, patient_index),
+        study=study,
+        study_levels=levels,
     )
+
+
+def study_columns(
+    bounded: pd.DataFrame,
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
+    """Every column beyond the schema, prepared: numbers as floats, text as sorted codes."""
+    study: dict[str, np.ndarray] = {}
+    levels: dict[str, tuple[str, ...]] = {}
+    for name in bounded.columns:
+        if not isinstance(name, str) or name in FIELDS_BY_NAME:
+            continue
+        series = bounded[name]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            as_float = pd.to_numeric(series).astype("Float64")
+            study[name] = as_float.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            cat = pd.Categorical(series.astype("string"))
+            levels[name] = tuple(str(c) for c in cat.categories)
+            study[name] = np.asarray(cat.codes, dtype=np.int32)
+    return study, levels
 
 
 def tumour_order(bounded: pd.DataFrame, patient_index: np.ndarray) -> np.ndarray:

@@ -181,9 +181,11 @@ def parse(_ctx: NodeContext, item: WorkState) -> None:
     item.work, item.query = work, query
 
 
-def authorise(_ctx: NodeContext, item: WorkState) -> None:
+def authorise(ctx: NodeContext, item: WorkState) -> None:
     """The site's public terms (:func:`varde.terms.check_query`) and its private checks."""
-    item.project = item.policy.authorize(item.question, researcher=item.item.researcher)
+    item.project = item.policy.authorize(
+        item.question, researcher=item.item.researcher, provided=ctx.data.study_kinds()
+    )
 
 
 def resolve(ctx: NodeContext, item: WorkState) -> None:

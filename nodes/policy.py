@@ -27,6 +27,7 @@ from varde.errors import PolicyViolation
 from varde.query import MAX_CELLS, Query
 from varde.release import Manifest, ProjectTerms, SiteLimits
 from varde.schema import FIELDS_BY_NAME
+from varde.study_fields import StudyField
 from varde.terms import check_query, check_training
 from varde.training import TrainingSpec
 
@@ -35,6 +36,8 @@ StatisticKind = Literal[
 ]
 TrainingModel = Literal["logistic", "cox"]
 """Federated training models a project may be allowed to train (``varde.training``)."""
+StudyColumns = Mapping[str, str]
+"""A site's study columns and the kind each holds (``categorical`` text, ``bounded`` numbers)."""
 SAFE_MIN_CELL = 5
 SAFE_MAX_EPSILON_PER_QUERY = 5.0
 
@@ -99,6 +102,15 @@ class ProjectPolicy(_Strict):
             "(epsilon, or rho with zcdp accounting; same budget period)."
         ),
     )
+    study_fields: list[StudyField] = Field(
+        default=[],
+        description=(
+            "The project's own fields beyond the common schema (a trial arm, a lab value): "
+            "name, kind (categorical with public categories, or bounded with public lower "
+            "and upper bounds), unit, description. Exposed to the project's queries and "
+            "training only where this site's data provide a column of that name."
+        ),
+    )
 
     @property
     def measure(self) -> Measure:
@@ -116,6 +128,14 @@ class ProjectPolicy(_Strict):
         if self.accounting == "zcdp":
             return ZCDP(self.max_rho_per_query or 0.0)
         return PureDP(self.max_epsilon_per_query)
+
+    @field_validator("study_fields")
+    @classmethod
+    def _study_fields_once(cls, value: list[StudyField]) -> list[StudyField]:
+        names = [f.name for f in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"study fields must not repeat: {names}")
+        return value
 
     @field_validator("training")
     @classmethod
@@ -359,7 +379,9 @@ class Policy(_Strict):
         """A short content hash, so releases and manifests name the policy they obeyed."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
-    def authorize(self, query: Query, *, researcher: str) -> ProjectPolicy:
+    def authorize(
+        self, query: Query, *, researcher: str, provided: StudyColumns | None = None
+    ) -> ProjectPolicy:
         """Check ``query`` against this policy; raise :class:`PolicyViolation` saying why not.
 
         The public terms are checked by :func:`varde.terms.check_query`, the very
@@ -368,12 +390,14 @@ class Policy(_Strict):
         not checked here (that is the ledger's atomic job), nor staff approvals
         (:mod:`nodes.approvals`).
         """
-        check_query(self.terms(), query)
+        check_query(self.terms(provided=provided), query)
         return self._admitted(query.project, researcher)
 
-    def authorize_training(self, spec: TrainingSpec, *, researcher: str) -> ProjectPolicy:
+    def authorize_training(
+        self, spec: TrainingSpec, *, researcher: str, provided: StudyColumns | None = None
+    ) -> ProjectPolicy:
         """Check a training job like :meth:`authorize` checks a query (public terms, researcher)."""
-        check_training(self.terms(), spec)
+        check_training(self.terms(provided=provided), spec)
         return self._admitted(spec.project, researcher)
 
     def _admitted(self, project: str, researcher: str) -> ProjectPolicy:
@@ -384,11 +408,16 @@ class Policy(_Strict):
             )
         return proj
 
-    def terms(self, remaining: Mapping[str, Budget] | None = None) -> Manifest:
+    def terms(
+        self, remaining: Mapping[str, Budget] | None = None, provided: StudyColumns | None = None
+    ) -> Manifest:
         """The public terms of this policy (what :meth:`manifest` publishes).
 
         ``remaining`` is what each project has left in its own measure; without
-        it the terms say nothing about what is left.
+        it the terms say nothing about what is left. ``provided`` is the kind of each
+        study column the site's data hold (:meth:`nodes.data.RegistryData.study_kinds`):
+        a declared study field is exposed only where a column of its name and kind is
+        there. None (tools that read no data) exposes every declared field.
         """
         left = remaining or {}
         return Manifest(
@@ -404,6 +433,7 @@ class Policy(_Strict):
                     training=list(p.training),
                     aggregate=p.aggregate_mode,
                     renews=renews_on(p.budget_period, utcnow()),
+                    study_fields=exposed_study_fields(p.study_fields, provided),
                 )
                 for name, p in self.projects.items()
             },
@@ -418,10 +448,21 @@ class Policy(_Strict):
             ),
         )
 
-    def manifest(self, remaining: Mapping[str, Budget]) -> Manifest:
+    def manifest(
+        self, remaining: Mapping[str, Budget], provided: StudyColumns | None = None
+    ) -> Manifest:
         """The public summary sent to the gateway (no rows, no counts).
 
         ``remaining`` is what each project has left in its *own* measure, as
         :meth:`nodes.context.NodeContext.remaining` reports it.
         """
-        return self.terms(remaining)
+        return self.terms(remaining, provided)
+
+
+def exposed_study_fields(
+    declared: list[StudyField], provided: StudyColumns | None
+) -> list[StudyField]:
+    """The declared study fields whose column the data provide, of the declared kind."""
+    if provided is None:
+        return list(declared)
+    return [f for f in declared if provided.get(f.name) == f.kind]

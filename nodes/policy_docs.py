@@ -27,6 +27,7 @@ from nodes.policy import (
     ProjectPolicy,
     QueryLimits,
 )
+from varde.study_fields import StudyField
 
 __all__ = ["render_policy_markdown"]
 
@@ -34,6 +35,7 @@ _DOC_MODELS: list[tuple[str, type[BaseModel]]] = [
     ("(top level)", Policy),
     ("privacy_unit", PrivacyUnit),
     ("projects.<name>", ProjectPolicy),
+    ("projects.<name>.study_fields[]", StudyField),
     ("aggregate", AggregateMode),
     ("approvals", ApprovalRules),
     ("limits", QueryLimits),

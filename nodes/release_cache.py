@@ -146,6 +146,10 @@ def data_digest(data: RegistryData) -> str:
         h.update(name.encode())
         h.update(str(col.dtype).encode())
         h.update(col.tobytes())
+    for name in sorted(data.study):  # study columns (none: the digest of before)
+        col = np.ascontiguousarray(data.study[name])
+        h.update(f"study:{name}:{col.dtype}:{data.study_levels.get(name)}".encode())
+        h.update(col.tobytes())
     return h.hexdigest()
 
 

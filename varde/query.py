@@ -26,13 +26,16 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    ModelWrapValidatorHandler,
     Tag,
+    ValidationError,
     field_validator,
     model_validator,
 )
 
 from varde.budget import ZCDP, Budget, Measure, PureDP
 from varde.schema import FIELDS_BY_NAME, QUERYABLE_FIELDS, FieldKind, FieldSpec
+from varde.study_fields import StudyField, complete, declared, in_scope, names_in_scope
 from varde.suggest import hint, suggest, unknown
 
 Scalar = str | int | float
@@ -79,7 +82,10 @@ def _documented(key: str, tags: list[str]) -> Callable[[dict[str, Any]], None]:
 def _queryable(name: str) -> FieldSpec:
     spec = FIELDS_BY_NAME.get(name)
     if spec is None:
-        raise ValueError(unknown("field", name, QUERYABLE_FIELDS))
+        study = in_scope(name)  # a study field the query declares (varde.study_fields)
+        if study is not None:
+            return study.spec()
+        raise ValueError(unknown("field", name, (*QUERYABLE_FIELDS, *names_in_scope())))
     if not spec.queryable:
         raise ValueError(f"field {name!r} is an identifier and can never be queried")
     return spec
@@ -343,6 +349,10 @@ class Histogram(_Frozen):
         if spec.kind is FieldKind.CATEGORICAL:
             if self.bins is not None:
                 raise ValueError(f"{self.field!r} is categorical: give 'categories', not 'bins'")
+            if self.categories is None and self.field not in FIELDS_BY_NAME:
+                # a study field's cells are its declared categories, written out here so the
+                # histogram says its own labels wherever it is read (frozen: set once, now)
+                object.__setattr__(self, "categories", list(spec.categories))
             for c in self.categories or ():
                 _check_value(spec, c)
             if self.categories is not None and len(set(self.categories)) != len(self.categories):
@@ -362,9 +372,11 @@ class Histogram(_Frozen):
 
     def labels(self) -> list[str]:
         """The public cell labels of this histogram, in order."""
-        spec = FIELDS_BY_NAME[self.field]
-        if spec.kind is FieldKind.CATEGORICAL:
-            return list(self.categories or spec.categories)
+        if self.categories is not None:
+            return list(self.categories)
+        spec = FIELDS_BY_NAME.get(self.field)
+        if spec is not None and spec.kind is FieldKind.CATEGORICAL:
+            return list(spec.categories)
         assert self.bins is not None
         return [f"[{_fmt(a)}, {_fmt(b)})" for a, b in zip(self.bins, self.bins[1:], strict=False)]
 
@@ -736,6 +748,44 @@ class Query(_Frozen):
     privacy: Privacy
     sites: Annotated[list[str], Field(min_length=1)] | None = None
     timeout_s: float = Field(default=10.0, gt=0, le=120, allow_inf_nan=False)
+    study_fields: Annotated[list[StudyField], Field(max_length=50)] = Field(
+        default=[], exclude_if=lambda fields: not fields
+    )
+    """Declarations of the study fields the query names (:mod:`varde.study_fields`): filled
+    in by the gateway from what the sites publish, checked by each site against its own."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _study_fields_in_scope(cls, data: Any, handler: ModelWrapValidatorHandler[Query]) -> Query:
+        """Validate the query knowing the study fields it declares (or the gateway completes)."""
+        if not isinstance(data, dict):
+            return handler(data)
+        data = complete(data)
+        raw = data.get("study_fields") or []
+        try:
+            fields = [StudyField.model_validate(f) for f in raw] if isinstance(raw, list) else []
+        except ValidationError:
+            fields = []  # the handler reports the bad declaration where it is
+        with declared(fields):
+            return handler(data)
+
+    @field_validator("study_fields")
+    @classmethod
+    def _declared_once(cls, value: list[StudyField]) -> list[StudyField]:
+        names = [f.name for f in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"study fields must not repeat: {names}")
+        return value
+
+    def field_categories(self, name: str) -> list[str]:
+        """The public categories of a categorical field: the schema's, or a study field's."""
+        spec = FIELDS_BY_NAME.get(name)
+        if spec is not None:
+            return list(spec.categories)
+        study = next((f for f in self.study_fields if f.name == name), None)
+        if study is None or study.categories is None:
+            raise KeyError(f"the query declares no categorical field {name!r}")
+        return list(study.categories)
 
     @field_validator("group_by")
     @classmethod
@@ -783,12 +833,12 @@ class Query(_Frozen):
 
     def axes(self) -> list[tuple[str, list[str]]]:
         """The public axes of the released table: group_by keys, then the statistic's own."""
-        out = [(g, list(FIELDS_BY_NAME[g].categories)) for g in self.group_by]
+        out = [(g, self.field_categories(g)) for g in self.group_by]
         stat = self.statistic
         if isinstance(stat, Histogram):
             out.append((stat.field, stat.labels()))
         elif isinstance(stat, Crosstab):
-            out.extend((f, list(FIELDS_BY_NAME[f].categories)) for f in stat.fields)
+            out.extend((f, self.field_categories(f)) for f in stat.fields)
         elif isinstance(stat, Funnel):
             out.append(("step", stat.labels()))
         elif isinstance(stat, Quantile):

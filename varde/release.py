@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validat
 
 from varde.budget import Budget, measure_of
 from varde.query import MAX_CELLS
+from varde.study_fields import StudyField
 
 SiteStatus = Literal[
     "ok",
@@ -161,6 +162,9 @@ class ProjectTerms(_Wire):
     """Non-DP aggregate queries allowed for this project (the site allows them too)."""
     renews: dt.date | None = None
     """First day (UTC) of the next budget period; None for a lifetime budget (never renews)."""
+    study_fields: list[StudyField] = []
+    """The project's study fields this site exposes (declared in its policy, provided by its
+    data): what the gateway completes queries with (:mod:`varde.study_fields`)."""
 
     @model_validator(mode="after")
     def _one_measure(self) -> ProjectTerms:

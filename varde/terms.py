@@ -23,6 +23,7 @@ from varde.budget import measure_of
 from varde.errors import BudgetExhausted, FieldNotAvailable, PolicyViolation
 from varde.query import Query, Survival
 from varde.release import Manifest, ProjectTerms
+from varde.study_fields import StudyField
 from varde.training import TrainingSpec, round_costs
 
 LEDGER_ROUNDING = 1e-9
@@ -55,10 +56,33 @@ def _project(terms: Manifest, project: str) -> ProjectTerms:
     return found
 
 
-def _exposed(terms: Manifest, fields: set[str]) -> None:
-    hidden = fields - set(terms.fields)
+def _exposed(
+    terms: Manifest, project: ProjectTerms, fields: set[str], declared: list[StudyField]
+) -> None:
+    """Every field read is exposed here: a schema field, or a study field of the project.
+
+    A study field must also mean here what the query says it means: the declaration it
+    carries is the one this site publishes, or the site refuses (its cells, bounds and
+    scaling would be someone else's).
+    """
+    study = {f.name: f for f in project.study_fields}
+    hidden = fields - set(terms.fields) - set(study)
     if hidden:
         raise FieldNotAvailable(terms.site, hidden)
+    for f in declared:
+        if f.name in fields and study.get(f.name) != f:
+            raise PolicyViolation(
+                f"site {terms.site!r} declares study field {f.name!r} differently from the "
+                f"query: {_declaration(study.get(f.name))} here, {_declaration(f)} asked"
+            )
+
+
+def _declaration(f: StudyField | None) -> str:
+    if f is None:  # pragma: no cover - a hidden field is refused before
+        return "none"
+    if f.kind == "categorical":
+        return f"categories {', '.join(f.categories or [])}"
+    return f"bounds [{f.lower:g}, {f.upper:g}]"
 
 
 _MODES = {"epsilon": "dp", "zcdp": "zcdp"}
@@ -93,7 +117,7 @@ def check_query(terms: Manifest, query: Query) -> ProjectTerms:
     kind = query.statistic.kind
     if kind not in terms.statistics:
         raise PolicyViolation(f"site {site!r} does not allow statistic {kind!r}")
-    _exposed(terms, query.fields_read())
+    _exposed(terms, project, query.fields_read(), query.study_fields)
     stat, limits = query.statistic, terms.limits
     floor = limits.min_survival_interval_months
     if isinstance(stat, Survival) and stat.interval_months < floor:
@@ -184,7 +208,7 @@ def check_training(terms: Manifest, spec: TrainingSpec) -> ProjectTerms:
             f"site {site!r} does not allow training {spec.model!r} models for project "
             f"{spec.project!r} (allowed there: {allowed})"
         )
-    _exposed(terms, spec.fields_read())
+    _exposed(terms, project, spec.fields_read(), [])
     measure = project.budget.measure
     costs = round_costs(spec, measure)
     cap = project.max_per_query.amount

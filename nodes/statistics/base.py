@@ -132,9 +132,14 @@ def cell_labels(query: Query) -> list[list[str]]:
 
 def _axis_codes(data: RegistryData, name: str, labels: list[str], query: Query) -> np.ndarray:
     """Per-row position along one axis, -1 where the row falls in no declared label."""
-    spec = FIELDS_BY_NAME[name]
     stat = query.statistic
-    if spec.kind is FieldKind.CATEGORICAL:
+    levels = data.study_levels.get(name)
+    if levels is not None:  # a categorical study field: its column's levels onto the labels
+        position = {c: i for i, c in enumerate(labels)}
+        table = np.array([position.get(c, -1) for c in levels] + [-1], dtype=np.int64)
+        return np.asarray(table[data.column(name)], dtype=np.int64)
+    spec = FIELDS_BY_NAME.get(name)
+    if spec is not None and spec.kind is FieldKind.CATEGORICAL:
         position = {c: i for i, c in enumerate(labels)}
         table = np.array([position.get(c, -1) for c in spec.categories] + [-1], dtype=np.int64)
         return np.asarray(table[data.column(name)], dtype=np.int64)

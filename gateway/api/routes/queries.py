@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Depends
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -12,16 +12,29 @@ from gateway.api.deps import CurrentResearcher, State
 from gateway.api.errors import responses
 from gateway.api.examples import QUERY_EXAMPLES
 from gateway.queries import preview_query, run_query, stored_result
+from gateway.study_fields import published
 from varde.query import Query
 from varde.results import PreviewResult, QueryResult, StoredQuery
+from varde.study_fields import resolve_with
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
 
 QueryBody = Annotated[Query, Body(openapi_examples=QUERY_EXAMPLES)]
 
 
+async def study_fields_from_sites(state: State) -> None:
+    """Let the query body be completed with the study fields the sites declare.
+
+    Async on purpose: FastAPI awaits it in the request's own task before it validates the
+    body, so the resolver it sets (:func:`gateway.study_fields.published`) is the one that
+    validation sees (:func:`varde.study_fields.complete`).
+    """
+    resolve_with(lambda project, names: published(state, project, names))
+
+
 @router.post(
     "",
+    dependencies=[Depends(study_fields_from_sites)],
     response_model=QueryResult,
     responses={
         202: {"model": QueryResult, "description": "Some sites await their staff's approval."},
@@ -42,7 +55,12 @@ async def post_query(query: QueryBody, state: State, researcher: CurrentResearch
     )
 
 
-@router.post("/preview", response_model=PreviewResult, responses=responses(401, 403, 404, 422, 503))
+@router.post(
+    "/preview",
+    dependencies=[Depends(study_fields_from_sites)],
+    response_model=PreviewResult,
+    responses=responses(401, 403, 404, 422, 503),
+)
 async def post_preview(query: QueryBody, state: State, researcher: CurrentResearcher) -> Response:
     """What ``query`` would cost at each site (epsilon) and how accurate each number would be.
 
