@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from launcher.network import LocalNetwork
@@ -172,6 +173,7 @@ def test_build_preview_run_export_and_rerun_uncharged(
             f'#preview tr[data-stat="count"][data-site="{site}"] td'
         ).all_inner_texts()
         assert cells[1] == "would answer" and cells[2] == "ε 0.50" and cells[3].startswith("±")
+        assert cells[4] == {"oslo": "ε 10.00", "bergen": "ε 8.00", "trondheim": "ε 6.00"}[site]
     assert page.locator('#preview tr[data-stat="funnel"]').count() == 4
 
     # run: three sites and the network row, the funnel, budgets left
@@ -311,8 +313,28 @@ def test_bad_input_and_an_ended_session_get_clear_messages(page: Any, net: Local
     page.wait_for_url("**/feasibility/login")
 
 
-def test_an_offline_site_is_named_and_the_rest_answer(page: Any, net: LocalNetwork) -> None:
-    """Runs last: it stops Oslo's node."""
+def exhaust(net: LocalNetwork, site: str) -> None:
+    """Spend the whole ``nsclc-feasibility`` budget at ``site`` (distinct questions: no cache)."""
+    headers = {"Authorization": f"Bearer {net.token}"}
+    with httpx.Client(base_url=net.url, headers=headers, timeout=60) as client:
+        for age in range(20):
+            spec = {
+                "project": "nsclc-feasibility",
+                "cohort": {"op": ">=", "field": "age_at_diagnosis", "value": age},
+                "statistic": {"kind": "count"},
+                "privacy": {"mode": "dp", "epsilon": 1.0},
+                "sites": [site],
+            }
+            if client.post("/v1/queries", json=spec).status_code == 409:
+                return
+    raise AssertionError(f"the budget at {site} never ran out")
+
+
+def test_an_offline_site_and_a_spent_budget_are_named_and_the_rest_answer(
+    page: Any, net: LocalNetwork
+) -> None:
+    """Runs last: it spends Trondheim's budget and stops Oslo's node."""
+    exhaust(net, "trondheim")
     net.stop_process("oslo")
     log_in(page, net)
     page.select_option("#project", "nsclc-feasibility")
@@ -322,5 +344,6 @@ def test_an_offline_site_is_named_and_the_rest_answer(page: Any, net: LocalNetwo
     page.click("#run-btn")
     page.wait_for_selector("#refusal-oslo")
     assert "offline" in page.inner_text("#refusal-oslo")
+    assert "budget at this site is used up" in page.inner_text("#refusal-trondheim")
     counts = rows(page, "counts")
     assert counts["bergen"][2] == "answered" and "NETWORK" in counts

@@ -302,13 +302,14 @@ async function preview(queries) {
           h("td", {}, STAT_NAMES[kind]),
           h("td", { class: fine ? "ok" : "bad" }, fine ? (s.cached ? "repeat: answered from cache" : "would answer") : plainRefusal(s)),
           h("td", { class: "num" }, fine ? budgetText(s.planned) : "—"),
-          h("td", { class: "num" }, fine ? accuracyText(s.accuracy) : "—")),
+          h("td", { class: "num" }, fine ? accuracyText(s.accuracy) : "—"),
+          h("td", { class: "num" }, budgetText(s.budget_remaining))),
       );
     }
     if (ok && data.network_accuracy && Object.keys(data.network_accuracy).length) {
       body.append(h("tr", { class: "network", "data-site": "NETWORK", "data-stat": kind },
         h("th", { scope: "row" }, "NETWORK"), h("td", {}, STAT_NAMES[kind]), h("td", {}, "combined"), h("td", { class: "num" }, "—"),
-        h("td", { class: "num" }, accuracyText(data.network_accuracy))));
+        h("td", { class: "num" }, accuracyText(data.network_accuracy)), h("td", { class: "num" }, "—")));
     }
   }
   $("preview-section").hidden = false;
