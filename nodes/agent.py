@@ -152,7 +152,7 @@ class Agent:
 
         ``wait``: how long the gateway may hold the poll (default :attr:`poll_wait`).
         Releases it carried are queued again if the poll fails (the gateway may not
-        have read them; it keeps the first copy of a release and ignores repeats).
+        have read them; a release it already has is only kept again as evidence).
         """
         outbox = self._take_outbox()
         held = self.poll_wait if wait is None else wait
@@ -316,12 +316,16 @@ class Agent:
         once, so "connected" is known within one round trip instead of after a
         20 s long poll.
         """
+
+        def pause(seconds: float) -> None:
+            stop.wait(seconds)  # a stop interrupts the pause
+
         try:
             for attempt in tenacity.Retrying(
                 retry=tenacity.retry_if_exception_type(Exception),
                 wait=tenacity.wait_random_exponential(multiplier=0.2, max=self.max_backoff),
                 stop=lambda _state: stop.is_set(),
-                sleep=stop.wait,  # a stop interrupts the pause
+                sleep=pause,
                 before_sleep=self._failed,
                 reraise=True,
             ):
