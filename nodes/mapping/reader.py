@@ -103,6 +103,7 @@ def load_site(mapping: SiteMapping, base: Path, data_override: Path | None = Non
     raw = open_source(mapping, base, data_override)
     log = ProblemLog()
     parts: list[pd.DataFrame] = []
+    offset = 0
     try:
         absent = missing_columns(mapping, raw.columns)
         if absent:
@@ -110,13 +111,12 @@ def load_site(mapping: SiteMapping, base: Path, data_override: Path | None = Non
                 f"{raw.name}: the mapping reads column(s) the source does not have: "
                 f"{', '.join(absent)} (source columns: {', '.join(raw.columns[:40])})"
             )
-        offset = 0
         for chunk in raw.chunks:
             parts.append(map_chunk(mapping, chunk, offset, log))
             offset += len(chunk)
     finally:
         raw.close()
-    if not parts:
+    if offset == 0:
         raise MappingError(f"{raw.name}: the source has no rows")
     if log.hard:
         return SiteLoad(raw.name, None, log)

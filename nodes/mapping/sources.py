@@ -110,7 +110,13 @@ def file_chunks(source: FileSource, path: Path) -> RawChunks:
             chunksize=_CSV_CHUNK,
         )
         first = next(reader, None)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pa.ArrowInvalid) as err:
+    except (
+        OSError,
+        UnicodeDecodeError,
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        pa.ArrowInvalid,
+    ) as err:
         if source.kind == "csv" and "reader" in locals():
             reader.close()
         raise MappingError(f"{path}: cannot read {source.kind} file: {err}") from err

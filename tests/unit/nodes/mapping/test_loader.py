@@ -86,7 +86,7 @@ def _text(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mappings())
 def test_valid_mappings_round_trip(data: dict[str, Any]) -> None:
     mapping = check_mapping_text(_text(data))
@@ -101,7 +101,7 @@ def _place_unknown(data: dict[str, Any], where: int, key: str) -> None:
     targets[where % len(targets)][key] = "x"
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mappings(), st.integers(0, 50), st.from_regex(r"zz[a-z]{1,8}", fullmatch=True))
 def test_an_unknown_key_is_named_with_its_line(data: dict[str, Any], where: int, key: str) -> None:
     _place_unknown(data, where, key)
