@@ -8,6 +8,11 @@ With ``training=True`` the gateway also runs a Flower SuperLink
 (``--with-superlink``) and every node a Flower SuperNode connecting out to it
 (``--flower-superlink``), all plain text on 127.0.0.1: ``POST /v1/trainings``
 then works as in a deployment.
+
+With ``gateway_replicas=N`` (and a PostgreSQL ``database_url``) N gateway
+processes share the database and its work queue (:mod:`gateway.dispatch_pg`);
+node i polls replica i mod N unless :attr:`LocalNetwork.node_gateway` says
+otherwise (a load balancer's URL, say), and :attr:`LocalNetwork.url` is the first.
 """
 
 from __future__ import annotations
