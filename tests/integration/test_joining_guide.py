@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -167,14 +168,108 @@ def test_the_guide_has_the_steps_in_order() -> None:
     assert "JOINING.md" in (REPO / "README.md").read_text(), "the README links the guide"
 
 
-def test_following_the_guide_answers_a_first_query(operator: Operator, tmp_path: Path) -> None:
-    export = tmp_path / "srv" / "registry" / "tumours.csv"
+def bash_block_after(text: str, heading: str) -> str:
+    """The first ```bash block after ``heading``."""
+    rest = text[text.index(heading) :]
+    found = re.search(r"^```bash\n(.*?)^```$", rest, flags=re.MULTILINE | re.DOTALL)
+    assert found is not None, heading
+    return found.group(1)
+
+
+def command_lines(block: str) -> list[str]:
+    """A block's commands, one a line (continuations joined, comments and blanks dropped)."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in joined.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+class Node:
+    """``varde node run`` started from a guide's line, in the background, in its own session."""
+
+    def __init__(self, line: str, cwd: Path, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.mark = log.stat().st_size if log.exists() else 0
+        with log.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                ["bash", "-c", f"exec {line}"], cwd=cwd, env=env, stdout=fh,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    def new_output(self) -> str:
+        with self.log.open("rb") as fh:
+            fh.seek(self.mark)
+            return fh.read().decode(errors="replace")
+
+    def wait_polling(self, timeout: float = 60) -> None:
+        """Until this process has polled the gateway successfully (enrolled if it had to)."""
+        deadline = time.monotonic() + timeout
+        while '/v1/nodes/poll "HTTP/1.1 200' not in self.new_output():
+            assert self.proc.poll() is None, self.new_output()
+            assert time.monotonic() < deadline, f"node did not poll:\n{self.new_output()}"
+            time.sleep(0.3)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+
+
+@dataclass
+class Joined:
+    """A hospital's working directory after following sections 4 to 8 of the guide."""
+
+    cwd: Path
+    env: dict[str, str]
+    values: dict[str, str]
+    outputs: list[str]
+    blocks: list[str]
+    nodes: list[Node]
+
+    def fill(self, block: str) -> str:
+        for placeholder, value in self.values.items():
+            block = block.replace(placeholder, value)
+        assert not re.search(r"<[a-z][a-z ]*>", block), f"unfilled placeholder in {block}"
+        return block
+
+    def sh(self, script: str, expected: int = 0) -> str:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=self.cwd, env=self.env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        out = done.stdout + done.stderr
+        assert done.returncode == expected, f"{script}\nexit {done.returncode}:\n{out}"
+        return out
+
+    def start_node(self, line: str) -> Node:
+        self.nodes.append(Node(line, self.cwd, self.env, self.cwd / "node.log"))
+        self.nodes[-1].wait_polling()
+        return self.nodes[-1]
+
+
+ANSWERED = re.compile(rf"^\s*{SITE}\s+\d+\*?\s+\[", flags=re.M)
+"""A table row of ``varde query``: this site, a count (``*`` when noisy) and its interval."""
+
+
+@pytest.fixture(scope="module")
+def joined(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Joined]:
+    """Every sh block of the guide, in order, in one working directory."""
+    cwd = tmp_path_factory.mktemp("hospital")
+    export = cwd / "srv" / "registry" / "tumours.csv"
     hospital_export(export)
-    shutil.copy(operator.ca, tmp_path / "network-ca.pem")  # "saved here as network-ca.pem"
+    shutil.copy(operator.ca, cwd / "network-ca.pem")  # "saved here as network-ca.pem"
     token = varde(
         "admin", "enroll-token", SITE, "--expires", "48h", "--state-dir", str(operator.state)
     )
     assert token.returncode == 0, token.stderr
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "VARDE_TOKEN"):
+        env.pop(var, None)
+    blocks = sh_blocks(GUIDE.read_text())
+    assert len(blocks) == 6, "a new sh block: check that this test still runs it as intended"
     values = {
         "<gateway URL>": operator.url,
         "<enrollment token>": token.stdout.strip(),
@@ -182,66 +277,85 @@ def test_following_the_guide_answers_a_first_query(operator: Operator, tmp_path:
         "<researcher token>": operator.researcher_token,
         EXPORT: str(export),
     }
-    blocks = sh_blocks(GUIDE.read_text())
-    assert len(blocks) == 6, "a new sh block: check that this test still runs it as intended"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "VARDE_TOKEN"):
-        env.pop(var, None)
-    pid_file = tmp_path / "node.pid"
-    outputs: list[str] = []
+    ctx = Joined(cwd, env, values, [], blocks, [])
     try:
         for i, block in enumerate(blocks):
-            for placeholder, value in values.items():
-                block = block.replace(placeholder, value)
-            assert not re.search(r"<[a-z][a-z ]*>", block), f"unfilled placeholder in {block}"
-            starts_node = "varde node run" in block
-            if starts_node:
-                block = re.sub(
-                    r"^(varde node run .*)$", r"\1 > node.log 2>&1 & echo $! > node.pid",
-                    block, flags=re.MULTILINE,
-                )  # fmt: skip
-            done = subprocess.run(
-                ["bash", "-euo", "pipefail", "-c", block],
-                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
-            )  # fmt: skip
-            outputs.append(done.stdout + done.stderr)
+            block = ctx.fill(block)
+            before, run_line, after = block, "", ""
+            if "varde node run" in block:
+                before, run_line, after = re.split(r"^(varde node run .*)$", block, flags=re.M)
             # the guide says the first doctor, right after init, fails on data alone
-            expected = 1 if i == 1 else 0
-            assert done.returncode == expected, f"block {i}:\n{block}\n{outputs[-1]}"
-            if starts_node:
-                deadline = time.monotonic() + 60
-                while not connected(operator, SITE):
-                    log = (tmp_path / "node.log").read_text(errors="replace")
-                    assert time.monotonic() < deadline, f"node never connected:\n{log}"
-                    time.sleep(0.3)
-        init, doctor, check_data, policy, started, query = outputs
-        assert f"node {SITE} enrolled" in init, init
-        assert "DENIES EVERYTHING" in doctor and "1 check(s) failed: data" in doctor, doctor
-        assert "3,000 rows" in check_data, check_data
-        assert "OK" in policy or "ok" in policy, policy
-        assert "all checks passed" in started and "DENIES EVERYTHING" not in started, started
-        # the first query, answered by this site: a noisy count with its interval
-        row = next(line for line in query.splitlines() if line.strip().startswith(SITE))
-        assert re.search(rf"{SITE}\s+\d+\*?\s+\[", row), query
-        audit = varde(
-            "audit",
-            "report",
-            "--by",
-            "project",
-            "--state-dir",
-            str(tmp_path / "varde-node" / "state"),
-        )
-        assert audit.returncode == 0 and "network-check" in audit.stdout, (
-            audit.stdout + audit.stderr
-        )
+            ctx.outputs.append(ctx.sh(before, expected=1 if i == 1 else 0))
+            if run_line:
+                ctx.start_node(run_line)
+                assert not after.strip()
+        yield ctx
     finally:
-        if pid_file.exists():
-            pid = int(pid_file.read_text())
-            try:
-                os.kill(pid, signal.SIGTERM)
-                for _ in range(100):
-                    os.kill(pid, 0)
-                    time.sleep(0.1)
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for node in ctx.nodes:
+            node.stop()
+
+
+def test_following_the_guide_answers_a_first_query(joined: Joined) -> None:
+    init, doctor, check_data, policy, started, query = joined.outputs
+    assert f"node {SITE} enrolled" in init, init
+    assert "DENIES EVERYTHING" in doctor and "1 check(s) failed: data" in doctor, doctor
+    assert "3,000 rows" in check_data, check_data
+    assert "OK" in policy or "ok" in policy, policy
+    assert "all checks passed" in started and "DENIES EVERYTHING" not in started, started
+    # the first query, answered by this site: a noisy count with its interval
+    assert ANSWERED.search(query), query
+    state = str(joined.cwd / "varde-node" / "state")
+    audit = varde("audit", "report", "--by", "project", "--state-dir", state)
+    assert audit.returncode == 0 and "network-check" in audit.stdout, audit.stdout
+
+
+class RotatedTrailNotVerified(Exception):
+    """``varde audit verify`` refuses the checkpoints signed before a key rotation."""
+
+
+@pytest.mark.xfail(
+    raises=RotatedTrailNotVerified,
+    strict=True,
+    reason="known gap (docs/JOINING.md section 9): audit verify checks every checkpoint "
+    "against the current node key only",
+)
+def test_rotating_the_key_as_the_guide_says(joined: Joined, operator: Operator) -> None:
+    """Section 9 line by line: the operator's commands on its gateway (its --state-dir added),
+    systemctl stop/start as stopping/starting the node process of this test."""
+    old = re.search(r"this node's key:\s+(\S+)", joined.outputs[0])
+    assert old is not None
+    rotation = command_lines(bash_block_after(GUIDE.read_text(), "## 9. Rotating"))
+    assert len(rotation) == 10, rotation
+    verified_before = False
+    for line in rotation:
+        if line.startswith("varde admin"):
+            out = varde(*shlex.split(joined.fill(line))[1:], "--state-dir", str(operator.state))
+            assert out.returncode == 0, out.stderr
+            if " enroll-token " in line:
+                joined.values["<new token>"] = out.stdout.strip()
+        elif line == "systemctl stop varde-node":
+            joined.nodes[-1].stop()
+        elif line == "systemctl start varde-node":
+            joined.start_node("varde node run --config varde-node/config.yaml")
+        elif line.startswith("varde node run"):
+            joined.start_node(joined.fill(line)).stop(signal.SIGINT)  # Ctrl-C after a poll
+        else:
+            out = joined.sh(joined.fill(line))
+            if "node doctor" in line:
+                assert "all checks passed" in out and old.group(1) not in out, out
+                assert "key recognised" in out
+            if "audit verify" in line:
+                assert "audit trail OK" in out, out
+                verified_before = True
+    assert verified_before
+    # the rotated node answers the query again; the ledger kept the first charge
+    assert ANSWERED.search(joined.sh(joined.fill(joined.blocks[5])))
+    ledger = varde(
+        "audit", "report", "--by", "project", "--state-dir", str(joined.cwd / "varde-node/state")
+    )
+    assert ledger.returncode == 0 and "network-check" in ledger.stdout
+    # the whole trail, entries from before the rotation included
+    after = varde("audit", "verify", "--state-dir", str(joined.cwd / "varde-node" / "state"))
+    if "signed by a key that is not the node's" in after.stdout:
+        raise RotatedTrailNotVerified(after.stdout)
+    assert after.returncode == 0 and "audit trail OK" in after.stdout, after.stdout
