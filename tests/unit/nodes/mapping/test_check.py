@@ -49,3 +49,12 @@ def test_soft_findings_give_warnings_and_a_source_error_is_a_fail(
     gone = check_data(write_site(tmp_path / "x", export), tmp_path / "none.csv")
     assert gone.verdict == "fail" and "no such data file" in (gone.load_error or "")
     assert "FAIL" in gone.summary()
+
+
+def test_docs_name_every_rule_and_derivation() -> None:
+    from nodes.mapping.contradictions import RULES
+    from nodes.mapping.model import DERIVABLE
+
+    docs = (Path(__file__).parents[4] / "docs" / "MAPPING.md").read_text()
+    for name in [r.name for r in RULES] + list(DERIVABLE):
+        assert f"`{name}`" in docs, name
