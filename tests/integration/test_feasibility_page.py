@@ -13,6 +13,7 @@ import io
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -313,6 +314,37 @@ def test_bad_input_and_an_ended_session_get_clear_messages(page: Any, net: Local
     page.wait_for_url("**/feasibility/login")
 
 
+def site_info(net: LocalNetwork, site: str) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {net.token}"}
+    sites = httpx.get(net.url + "/v1/sites", headers=headers, timeout=30).json()
+    return dict(next(s for s in sites if s["site"] == site))
+
+
+def wait_until_bergen_asks_its_staff(net: LocalNetwork) -> None:
+    """Ask Bergen (a new question each time) until its reloaded policy holds it for approval.
+
+    The node reloads its policy file within a second; a question is the quickest way to
+    see it (the manifest the gateway shows is refreshed less often). Each ask before the
+    reload charges 0.5, so the loop is short and stops at the first refusal of another kind.
+    """
+    headers = {"Authorization": f"Bearer {net.token}"}
+    with httpx.Client(base_url=net.url, headers=headers, timeout=60) as client:
+        for age in range(8):
+            time.sleep(0.5)
+            spec = {
+                "project": "nsclc-feasibility",
+                "cohort": {"op": "<=", "field": "age_at_diagnosis", "value": 100 - age},
+                "statistic": {"kind": "count"},
+                "privacy": {"mode": "dp", "epsilon": 0.5},
+                "sites": ["bergen"],
+            }
+            (row,) = client.post("/v1/queries", json=spec).json()["sites"]
+            if row["status"] == "awaiting_approval":
+                return
+            assert row["status"] == "ok", row
+    raise AssertionError("bergen never reloaded its policy")
+
+
 def exhaust(net: LocalNetwork, site: str) -> None:
     """Spend the whole ``nsclc-feasibility`` budget at ``site`` (distinct questions: no cache)."""
     headers = {"Authorization": f"Bearer {net.token}"}
@@ -330,12 +362,16 @@ def exhaust(net: LocalNetwork, site: str) -> None:
     raise AssertionError(f"the budget at {site} never ran out")
 
 
-def test_an_offline_site_and_a_spent_budget_are_named_and_the_rest_answer(
+def test_offline_spent_and_awaiting_approval_are_named_and_nothing_breaks(
     page: Any, net: LocalNetwork
 ) -> None:
-    """Runs last: it spends Trondheim's budget and stops Oslo's node."""
+    """Runs last: it spends Trondheim's budget, stops Oslo's node, makes Bergen ask its staff."""
     exhaust(net, "trondheim")
     net.stop_process("oslo")
+    deadline = time.monotonic() + 20
+    while site_info(net, "oslo")["connected"]:
+        assert time.monotonic() < deadline, "the gateway never saw oslo go"
+        time.sleep(0.2)
     log_in(page, net)
     page.select_option("#project", "nsclc-feasibility")
     page.fill("#topo-search", "C50")
@@ -347,3 +383,15 @@ def test_an_offline_site_and_a_spent_budget_are_named_and_the_rest_answer(
     assert "budget at this site is used up" in page.inner_text("#refusal-trondheim")
     counts = rows(page, "counts")
     assert counts["bergen"][2] == "answered" and "NETWORK" in counts
+
+    # Bergen's staff now approve every question over epsilon 0.4 (the node reloads its policy)
+    path = net.policy_path("bergen")
+    path.write_text(path.read_text() + "\napprovals:\n  epsilon_above: 0.4\n")
+    wait_until_bergen_asks_its_staff(net)
+    page.click("#run-btn")
+    page.wait_for_selector("#refusal-bergen")
+    assert "Waiting for the site's staff to approve" in page.inner_text("#refusal-bergen")
+    assert "offline" in page.inner_text("#refusal-oslo")
+    assert "NETWORK" not in rows(page, "counts")  # nobody released: no network row, no error
+    expect(page.locator("#status")).to_contain_text("wait for their staff's approval")
+    assert page.locator("#form-error").is_hidden()
