@@ -340,12 +340,21 @@ def _whoami(cfg: NodeConfig, client: httpx.Client, url: str) -> list[Check]:
     return out
 
 
-def diagnose(config_path: Path) -> list[Check]:
-    """Every check, in order; later checks are skipped when the config cannot be read."""
+def diagnose(
+    config_path: Path, *, ca_file: Path | None = None, dev_network: bool | None = None
+) -> list[Check]:
+    """Every check, in order; later checks are skipped when the config cannot be read.
+
+    ``ca_file`` / ``dev_network``: use these instead of the config's.
+    """
     try:
         cfg = load_config(config_path)
     except NodeConfigError as err:
         return [_fail("config", str(err), "give the config.yaml 'varde node init' wrote")]
+    if ca_file is not None:
+        cfg = cfg.model_copy(update={"ca_file": ca_file})
+    if dev_network is not None:
+        cfg = cfg.model_copy(update={"dev_network": dev_network})
     out = [_ok("config", f"{config_path} (site {cfg.site})")]
     try:
         check_gateway_url(cfg.gateway_url, cfg.dev_network)

@@ -86,15 +86,18 @@ def node_init(
 @setup_app.command("doctor")
 def node_doctor(
     config: Annotated[Path, typer.Option(help="DIR/config.yaml written by 'varde node init'.")],
+    ca_file: CaFile = None,
+    dev_network: DevNetwork = False,
 ) -> None:
     """Check config, key, policy, data, proxy, TLS, clock and the gateway's view of this key.
 
     Prints each check as ok / warn / fail with the fix; exits 1 if any failed.
-    Changes nothing and takes no work from a running node.
+    Changes nothing and takes no work from a running node. ``--ca-file`` and
+    ``--dev-network`` override the config's (to try a fix before writing it).
     """
     from nodes.doctor import diagnose
 
-    checks = diagnose(config)
+    checks = diagnose(config, ca_file=ca_file, dev_network=dev_network or None)
     for check in checks:
         typer.echo(check.render())
     failed = [c.name for c in checks if c.status == "fail"]
