@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -181,8 +182,10 @@ def container_paths(args: list[str], root: Path) -> list[str]:
         if eq and value.startswith(("/etc/", "/var/", "/data/")):
             path = root / value.lstrip("/")
             path.parent.mkdir(parents=True, exist_ok=True)
-            if flag in {"--state-dir"}:
+            if flag == "--state-dir":
                 path.mkdir(exist_ok=True)
+            elif flag == "--dir":
+                pass  # made by the command (node init refuses an existing one)
             else:
                 path.touch()
             arg = f"{flag}={path}"
@@ -214,6 +217,29 @@ def test_every_varde_service_command_parses(
         assert ctx.params["config"] is not None
         assert ctx.params["flower_root_certificates"] is not None, "TLS to the SuperLink"
         assert not ctx.params["flower_insecure"] and not ctx.params["dev_network"]
+
+
+def test_node_init_as_compose_yaml_documents_it_parses(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """The one-off ``docker compose run --rm node-init node init ...`` of the file's header."""
+    header = "".join(
+        line[1:].strip() + " " for line in COMPOSE.read_text().splitlines() if line.startswith("#")
+    ).replace("\\ ", "")
+    found = re.search(r"docker compose run --rm node-init (node init .*?\.parquet)", header)
+    assert found is not None
+    args = found.group(1).replace("<site>", "oslo").replace("<enrollment token>", "ve_x")
+    parsed = shlex.split(args)
+    ctx = varde_context(container_paths(parsed, tmp_path))
+    assert ctx.command_path == "varde node init"
+    assert ctx.params["gateway"] == "https://gateway:8700" and ctx.params["site"] == "oslo"
+    # the paths it writes are the ones the node services mount
+    node_dir = ctx.params["directory"]
+    assert str(node_dir).endswith("/var/lib/varde/nodes/oslo")
+    mounts = {m["target"]: m for m in bind_mounts(compose["services"]["node-init"])}
+    assert not mounts["/var/lib/varde/nodes"].get("read_only"), "init writes the node directory"
+    assert mounts["/data"]["read_only"] is True
+    assert "--data=/data/oslo/oslo.parquet" in parsed
 
 
 def test_superlink_command_parses_with_flowers_own_parser(compose: dict[str, Any]) -> None:
