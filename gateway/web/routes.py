@@ -17,9 +17,10 @@ from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Body, Request, params
+from fastapi import APIRouter, Body, Depends, Request, params
 from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import State
 from gateway.api.errors import responses
@@ -31,7 +32,6 @@ from gateway.web.deps import (
     PageResearcher,
     Sealer,
     checked_csrf,
-    live_session,
     researcher_by_hash,
 )
 from gateway.web.pages import HEADERS, app_page, login_page, static_file
@@ -81,11 +81,25 @@ def get_login(request: Request) -> Response:
     return _fresh_login(request)
 
 
+async def _login_form(request: Request) -> dict[str, list[str]] | None:
+    """The posted login form, or None when it is too large or not a form (read capped)."""
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > _MAX_FORM:
+            return None
+    try:
+        return parse_qs(raw.decode("utf-8", "replace"), max_num_fields=4)
+    except ValueError:
+        return None
+
+
 @router.post("/login")
 async def post_login(request: Request, state: State, sealer: Sealer) -> Response:
     """Check the posted token; on success open a session and go to the page."""
-    raw = await request.body()
-    form = parse_qs(raw[:_MAX_FORM].decode("utf-8", "replace"), max_num_fields=4)
+    form = await _login_form(request)
+    if form is None:
+        return _fresh_login(request, "The login form was not understood; please try again.", 400)
     sent = (form.get("csrf") or [""])[0]
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not sent or not expected or not hmac.compare_digest(sent, expected):
@@ -94,7 +108,7 @@ async def post_login(request: Request, state: State, sealer: Sealer) -> Response
     if not token:
         return _fresh_login(request, "Paste your researcher token.", 401)
     hashed = token_hash(token)
-    if researcher_by_hash(state, hashed) is None:
+    if await run_in_threadpool(researcher_by_hash, state, hashed) is None:
         return _fresh_login(request, "Unknown or revoked token.", 401)
     response = RedirectResponse("/feasibility", status_code=303, headers=HEADERS)
     _cookie(response, request, SESSION_COOKIE, sealer.open(hashed)[0])
@@ -102,10 +116,9 @@ async def post_login(request: Request, state: State, sealer: Sealer) -> Response
     return response
 
 
-@router.post("/logout")
-def post_logout(request: Request, sealer: Sealer) -> Response:
+@router.post("/logout", dependencies=[Depends(checked_csrf)])
+def post_logout() -> Response:
     """End the session in this browser (needs its CSRF header: no other site can log you out)."""
-    checked_csrf(live_session(request, sealer), request.headers.get("X-CSRF-Token"))
     response = Response(status_code=204, headers=HEADERS)
     response.delete_cookie(SESSION_COOKIE, path="/feasibility")
     return response
@@ -129,8 +142,9 @@ def count_units() -> list[str]:
 
 
 @router.get("/api/catalog", responses=responses(401))
-def get_catalog(state: State, researcher: PageResearcher) -> dict[str, Any]:
+def get_catalog(state: State, researcher: PageResearcher, response: Response) -> dict[str, Any]:
     """Everything the criteria builder needs, in one call: who, schema, sites, codes, units."""
+    response.headers["Cache-Control"] = "no-store"
     return {
         "researcher": researcher.name,
         "projects": researcher.projects,
@@ -143,8 +157,9 @@ def get_catalog(state: State, researcher: PageResearcher) -> dict[str, Any]:
 
 
 @router.get("/api/budgets", responses=responses(401))
-def get_budgets(state: State, researcher: PageResearcher) -> dict[str, Any]:
+def get_budgets(state: State, researcher: PageResearcher, response: Response) -> dict[str, Any]:
     """Budget, cap and what is left per project and site (as ``GET /v1/budgets``)."""
+    response.headers["Cache-Control"] = "no-store"
     return catalog.get_budgets(researcher, state)
 
 

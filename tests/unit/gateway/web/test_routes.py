@@ -197,3 +197,23 @@ def test_page_routes_run_what_the_api_routes_run_before_the_body(name: str) -> N
         return [d.dependency for d in route.dependencies]
 
     assert deps(routes.router) == deps(queries.router)
+
+
+def test_an_oversized_or_malformed_login_form_is_refused(gateway: Gateway) -> None:
+    browser = gateway.browser()
+    csrf = browser.login_form()
+    huge = browser.post("/feasibility/login", data={"csrf": csrf, "token": "x" * 5000})
+    assert huge.status_code == 400 and "not understood" in huge.text
+    many = browser.post("/feasibility/login", content=b"&".join([b"a=1"] * 10))
+    assert many.status_code == 400 and "not understood" in many.text
+    assert "varde_session" not in browser.cookies
+
+
+def test_the_page_api_is_not_cached(gateway: Gateway) -> None:
+    browser = gateway.browser()
+    browser.log_in(gateway.token)
+    for path in ["/feasibility/api/catalog", "/feasibility/api/budgets"]:
+        response = browser.get(path)
+        assert response.status_code == 200
+        assert response.headers["cache-control"] == "no-store"
+    assert browser.get("/feasibility/api/budgets").json() == {"projects": {"nsclc-feasibility": {}}}
