@@ -176,6 +176,8 @@ def test_build_preview_run_export_and_rerun_uncharged(
         assert cells[1] == "would answer" and cells[2] == "ε 0.50" and cells[3].startswith("±")
         assert cells[4] == {"oslo": "ε 10.00", "bergen": "ε 8.00", "trondheim": "ε 6.00"}[site]
     assert page.locator('#preview tr[data-stat="funnel"]').count() == 4
+    total = page.inner_text("#preview-total")
+    assert all(f"{site} ε 1.00" in total for site in SITES), total  # count + funnel
 
     # run: three sites and the network row, the funnel, budgets left
     page.click("#run-btn")
@@ -198,6 +200,7 @@ def test_build_preview_run_export_and_rerun_uncharged(
     assert budgets["bergen"] == ["ε 1.00", "ε 7.00"]  # 8.0 budget: count 0.5 + funnel 0.5
     assert budgets["trondheim"] == ["ε 1.00", "ε 5.00"]
     page.screenshot(path=str(tmp_path / "feasibility-1280.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     selectors = ["h1", "p.muted", "#run-btn", "#save-btn", "#counts td.ok", "#counts tr.network td"]
     for sel, fore, back in page.evaluate(COLOURS, selectors):
         assert contrast(fore, back) >= 4.5, (sel, fore, back)  # WCAG AA for text
@@ -224,6 +227,10 @@ def test_build_preview_run_export_and_rerun_uncharged(
     page.click("#save-btn")
     page.reload()
     page.wait_for_selector("#question:not([hidden])")
+    assert page.input_value("#age-min") == ""
+    page.click('#saved li[data-saved="EGFR NSCLC"] >> text=Load into form')
+    assert page.input_value("#age-min") == "18" and page.input_value("#bm-egfr") == "positive"
+    assert "C34" in page.inner_text("#topo-chosen") and page.is_checked("#stage-IV")
     page.click('#saved li[data-saved="EGFR NSCLC"] button.rerun')
     page.wait_for_selector("#results-section:not([hidden])")
     expect(page.locator("#status")).to_have_text(re.compile("^Done"))

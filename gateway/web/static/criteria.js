@@ -156,6 +156,16 @@ export function exclusion(state, fields, problems = []) {
   return { label: label(`Not: ${labels.join("; ")}`), predicate: { op: "not", arg: anyOf(preds) } };
 }
 
+/** Steps whose labels repeat get a number (a funnel's labels must be unique). */
+function uniqueLabels(steps) {
+  const seen = new Map();
+  return steps.map((step) => {
+    const n = (seen.get(step.label) || 0) + 1;
+    seen.set(step.label, n);
+    return n === 1 ? step : { ...step, label: label(`${step.label} (${n})`) };
+  });
+}
+
 /** The epsilon typed in: a positive number (strings such as "abc" are refused). */
 function epsilonOf(state, problems) {
   const text = String(state.epsilon ?? "").trim();
@@ -182,7 +192,7 @@ export function buildQueries(state, fields, units = []) {
   if (!problems.length && !steps.length) {
     problems.push("Add at least one inclusion criterion (for example a tumour site or a stage)");
   }
-  const all = excluded ? [...steps, excluded] : steps;
+  const all = uniqueLabels(excluded ? [...steps, excluded] : steps);
   if (state.funnel && all.length > MAX_FUNNEL_STEPS) {
     problems.push(`The attrition funnel takes at most ${MAX_FUNNEL_STEPS} criteria; you have ${all.length}`);
   }

@@ -287,6 +287,7 @@ async function preview(queries) {
   status("Asking each site what the question would cost…");
   const body = $("preview").tBodies[0];
   body.replaceChildren();
+  const total = {};
   for (const [kind, q] of Object.entries(queries)) {
     const { ok, status: code, data } = await api("/feasibility/api/preview", q);
     if (!ok && !(data && data.sites)) {
@@ -296,6 +297,10 @@ async function preview(queries) {
     }
     for (const s of data.sites || []) {
       const fine = s.status === "ok";
+      if (fine && s.planned) {
+        const m = Object.keys(s.planned)[0];
+        total[s.site] = { [m]: (total[s.site]?.[m] ?? 0) + s.planned[m] };
+      }
       body.append(
         h("tr", { "data-site": s.site, "data-stat": kind },
           h("th", { scope: "row" }, s.site),
@@ -312,6 +317,10 @@ async function preview(queries) {
         h("td", { class: "num" }, accuracyText(data.network_accuracy)), h("td", { class: "num" }, "—")));
     }
   }
+  const sums = Object.entries(total).map(([site, b]) => `${site} ${budgetText(b)}`);
+  $("preview-total").textContent = sums.length
+    ? `Running all of it would charge in total: ${sums.join(", ")}.`
+    : "No site would answer this question as it stands.";
   $("preview-section").hidden = false;
   status("Preview ready: nothing has been charged.");
 }

@@ -154,6 +154,14 @@ def test_bad_input_is_named_in_plain_words(changes: dict[str, Any], problem: str
     assert any(problem in p for p in out["problems"]), out
 
 
+def test_repeated_criteria_get_distinct_funnel_labels() -> None:
+    row = {"field": "region", "value": "NO02", "min": "", "max": ""}
+    out = run_js(BUILD, {"state": readme_state(extra=[row, row]), "fields": SCHEMA, "units": []})
+    labels = [s["label"] for s in out["funnel"]["statistic"]["steps"]]
+    assert labels[-2:] == ["region = NO02", "region = NO02 (2)"]
+    parse_query(out["funnel"])
+
+
 def test_funnels_are_made_non_increasing_as_the_sdk_makes_them() -> None:
     rng = np.random.default_rng(14)
     cases = [
