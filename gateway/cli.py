@@ -53,7 +53,12 @@ def gateway_serve(
     port: Annotated[int, typer.Option()] = 8700,
     state_dir: StateDir = Path(".varde/gateway"),
     database_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL (default SQLite).")
+        str | None,
+        typer.Option(
+            envvar="VARDE_DATABASE_URL",
+            help="SQLAlchemy URL (default SQLite). From the environment, its password stays "
+            "out of the process list.",
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="VARDE_LOG_LEVEL")] = "warning",
     log_format: Annotated[
@@ -310,17 +315,28 @@ def gateway_migrate(
         typer.echo(f"schema upgraded from {before or 'empty'} to {after}")
 
 
+AdminDatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="VARDE_DATABASE_URL",
+        help="The gateway's database, if not the SQLite one in --state-dir.",
+    ),
+]
+
+
 @project_app.command("add")
 def project_add(
     name: str,
     description: Annotated[str, typer.Option()] = "",
     state_dir: StateDir = Path(".varde/gateway"),
+    database_url: AdminDatabaseUrl = None,
 ) -> None:
     """Create a project."""
     from gateway.admin import add_project
 
     try:
-        add_project(_sessions(state_dir), name, description)
+        add_project(_sessions(state_dir, database_url), name, description)
     except VardeError as err:
         _fail(err)
     typer.echo(f"project {name} created")
@@ -331,12 +347,13 @@ def researcher_add(
     name: str,
     project: Annotated[list[str], typer.Option("--project", help="Project (repeatable).")],
     state_dir: StateDir = Path(".varde/gateway"),
+    database_url: AdminDatabaseUrl = None,
 ) -> None:
     """Create a researcher and print their bearer token (shown once)."""
     from gateway.admin import add_researcher
 
     try:
-        token = add_researcher(_sessions(state_dir), name, project)
+        token = add_researcher(_sessions(state_dir, database_url), name, project)
     except VardeError as err:
         _fail(err)
     typer.echo(token)
@@ -344,26 +361,19 @@ def researcher_add(
 
 @admin_app.command("grant")
 def admin_grant(
-    researcher: str, project: str, state_dir: StateDir = Path(".varde/gateway")
+    researcher: str,
+    project: str,
+    state_dir: StateDir = Path(".varde/gateway"),
+    database_url: AdminDatabaseUrl = None,
 ) -> None:
     """Add a researcher to a project."""
     from gateway.admin import grant
 
     try:
-        grant(_sessions(state_dir), researcher, project)
+        grant(_sessions(state_dir, database_url), researcher, project)
     except VardeError as err:
         _fail(err)
     typer.echo(f"{researcher} may now query {project}")
-
-
-AdminDatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        envvar="VARDE_DATABASE_URL",
-        help="The gateway's database, if not the SQLite one in --state-dir.",
-    ),
-]
 
 
 @admin_app.command("enroll-token")
