@@ -29,13 +29,14 @@ from gateway.core.security import token_hash
 from gateway.web.codes import morphology_terms, topography_groups
 from gateway.web.deps import (
     ActingResearcher,
+    LiveSession,
     PageResearcher,
     Sealer,
     checked_csrf,
     researcher_by_hash,
 )
 from gateway.web.pages import HEADERS, app_page, login_page, static_file
-from gateway.web.sessions import SESSION_COOKIE
+from gateway.web.sessions import SESSION_COOKIE, SessionSealer, WebSession
 from varde.errors import NotFound
 from varde.query import Query
 
@@ -57,6 +58,14 @@ def _cookie(response: Response, request: Request, name: str, value: str) -> None
     )
 
 
+def _keep_alive(
+    response: Response, request: Request, sealer: SessionSealer, session: WebSession
+) -> Response:
+    """``response`` with the session sealed again: its idle time starts over."""
+    _cookie(response, request, SESSION_COOKIE, sealer.refresh(session))
+    return response
+
+
 def _fresh_login(request: Request, error: str = "", status: int = 200) -> Response:
     """The login form with a new double-submit CSRF value (cookie and hidden field)."""
     csrf = secrets.token_urlsafe(32)
@@ -72,7 +81,7 @@ def feasibility_page(request: Request, state: State, sealer: Sealer) -> Response
     who = researcher_by_hash(state, session.token_hash) if session else None
     if session is None or who is None:
         return RedirectResponse("/feasibility/login", status_code=303, headers=HEADERS)
-    return app_page(who.name, session.csrf)
+    return _keep_alive(app_page(who.name, session.csrf), request, sealer, session)
 
 
 @router.get("/login")
@@ -142,9 +151,17 @@ def count_units() -> list[str]:
 
 
 @router.get("/api/catalog", responses=responses(401))
-def get_catalog(state: State, researcher: PageResearcher, response: Response) -> dict[str, Any]:
+def get_catalog(
+    request: Request,
+    state: State,
+    researcher: PageResearcher,
+    session: LiveSession,
+    sealer: Sealer,
+    response: Response,
+) -> dict[str, Any]:
     """Everything the criteria builder needs, in one call: who, schema, sites, codes, units."""
     response.headers["Cache-Control"] = "no-store"
+    _keep_alive(response, request, sealer, session)
     return {
         "researcher": researcher.name,
         "projects": researcher.projects,
@@ -157,9 +174,17 @@ def get_catalog(state: State, researcher: PageResearcher, response: Response) ->
 
 
 @router.get("/api/budgets", responses=responses(401))
-def get_budgets(state: State, researcher: PageResearcher, response: Response) -> dict[str, Any]:
+def get_budgets(
+    request: Request,
+    state: State,
+    researcher: PageResearcher,
+    session: LiveSession,
+    sealer: Sealer,
+    response: Response,
+) -> dict[str, Any]:
     """Budget, cap and what is left per project and site (as ``GET /v1/budgets``)."""
     response.headers["Cache-Control"] = "no-store"
+    _keep_alive(response, request, sealer, session)
     return catalog.get_budgets(researcher, state)
 
 
@@ -183,9 +208,17 @@ def same_dependencies(endpoint: Callable[..., Any]) -> list[params.Depends]:
     dependencies=same_dependencies(queries.post_preview),
     responses=responses(401, 403, 404, 422, 503),
 )
-async def post_preview(query: QueryBody, state: State, researcher: ActingResearcher) -> Response:
+async def post_preview(
+    request: Request,
+    query: QueryBody,
+    state: State,
+    researcher: ActingResearcher,
+    session: LiveSession,
+    sealer: Sealer,
+) -> Response:
     """What the question would charge at each site and its ±95% error (``/v1/queries/preview``)."""
-    return await queries.post_preview(query, state, researcher)
+    response = await queries.post_preview(query, state, researcher)
+    return _keep_alive(response, request, sealer, session)
 
 
 @router.post(
@@ -193,6 +226,14 @@ async def post_preview(query: QueryBody, state: State, researcher: ActingResearc
     dependencies=same_dependencies(queries.post_query),
     responses=responses(401, 403, 404, 409, 422, 503),
 )
-async def post_query(query: QueryBody, state: State, researcher: ActingResearcher) -> Response:
+async def post_query(
+    request: Request,
+    query: QueryBody,
+    state: State,
+    researcher: ActingResearcher,
+    session: LiveSession,
+    sealer: Sealer,
+) -> Response:
     """Run the question (``POST /v1/queries``): per-site rows, network row, budgets left."""
-    return await queries.post_query(query, state, researcher)
+    response = await queries.post_query(query, state, researcher)
+    return _keep_alive(response, request, sealer, session)

@@ -151,6 +151,25 @@ def test_an_expired_session_is_refused_with_a_clear_message(gateway: Gateway) ->
     assert browser.get("/feasibility").status_code == 303
 
 
+def test_each_request_of_the_page_keeps_its_session_alive(gateway: Gateway) -> None:
+    now = [1_700_000_000.0]
+    sealer = SessionSealer(b"k" * 32, ttl=3600, idle=60, clock=lambda: now[0])
+    gateway.app.state.feasibility_sealer = sealer
+    browser = gateway.browser()
+    browser.log_in(gateway.token)
+    csrf = browser.page_csrf()
+    for path in ["/feasibility/api/catalog", "/feasibility/api/budgets", "/feasibility"]:
+        now[0] += 50  # each call within the idle time of the one before
+        response = browser.get(path)
+        assert response.status_code == 200, path
+        assert "varde_session=" in ";".join(response.headers.get_list("set-cookie"))
+    now[0] += 50
+    preview = browser.post("/feasibility/api/preview", json=COUNT, headers={"X-CSRF-Token": csrf})
+    assert preview.status_code == 503  # no site here, but the session was good
+    now[0] += 61
+    assert browser.get("/feasibility/api/catalog").status_code == 401
+
+
 def test_revoking_the_token_ends_its_sessions(gateway: Gateway) -> None:
     browser = gateway.browser()
     browser.log_in(gateway.token)

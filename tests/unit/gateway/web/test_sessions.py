@@ -22,7 +22,7 @@ class Clock:
 
 def test_a_session_opens_until_its_time_is_up() -> None:
     clock = Clock()
-    sealer = SessionSealer(SECRET, ttl=3600, clock=clock)
+    sealer = SessionSealer(SECRET, ttl=3600, idle=3600, clock=clock)
     cookie, session = sealer.open("hash-of-token")
     assert "hash-of-token" not in cookie  # sealed: not even the hash can be read off it
     assert sealer.read(cookie) == session
@@ -30,6 +30,24 @@ def test_a_session_opens_until_its_time_is_up() -> None:
     clock.now += 3599
     assert sealer.read(cookie) == session
     clock.now += 2
+    assert sealer.read(cookie) is None
+
+
+def test_an_unused_session_ends_after_its_idle_time_a_used_one_at_its_ttl() -> None:
+    clock = Clock()
+    sealer = SessionSealer(SECRET, ttl=3600, idle=600, clock=clock)
+    cookie, session = sealer.open("h")
+    clock.now += 601
+    assert sealer.read(cookie) is None  # idle too long
+    clock.now -= 601
+    for _ in range(5):  # used every 9 minutes: the idle clock starts over each time
+        clock.now += 540
+        assert sealer.read(cookie) == session
+        cookie = sealer.refresh(session)
+    clock.now += 540  # 3240 s since login
+    assert sealer.read(cookie) == session
+    cookie = sealer.refresh(session)
+    clock.now += 361  # 3601 s since login: over, however busy
     assert sealer.read(cookie) is None
 
 
