@@ -15,16 +15,25 @@ site only (:func:`varde.terms.check_query`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from gateway.state import GatewayState
+from varde.release import Manifest
 from varde.study_fields import StudyField, merge_declarations
 
 
-def published(state: GatewayState, project: str, names: set[str]) -> list[StudyField]:
+def published(
+    manifests: Mapping[str, Manifest | None], project: str, names: set[str]
+) -> list[StudyField]:
     """The sites' declarations of ``names`` for ``project`` (one per name; see the module)."""
     per_site: dict[str, list[StudyField]] = {}
-    for site in state.dispatcher.sites():
-        manifest = state.dispatcher.manifest(site)
+    for site, manifest in manifests.items():
         terms = manifest.projects.get(project) if manifest is not None else None
         if terms is not None and terms.study_fields:
             per_site[site] = terms.study_fields
     return merge_declarations(project, names, per_site)
+
+
+def manifests_of(state: GatewayState) -> dict[str, Manifest | None]:
+    """Every connected site's last manifest."""
+    return {site: state.dispatcher.manifest(site) for site in state.dispatcher.sites()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from varde.outcomes import describe_outcome
 from varde.query import (
     And,
     Between,
@@ -208,8 +209,10 @@ def describe_training(spec: TrainingSpec) -> str:
     'logistic model of death_within_2y on sex, stage; 4 rounds; epsilon 2 for the whole job (delta 1e-06, clip 1)'
     """  # noqa: E501
     p = spec.privacy
+    cohort = f" where {describe_cohort(spec.cohort)}" if spec.cohort is not None else ""
     return (
-        f"{spec.model} model of {spec.outcome} on {', '.join(spec.features)}; "
+        f"{spec.model} model of {describe_outcome(spec.outcome)} on "
+        f"{', '.join(spec.features)}{cohort}; "
         f"{spec.rounds} rounds; {p.budget_text()} for the whole job "
         f"(delta {p.delta:g}, clip {p.clip:g})"
     )

@@ -28,14 +28,13 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     Tag,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from varde.budget import ZCDP, Budget, Measure, PureDP
 from varde.schema import FIELDS_BY_NAME, QUERYABLE_FIELDS, FieldKind, FieldSpec
-from varde.study_fields import StudyField, complete, declared, in_scope, names_in_scope
+from varde.study_fields import StudyField, in_scope, names_in_scope, validate_declaring
 from varde.suggest import hint, suggest, unknown
 
 Scalar = str | int | float
@@ -758,16 +757,7 @@ class Query(_Frozen):
     @classmethod
     def _study_fields_in_scope(cls, data: Any, handler: ModelWrapValidatorHandler[Query]) -> Query:
         """Validate the query knowing the study fields it declares (or the gateway completes)."""
-        if not isinstance(data, dict):
-            return handler(data)
-        data = complete(data)
-        raw = data.get("study_fields") or []
-        try:
-            fields = [StudyField.model_validate(f) for f in raw] if isinstance(raw, list) else []
-        except ValidationError:
-            fields = []  # the handler reports the bad declaration where it is
-        with declared(fields):
-            return handler(data)
+        return validate_declaring(data, handler)
 
     @field_validator("study_fields")
     @classmethod

@@ -30,13 +30,14 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from varde.schema import FIELDS_BY_NAME, FieldKind, FieldSpec
 
 StudyKind = Literal["categorical", "bounded"]
+T = TypeVar("T")
 
 MAX_STUDY_CATEGORIES = 200
 """A categorical study field's public categories: each is a released cell when grouped by."""
@@ -159,6 +160,15 @@ def in_scope(name: str) -> StudyField | None:
     return (_IN_SCOPE.get() or {}).get(name)
 
 
+def lookup(name: str) -> FieldSpec | None:
+    """A schema field's spec, or a study field's in the current validation, or None."""
+    spec = FIELDS_BY_NAME.get(name)
+    if spec is not None:
+        return spec
+    study = in_scope(name)
+    return None if study is None else study.spec()
+
+
 def names_in_scope() -> tuple[str, ...]:
     """Every study field name in scope (for "did you mean" suggestions)."""
     return tuple(_IN_SCOPE.get() or ())
@@ -179,7 +189,9 @@ def _named(value: Any, out: set[str]) -> None:
         for key, item in value.items():
             if key == "field" and isinstance(item, str):
                 out.add(item)
-            elif key == "fields" and isinstance(item, list):
+            elif key in ("time", "event") and isinstance(item, str):  # a training outcome's
+                out.add(item)
+            elif key in ("fields", "features") and isinstance(item, list):
                 out.update(v for v in item if isinstance(v, str))
             else:
                 _named(item, out)
@@ -223,6 +235,26 @@ def complete(data: Any) -> Any:
         return data
     found = [f.model_dump(mode="json") for f in resolver(project, missing)]
     return {**data, "study_fields": [*given, *found]} if found else data
+
+
+def validate_declaring(data: Any, handler: Callable[[Any], T]) -> T:
+    """Run a model's validation (``handler``) knowing the study fields ``data`` declares.
+
+    The body of the wrap validators of :class:`varde.query.Query` and
+    :class:`varde.training.TrainingSpec`: complete the raw document first (at the
+    gateway), then validate it with its declarations in scope, so every nested check
+    (a criterion, a feature, an outcome) sees them.
+    """
+    if not isinstance(data, dict):
+        return handler(data)
+    data = complete(data)
+    raw = data.get("study_fields") or []
+    try:
+        fields = [StudyField.model_validate(f) for f in raw] if isinstance(raw, list) else []
+    except ValidationError:
+        fields = []  # the handler reports the bad declaration where it is
+    with declared(fields):
+        return handler(data)
 
 
 def merge_declarations(

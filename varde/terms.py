@@ -208,7 +208,7 @@ def check_training(terms: Manifest, spec: TrainingSpec) -> ProjectTerms:
             f"site {site!r} does not allow training {spec.model!r} models for project "
             f"{spec.project!r} (allowed there: {allowed})"
         )
-    _exposed(terms, project, spec.fields_read(), [])
+    _exposed(terms, project, spec.fields_read(), spec.study_fields)
     measure = project.budget.measure
     costs = round_costs(spec, measure)
     cap = project.max_per_query.amount

@@ -46,10 +46,17 @@ A Cox model of overall survival has no intercept (the baseline hazard absorbs it
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    field_validator,
+    model_validator,
+)
 
 from varde.budget import (
     ZCDP,
@@ -60,19 +67,20 @@ from varde.budget import (
     epsilon_for_rho,
     rho_for_pure_epsilon,
 )
-from varde.schema import FIELDS_BY_NAME, FieldKind
+from varde.outcomes import (
+    BUILT_IN,
+    MODEL_OUTCOMES,
+    Outcome,
+    describe_outcome,
+    outcome_fields,
+    outcome_kind,
+)
+from varde.query import Predicate, predicate_fields
+from varde.schema import FIELDS_BY_NAME, FieldKind, FieldSpec
+from varde.study_fields import StudyField, lookup, validate_declaring
 
-OUTCOME_FIELDS: dict[str, tuple[str, ...]] = {
-    "death_within_2y": ("vital_status", "survival_days"),
-    "overall_survival": ("vital_status", "survival_days"),
-}
-"""Fields each derived outcome reads at the node (checked against the site's policy)."""
-
-MODEL_OUTCOMES: dict[str, tuple[str, ...]] = {
-    "logistic": ("death_within_2y",),
-    "cox": ("overall_survival",),
-}
-"""Outcomes each model can be fitted to (the first is the default).
+OUTCOME_FIELDS = BUILT_IN
+"""Fields each built-in outcome reads at the node (:mod:`varde.outcomes`).
 
 ``overall_survival`` is the pair (time = ``survival_days``, event = ``vital_status``
 is ``dead``): death from any cause, censored at last contact."""
@@ -251,14 +259,36 @@ class TrainingPrivacy(_Strict):
 
 
 class TrainingSpec(_Strict):
-    """A federated training job as the researcher submits it."""
+    """A federated training job as the researcher submits it.
+
+    ``cohort`` (the query language's criteria, :mod:`varde.query`) selects the rows a site
+    trains and evaluates on; ``outcome`` is a built-in one or a named binary or
+    time-to-event outcome (:mod:`varde.outcomes`). Features, cohort and outcome may name
+    the project's study fields, whose declarations the job then carries
+    (``study_fields``, completed by the gateway like a query's): a categorical one is
+    encoded over its declared categories, a bounded one scaled over its declared bounds.
+    """
 
     project: str = Field(min_length=1, max_length=80)
     model: Literal["logistic", "cox"] = "logistic"
     features: list[str] = Field(min_length=1, max_length=40)
-    outcome: Literal["death_within_2y", "overall_survival"] = Field(
+    outcome: Outcome = Field(
         default="death_within_2y",
-        description="logistic: death_within_2y; cox: overall_survival (absent: the model's).",
+        description=(
+            "logistic: death_within_2y or {kind: binary, field, positive}; cox: "
+            "overall_survival or {kind: time_to_event, time, event, event_value} "
+            "(absent: the model's built-in one)."
+        ),
+    )
+    cohort: Predicate | None = Field(
+        default=None,
+        description="The rows to train and evaluate on, in the query language (absent: all).",
+    )
+    study_fields: list[StudyField] = Field(
+        default=[],
+        max_length=50,
+        exclude_if=lambda fields: not fields,
+        description="Declarations of the study fields the job names (filled in by the gateway).",
     )
     holdout: float = Field(
         default=HOLDOUT_FRACTION,
@@ -294,6 +324,14 @@ class TrainingSpec(_Strict):
         ),
     )
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _study_fields_in_scope(
+        cls, data: Any, handler: ModelWrapValidatorHandler[TrainingSpec]
+    ) -> TrainingSpec:
+        """Validate the job knowing the study fields it declares (or the gateway completes)."""
+        return validate_declaring(data, handler)
+
     @model_validator(mode="before")
     @classmethod
     def _default_outcome(cls, data: Any) -> Any:
@@ -305,9 +343,19 @@ class TrainingSpec(_Strict):
 
     @model_validator(mode="after")
     def _outcome_fits_model(self) -> TrainingSpec:
-        if self.outcome not in MODEL_OUTCOMES[self.model]:
-            allowed = ", ".join(MODEL_OUTCOMES[self.model])
-            raise ValueError(f"a {self.model} model needs outcome {allowed}, not {self.outcome!r}")
+        if outcome_kind(self.outcome) not in MODEL_OUTCOMES[self.model]:
+            built_in, named = MODEL_OUTCOMES[self.model]
+            raise ValueError(
+                f"a {self.model} model needs outcome {built_in} or a {named!r} outcome, "
+                f"not {describe_outcome(self.outcome)!r}"
+            )
+        clash = set(self.features) & set(outcome_fields(self.outcome))
+        if clash:
+            shown = ", ".join(repr(name) for name in sorted(clash))
+            raise ValueError(f"field {shown} defines the outcome and cannot be a feature")
+        names = [f.name for f in self.study_fields]
+        if len(set(names)) != len(names):
+            raise ValueError(f"study fields must not repeat: {names}")
         if self.privacy.evaluation_budget() > 0 and self.holdout == 0:
             raise ValueError("an evaluation needs held-out patients: set holdout > 0")
         return self
@@ -324,7 +372,7 @@ class TrainingSpec(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("features must not repeat")
         for name in value:
-            spec = FIELDS_BY_NAME.get(name)
+            spec = lookup(name)  # a schema field, or a study field the job declares
             if spec is None:
                 raise ValueError(f"unknown field {name!r} (see varde/schema.py)")
             if spec.kind not in _FEATURE_KINDS:
@@ -332,29 +380,43 @@ class TrainingSpec(_Strict):
                     f"field {name!r} ({spec.kind.value}) cannot be a feature: "
                     "only categorical and integer fields can"
                 )
-            if any(name in fields for fields in OUTCOME_FIELDS.values()):
-                raise ValueError(f"field {name!r} defines the outcome and cannot be a feature")
         return value
 
     def fields_read(self) -> set[str]:
-        """Every schema field a site reads for this job (features and outcome)."""
-        return set(self.features) | set(OUTCOME_FIELDS[self.outcome])
+        """Every field a site reads for this job (features, outcome, cohort)."""
+        return (
+            set(self.features) | set(outcome_fields(self.outcome)) | predicate_fields(self.cohort)
+        )
 
     def n_coefficients(self) -> int:
         """Length of the model vector (intercept included for logistic, none for Cox)."""
-        return len(design_columns(self.features, self.model))
+        return len(self.columns())
 
     def columns(self) -> list[str]:
         """Public names of the model's coefficients (:func:`design_columns`)."""
-        return design_columns(self.features, self.model)
+        return design_columns(self.features, self.model, self.study_fields)
 
 
-def design_columns(features: list[str], model: str = "logistic") -> list[str]:
+def feature_spec(name: str, study_fields: Sequence[StudyField] = ()) -> FieldSpec:
+    """A feature's public spec: the schema's, or that of a study field in ``study_fields``."""
+    spec = FIELDS_BY_NAME.get(name)
+    if spec is not None:
+        return spec
+    for f in study_fields:
+        if f.name == name:
+            return f.spec()
+    raise KeyError(f"unknown feature {name!r}: neither a schema field nor a declared study field")
+
+
+def design_columns(
+    features: list[str], model: str = "logistic", study_fields: Sequence[StudyField] = ()
+) -> list[str]:
     """Public names of the model's coefficients, in order: intercept, then per feature.
 
-    A categorical feature gives one indicator per schema category (a missing
-    value sets none); an integer feature gives one column scaled to ``[-1, 1]``
-    over the schema's public bounds.
+    A categorical feature gives one indicator per public category (the schema's, or a
+    study field's declared ones; a missing value sets none); a numeric feature gives
+    one column scaled to ``[-1, 1]`` over its public bounds (the schema's, or a bounded
+    study field's declared ones).
 
     A ``"cox"`` model has **no intercept column**: the partial likelihood
     cancels any constant (the baseline hazard, one per site, absorbs it). For
@@ -366,7 +428,7 @@ def design_columns(features: list[str], model: str = "logistic") -> list[str]:
         raise ValueError(f"unknown model {model!r}")
     names = [] if model == "cox" else ["intercept"]
     for name in features:
-        spec = FIELDS_BY_NAME[name]
+        spec = feature_spec(name, study_fields)
         if spec.kind is FieldKind.CATEGORICAL:
             names.extend(f"{name}={category}" for category in spec.categories)
         else:

@@ -42,7 +42,9 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from varde.schema import FIELDS_BY_NAME, FieldKind
+from varde.schema import FieldKind
+from varde.study_fields import StudyField
+from varde.training import feature_spec
 
 SCORE_BINS = 20
 """Equal-width bins of predicted probability (even, so 0.5 is an edge)."""
@@ -72,7 +74,11 @@ def time_bins(days: Floats) -> NDArray[np.int64]:
     return np.clip(index, 0, len(edges) - 1).astype(np.int64)
 
 
-def risk_bounds(coefficients: Sequence[float], features: list[str]) -> tuple[float, float]:
+def risk_bounds(
+    coefficients: Sequence[float],
+    features: list[str],
+    study_fields: Sequence[StudyField] = (),
+) -> tuple[float, float]:
     """The smallest and largest Cox linear predictor over the schema's whole domain.
 
     Public: it reads only the released coefficients and the schema (a categorical
@@ -86,7 +92,7 @@ def risk_bounds(coefficients: Sequence[float], features: list[str]) -> tuple[flo
     low = high = 0.0
     at = 0
     for name in features:
-        spec = FIELDS_BY_NAME[name]
+        spec = feature_spec(name, study_fields)  # a study field's declared categories too
         if spec.kind is FieldKind.CATEGORICAL:
             block = [0.0, *beta[at : at + len(spec.categories)]]
             at += len(spec.categories)

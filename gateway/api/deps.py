@@ -13,7 +13,9 @@ from gateway.admin import projects_of
 from gateway.core.db import Researcher
 from gateway.core.security import token_hash
 from gateway.state import GatewayState
+from gateway.study_fields import manifests_of, published
 from varde.errors import AuthenticationFailed
+from varde.study_fields import resolve_with
 
 _bearer = HTTPBearer(
     auto_error=False, description="Researcher token from `varde admin researcher add`"
@@ -27,6 +29,16 @@ def get_state(request: Request) -> GatewayState:
 
 
 State = Annotated[GatewayState, Depends(get_state)]
+
+
+async def study_fields_from_sites(state: State) -> None:
+    """Let a query or training job body be completed with the study fields the sites declare.
+
+    Async on purpose: FastAPI awaits it in the request's own task before it validates the
+    body, so the resolver it sets (:func:`gateway.study_fields.published`) is the one that
+    validation sees (:func:`varde.study_fields.complete`).
+    """
+    resolve_with(lambda project, names: published(manifests_of(state), project, names))
 
 
 @dataclass(frozen=True)

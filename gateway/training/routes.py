@@ -17,9 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from gateway.api.deps import CurrentResearcher, State
 from gateway.api.errors import responses
 from gateway.api.examples import TRAINING_EXAMPLES
+from gateway.study_fields import published
 from gateway.training.service import TrainingJobInfo, TrainingService
 from varde.errors import Forbidden, NodeUnavailable
 from varde.release import Manifest
+from varde.study_fields import resolve_with
 from varde.training import TrainingSpec, TrainingStatus
 
 router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
@@ -43,8 +45,18 @@ Trainings = Annotated[TrainingService, Depends(get_training_service)]
 Manifests = Annotated[dict[str, Manifest], Depends(site_manifests)]
 
 
+async def study_fields_of_sites(manifests: Manifests) -> None:
+    """Let the job body be completed with the study fields the sites declare.
+
+    Async so FastAPI awaits it in the request's own task, before it validates the body
+    (:func:`varde.study_fields.complete`); see :mod:`gateway.study_fields`.
+    """
+    resolve_with(lambda project, names: published(manifests, project, names))
+
+
 @router.post(
     "",
+    dependencies=[Depends(study_fields_of_sites)],
     status_code=202,
     response_model=TrainingStatus,
     responses=responses(401, 403, 409, 422, 503),

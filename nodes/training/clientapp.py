@@ -158,8 +158,15 @@ def query(msg: Message, context: Context) -> Message:
         job = _job(msg.content.config_records["config"], site)
         policy = load_policy(Path(_node_setting(context, "policy")), site=site)
         mapping = context.node_config.get("mapping")
+        provided: dict[str, str] = {}  # a common-schema data file holds no study column
         if isinstance(mapping, str) and mapping:  # fields the site lacks: refused up front
-            policy = restrict_policy(policy, load_mapping(Path(mapping)).not_available)
+            site_mapping = load_mapping(Path(mapping))
+            policy = restrict_policy(policy, site_mapping.not_available)
+            provided = {
+                name: "categorical" if f.kind == "categorical" else "bounded"
+                for name, f in site_mapping.study_fields.items()
+                if f.kind != "date"
+            }
         with Ledger.in_directory(state_dir) as ledger:
             preflight(
                 policy=policy,
@@ -168,6 +175,7 @@ def query(msg: Message, context: Context) -> Message:
                 job_id=job.job_id,
                 researcher=job.researcher,
                 state_dir=state_dir,
+                provided=provided,
             )
     except VardeError as err:
         return _refusal(msg, site, err)

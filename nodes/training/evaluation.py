@@ -109,7 +109,7 @@ def evaluation_table(data: RegistryData, spec: TrainingSpec, weights: Floats) ->
     table = np.zeros(shape, dtype=np.int64)
     if spec.model == "cox":
         rows = survival_design(data, spec, "holdout")
-        bounds = risk_bounds(weights.tolist(), spec.features)
+        bounds = risk_bounds(weights.tolist(), spec.features, spec.study_fields)
         risk = risk_bins(linear_predictor(rows.x, weights), bounds)
         np.add.at(table, (rows.event.astype(np.int64), time_bins(rows.time), risk), 1)
     else:
@@ -139,7 +139,9 @@ def evaluate_model(
         BudgetExhausted: The site's remaining budget cannot pay for it.
         Conflict: This job was already evaluated here.
     """
-    project = authorize_training(policy, spec, researcher=researcher, approved=approved)
+    project = authorize_training(
+        policy, spec, researcher=researcher, approved=approved, provided=data.study_kinds()
+    )
     if weights.shape != (spec.n_coefficients(),):
         raise ValueError(f"expected {spec.n_coefficients()} weights, got shape {weights.shape}")
     if not np.isfinite(weights).all():

@@ -30,7 +30,7 @@ from pathlib import Path
 from nodes.accounts import Account
 from nodes.approvals import ApprovalBook, AwaitingApproval, describe_training, training_request_key
 from nodes.ledger import Ledger
-from nodes.policy import Policy
+from nodes.policy import Policy, StudyColumns
 from nodes.store import NodeStore
 from nodes.training.evaluation import evaluation_cost
 from nodes.training.rounds import (
@@ -53,8 +53,13 @@ def preflight(
     job_id: str,
     researcher: str,
     state_dir: Path,
+    provided: StudyColumns | None = None,
 ) -> None:
     """Check that this site would run every remaining round of ``spec``; charge nothing.
+
+    ``provided``: the kind of each study column the site's data hold (what its mapping
+    provides; None: every declared study field is taken as there, and each round
+    checks again on the data themselves).
 
     Mirrors the checks :func:`nodes.training.rounds.run_round` makes for each
     round, for the whole job at once, in the measure the site's project
@@ -80,6 +85,7 @@ def preflight(
         approved=approval_gate(
             policy=policy, spec=spec, job_id=job_id, researcher=researcher, state_dir=state_dir
         ),
+        provided=provided,
     )
     k = policy.privacy_unit.max_tumours_per_patient
     plan = plan_round(spec, max_rows_per_patient=k)

@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 from nodes.accounts import Account
 from nodes.data import RegistryData
 from nodes.ledger import Ledger
-from nodes.policy import Policy, ProjectPolicy
+from nodes.policy import Policy, ProjectPolicy, StudyColumns
 from nodes.question import training_record
 from nodes.store import NodeStore
 from nodes.training.cox import CoxNoisePlan, noisy_cox_descent, plan_cox_noise
@@ -101,8 +101,13 @@ def authorize_training(
     *,
     researcher: str,
     approved: Callable[[], bool] | None = None,
+    provided: StudyColumns | None = None,
 ) -> ProjectPolicy:
     """Check the job against this site's policy; raise :class:`PolicyViolation` saying why not.
+
+    ``provided`` is the kind of each study column this site's data hold
+    (:meth:`nodes.data.RegistryData.study_kinds`): a study field the job reads is
+    exposed only where one of its kind is there (refused by name otherwise).
 
     The public terms and the researcher are :meth:`nodes.policy.Policy.authorize_training`
     (the check the gateway runs on the manifest too); budget left is the ledger's job.
@@ -114,7 +119,7 @@ def authorize_training(
     none is refused then: the site fails closed rather than trusting that a
     pre-flight ran somewhere.
     """
-    project = policy.authorize_training(spec, researcher=researcher)
+    project = policy.authorize_training(spec, researcher=researcher, provided=provided)
     if policy.approvals.training_jobs and (approved is None or not approved()):
         raise PolicyViolation(
             f"training jobs at {policy.site!r} need the approval of its staff, and this job "
@@ -210,7 +215,9 @@ def run_round(
         BudgetExhausted: The site's remaining budget cannot pay for the round.
         Conflict: Another process paid for this very round concurrently.
     """
-    project = authorize_training(policy, spec, researcher=researcher, approved=approved)
+    project = authorize_training(
+        policy, spec, researcher=researcher, approved=approved, provided=data.study_kinds()
+    )
     if weights.shape != (spec.n_coefficients(),):
         raise ValueError(f"expected {spec.n_coefficients()} weights, got shape {weights.shape}")
     if not np.isfinite(weights).all():

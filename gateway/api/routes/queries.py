@@ -8,28 +8,16 @@ from fastapi import APIRouter, Body, Depends
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from gateway.api.deps import CurrentResearcher, State
+from gateway.api.deps import CurrentResearcher, State, study_fields_from_sites
 from gateway.api.errors import responses
 from gateway.api.examples import QUERY_EXAMPLES
 from gateway.queries import preview_query, run_query, stored_result
-from gateway.study_fields import published
 from varde.query import Query
 from varde.results import PreviewResult, QueryResult, StoredQuery
-from varde.study_fields import resolve_with
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
 
 QueryBody = Annotated[Query, Body(openapi_examples=QUERY_EXAMPLES)]
-
-
-async def study_fields_from_sites(state: State) -> None:
-    """Let the query body be completed with the study fields the sites declare.
-
-    Async on purpose: FastAPI awaits it in the request's own task before it validates the
-    body, so the resolver it sets (:func:`gateway.study_fields.published`) is the one that
-    validation sees (:func:`varde.study_fields.complete`).
-    """
-    resolve_with(lambda project, names: published(state, project, names))
 
 
 @router.post(
