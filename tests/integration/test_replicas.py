@@ -190,6 +190,28 @@ def wait_queue_drained(db_url: str, timeout: float) -> int:
         engine.dispose()
 
 
+def pending_items(db_url: str, site: str, n: int, timeout: float) -> bool:
+    """Whether ``n`` work items for ``site`` wait (queued or handed out) within ``timeout``."""
+    engine = create_engine(db_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                waiting = conn.execute(
+                    text(
+                        "SELECT count(*) FROM work_items"
+                        " WHERE site = :s AND state IN ('queued', 'leased')"
+                    ),
+                    {"s": site},
+                ).scalar()
+            if (waiting or 0) >= n:
+                return True
+            time.sleep(0.05)
+        return False
+    finally:
+        engine.dispose()
+
+
 def logs(net: LocalNetwork) -> str:
     """The last lines of every process's log, for a failure message."""
     names = [net.replica_name(i) for i in range(net.gateway_replicas)] + net.sites
@@ -260,9 +282,8 @@ def test_a_replica_killed_mid_burst_loses_nothing_and_charges_nothing_twice(
             victim = 1  # the second replica dies; researchers keep asking all three
             answered: dict[str, int] = {}
 
-            def one(i: int) -> tuple[int, str]:
-                replica = i % 3
-                time.sleep(0.05 * i)  # a burst over ~2 s, the kill in its middle
+            def one(i: int, replica: int, delay: float) -> tuple[int, str]:
+                time.sleep(delay)
                 try:
                     resp = ask(net.replica_urls[replica], net.token, count(i, timeout_s=8))
                 except httpx.TransportError:
@@ -277,31 +298,35 @@ def test_a_replica_killed_mid_burst_loses_nothing_and_charges_nothing_twice(
                 return replica, f"refused {resp.json()['error']}"
 
             slow = net._procs["trondheim"].pid  # held still, so queries are in flight at the kill
-            with ThreadPoolExecutor(24) as pool:
-                futures = [pool.submit(one, i) for i in range(36)]
-                time.sleep(0.3)
-                os.kill(slow, signal.SIGSTOP)
-                try:
-                    time.sleep(0.7)
+            os.kill(slow, signal.SIGSTOP)
+            try:
+                with ThreadPoolExecutor(32) as pool:
+                    # four queries on the victim first: in flight (trondheim's part pending) ...
+                    futures = [pool.submit(one, i, victim, 0.0) for i in range(4)]
+                    assert pending_items(pg_url, "trondheim", 4, timeout=20)
+                    # ... then a burst over all three, the victim killed in its middle
+                    futures += [pool.submit(one, i, i % 3, 0.04 * i) for i in range(4, 40)]
+                    time.sleep(0.6)
                     net.stop_process(net.replica_name(victim), signal.SIGKILL)
-                    time.sleep(1.5)
-                finally:
+                    time.sleep(1.0)
                     os.kill(slow, signal.SIGCONT)
-                outcomes = [f.result() for f in futures]
+                    outcomes = [f.result() for f in futures]
+            finally:
+                os.kill(slow, signal.SIGCONT)
             by_replica = Counter(outcomes)
             # queries on the survivors are all answered; the victim's fail as lost connections
             for replica in (0, 2):
                 assert by_replica[(replica, "answered")] == 12, f"{by_replica}{logs(net)}"
-            assert by_replica[(victim, "connection lost")] >= 1, by_replica
             assert {o for r, o in outcomes if r == victim} <= {"answered", "connection lost"}
-            # a survivor adopts what the victim left (after its deadline and grace) ...
+            # a survivor adopts the four queries the victim left (after deadline and grace) ...
             assert wait_queue_drained(pg_url, 40) == 0
             engine = create_engine(pg_url)
             with engine.connect() as conn:
                 recorded = set(conn.execute(text("SELECT id FROM queries")).scalars())
             engine.dispose()
+            print(f"outcomes {dict(by_replica)}; adopted {len(recorded - set(answered))}")
             assert set(answered) <= recorded
-            assert recorded - set(answered), "no query of the dead replica was adopted"
+            assert len(recorded - set(answered)) >= 4, "the dead replica's queries not adopted"
             after = ask(net.replica_urls[2], net.token, count(99))
             assert after.status_code == 200, after.text
             assert {s["status"] for s in after.json()["sites"]} == {"ok"}
