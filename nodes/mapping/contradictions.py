@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nodes.mapping.derive import SEX_SPECIFIC, age_band_of, behaviour_of, cancer_type_of
+from nodes.mapping.derive import SEX_SPECIFIC, TEXT, age_band_of, behaviour_of, cancer_type_of
 from nodes.mapping.transform import ProblemLog
 
 Mask = Callable[[pd.DataFrame], np.ndarray]
 
 
 def _text(frame: pd.DataFrame, name: str) -> pd.Series:
-    return frame[name].astype("string")
+    return frame[name].astype(TEXT)
 
 
 def _num(frame: pd.DataFrame, name: str) -> np.ndarray:
@@ -90,7 +90,7 @@ def _type(f: pd.DataFrame) -> np.ndarray:
 
 def _sex(f: pd.DataFrame) -> np.ndarray:
     expected = _text(f, "cancer_type").map(SEX_SPECIFIC)
-    return _differs(_text(f, "sex"), expected.astype("string"))
+    return _differs(_text(f, "sex"), expected.astype(TEXT))
 
 
 def _untreated(f: pd.DataFrame) -> np.ndarray:
@@ -116,11 +116,13 @@ def _future(f: pd.DataFrame) -> np.ndarray:
 
 
 def _patient(f: pd.DataFrame) -> np.ndarray:
-    keys = f["patient_id"].astype("string")
+    keys = pd.factorize(f["patient_id"])[0]
     out = np.zeros(len(f), dtype=bool)
     for name in ("sex", "birth_year"):
-        per = f[name].astype("string").groupby(keys, observed=True).transform("nunique")
-        out |= per.to_numpy(dtype=float, na_value=0) > 1
+        codes = pd.factorize(f[name], use_na_sentinel=True)[0]
+        pairs = pd.DataFrame({"p": keys, "v": np.where(codes < 0, np.nan, codes)})
+        per = pairs.groupby("p")["v"].transform("nunique").to_numpy()
+        out |= per > 1
     return out
 
 
@@ -227,6 +229,6 @@ def check_contradictions(frame: pd.DataFrame, available: frozenset[str], log: Pr
         if not set(rule.fields) <= available:
             continue
         mask = rule.test(frame)
-        shown = frame[rule.fields[0]].astype("string").fillna("<missing>")
+        shown = frame[rule.fields[0]].astype(TEXT).fillna("<missing>")
         log.add(rule.fields[0], None, rule.name, rule.detail, mask, shown, hard=rule.hard)
     log.end_chunk()

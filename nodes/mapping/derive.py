@@ -14,12 +14,16 @@ every site (a cancer type grouped two ways is two different statistics), and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
 import pandas as pd
 
 from varde.schema import AGE_BAND_EDGES, AGE_BANDS
+
+TEXT: Final = pd.StringDtype("pyarrow")
+"""Text columns: Arrow-backed strings (vectorised string methods, compact in memory)."""
 
 _TYPE_BY_CODE: Final[dict[str, str]] = {
     "C15": "oesophagus",
@@ -55,6 +59,24 @@ SEX_SPECIFIC: Final[dict[str, str]] = {
 """Cancer types that occur in one sex only (a registrar's plausibility check)."""
 
 
+def by_unique(fn: Callable[[pd.Series], pd.Series]) -> Callable[[pd.Series], pd.Series]:
+    """Apply a text rule once per distinct value, not once per row.
+
+    Why: a registry has a million tumours but a few hundred distinct codes, and
+    string methods cost per call; the rule's result is spread back by code.
+    """
+
+    def each(values: pd.Series) -> pd.Series:
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        done = fn(pd.Series(uniques, dtype=TEXT)).astype(TEXT).to_numpy()
+        out = pd.Series(pd.array(done, dtype=TEXT).take(codes, allow_fill=True), index=values.index)
+        return out
+
+    each.__doc__ = fn.__doc__
+    return each
+
+
+@by_unique
 def normalise_topography(codes: pd.Series) -> pd.Series:
     """ICD-O-3/ICD-10 topography as the schema writes it: ``C34.1``.
 
@@ -63,33 +85,37 @@ def normalise_topography(codes: pd.Series) -> pd.Series:
     case and spaces are ignored. ``C97`` (multiple primaries) has no subsite.
     Anything else is left as it was, for the category check to name.
     """
-    text = codes.astype("string").str.strip().str.upper()
+    text = codes.astype(TEXT).str.strip().str.upper()
     parts = text.str.extract(r"^C\s*(\d{2})\.?(\d)?$")
     subsite = parts[1].fillna("9")
     fixed = ("C" + parts[0] + "." + subsite).where(parts[0] != "97", "C97")
     return fixed.where(parts[0].notna(), codes)
 
 
+@by_unique
 def normalise_morphology(codes: pd.Series) -> pd.Series:
     """ICD-O-3 morphology as ``8140/3``, from ``81403``, ``8140-3`` or ``M8140/3``.
 
     Anything else is left as it was, for the category check to name.
     """
-    text = codes.astype("string").str.strip().str.upper()
+    text = codes.astype(TEXT).str.strip().str.upper()
     parts = text.str.extract(r"^M?(\d{4})\s*[/-]?\s*(\d)$")
     fixed = parts[0] + "/" + parts[1]
     return fixed.where(parts[0].notna(), codes)
 
 
+@by_unique
 def cancer_type_of(topography: pd.Series) -> pd.Series:
     """The public cancer type of each topography (:data:`_TYPE_BY_CODE`, else ``other``)."""
-    head = topography.astype("string").str[:3]
+    head = topography.astype(TEXT).str[:3]
     return head.map(_TYPE_BY_CODE).fillna("other").where(topography.notna())
 
 
+@by_unique
 def behaviour_of(morphology: pd.Series) -> pd.Series:
     """ICD-O-3 behaviour: the digit after the slash."""
-    return morphology.astype("string").str.split("/").str[1]
+    text = morphology.astype(TEXT)
+    return text.str[-1].where(text.str.contains("/", regex=False))
 
 
 def whole_years(start: pd.Series, end: pd.Series) -> pd.Series:
@@ -111,7 +137,7 @@ def age_band_of(age: pd.Series) -> pd.Series:
     values = pd.to_numeric(age).astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
     index = np.searchsorted(np.asarray(AGE_BAND_EDGES), values, side="right") - 1
     bands = np.asarray(AGE_BANDS, dtype=object)[np.clip(index, 0, len(AGE_BANDS) - 1)]
-    return pd.Series(bands, index=age.index, dtype="string").where(~np.isnan(values))
+    return pd.Series(bands, index=age.index, dtype=TEXT).where(~np.isnan(values))
 
 
 def days_between(start: pd.Series, end: pd.Series) -> pd.Series:
@@ -149,7 +175,7 @@ def derive(name: str, frame: pd.DataFrame, inputs: pd.DataFrame, offset: int) ->
         return followup
     if name == "vital_status":
         dead = inputs["death_date"].notna()
-        return pd.Series(np.where(dead, "dead", "alive"), index=idx, dtype="string")
+        return pd.Series(np.where(dead, "dead", "alive"), index=idx, dtype=TEXT)
     if name == "diagnosis_year":
         return frame["diagnosis_date"].dt.year.astype("Int64")
     if name == "age_at_diagnosis":

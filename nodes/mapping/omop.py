@@ -36,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
+from nodes.mapping.derive import TEXT
 from nodes.mapping.loader import MappingError
 from nodes.mapping.model import OmopSource
 from nodes.mapping.sources import RawChunks, _first_line, connect, shown_url
@@ -113,7 +114,7 @@ def _latest(conn: sa.Connection, source: OmopSource, prefix: str) -> pd.DataFram
     last = rows.groupby(["person_id", "column"]).tail(1)
     wide = last.pivot(index="person_id", columns="column", values="value")
     wide = wide.reindex(columns=list(source.measurements))
-    return wide.astype("Int64").astype("string")
+    return wide.astype("Int64").astype(TEXT)
 
 
 def _birth_date(rows: pd.DataFrame) -> pd.Series:
@@ -132,14 +133,14 @@ def _birth_date(rows: pd.DataFrame) -> pd.Series:
 
 
 def _shape(rows: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
-    code = rows["concept_code"].astype("string")
+    code = rows["concept_code"].astype(TEXT)
     icdo3 = rows["vocabulary_id"] == "ICDO3"
     split = code.str.split("-", n=1, expand=True).reindex(columns=[0, 1])
     out = pd.DataFrame(
         {
-            "person_id": rows["person_id"].astype("Int64").astype("string"),
+            "person_id": rows["person_id"].astype("Int64").astype(TEXT),
             "condition_occurrence_id": rows["condition_occurrence_id"],
-            "gender_concept_id": rows["gender_concept_id"].astype("Int64").astype("string"),
+            "gender_concept_id": rows["gender_concept_id"].astype("Int64").astype(TEXT),
             "year_of_birth": rows["year_of_birth"],
             "birth_date": _birth_date(rows),
             "diagnosis_date": pd.to_datetime(rows["diagnosis_date"]),

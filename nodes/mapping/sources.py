@@ -9,6 +9,7 @@ naming the file or the database (its password masked), before any row is read.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -17,14 +18,18 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from nodes.mapping.derive import TEXT
 from nodes.mapping.loader import MappingError
 from nodes.mapping.model import FileSource, SqlSource
 
-_CSV_CHUNK = 200_000
+_CSV_BLOCK = 16 << 20
+"""Bytes of CSV parsed at a time (about 100 000 registry rows)."""
+_PARQUET_ROWS = 200_000
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,20 @@ def connect(url: str) -> Engine:
     return engine
 
 
+def _csv_header(source: FileSource, path: Path) -> list[str]:
+    with path.open(encoding=source.encoding, newline="") as fh:
+        row = next(csv.reader(fh, delimiter=source.delimiter), None)
+    if not row:
+        raise MappingError(f"{path}: cannot read csv file: the file has no header")
+    return [name.strip() for name in row]
+
+
+_ARROW_TEXT = {pa.string(): TEXT, pa.large_string(): TEXT}.get
+"""Arrow strings stay Arrow strings in pandas (no copy into Python objects)."""
+
+
 def file_chunks(source: FileSource, path: Path) -> RawChunks:
-    """A CSV (all cells as text) or Parquet file, in chunks."""
+    """A CSV (every cell as text: ``01`` is not 1) or Parquet file, in chunks."""
     if not path.exists():
         raise MappingError(f"{path}: no such data file")
     try:
@@ -96,42 +113,32 @@ def file_chunks(source: FileSource, path: Path) -> RawChunks:
             names = list(parquet.schema_arrow.names)
 
             def parquet_chunks() -> Iterator[pd.DataFrame]:
-                for batch in parquet.iter_batches(batch_size=_CSV_CHUNK):
-                    yield pa.Table.from_batches([batch]).to_pandas()
+                for batch in parquet.iter_batches(batch_size=_PARQUET_ROWS):
+                    yield batch.to_pandas(types_mapper=_ARROW_TEXT)
 
             return RawChunks(str(path), names, parquet_chunks(), parquet.close)
-        reader = pd.read_csv(
+        names = _csv_header(source, path)
+        reader = pa_csv.open_csv(
             path,
-            sep=source.delimiter,
-            encoding=source.encoding,
-            dtype=str,  # codes stay text ("01" is not 1); each field converts its own
-            keep_default_na=False,
-            na_values=[""],
-            chunksize=_CSV_CHUNK,
+            read_options=pa_csv.ReadOptions(block_size=_CSV_BLOCK, encoding=source.encoding),
+            parse_options=pa_csv.ParseOptions(delimiter=source.delimiter),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()),
+                null_values=[""],
+                strings_can_be_null=True,
+            ),
         )
-        first = next(reader, None)
-    except (
-        OSError,
-        UnicodeDecodeError,
-        pd.errors.ParserError,
-        pd.errors.EmptyDataError,
-        pa.ArrowInvalid,
-    ) as err:
-        if source.kind == "csv" and "reader" in locals():
-            reader.close()
+    except (OSError, UnicodeDecodeError, csv.Error, pa.ArrowInvalid) as err:
         raise MappingError(f"{path}: cannot read {source.kind} file: {err}") from err
-    if first is None:
-        reader.close()
-        raise MappingError(f"{path}: the file has no header")
 
     def csv_chunks() -> Iterator[pd.DataFrame]:
-        yield first
         try:
-            yield from reader
-        except (UnicodeDecodeError, pd.errors.ParserError) as err:
+            for batch in reader:
+                yield batch.to_pandas(types_mapper=_ARROW_TEXT)
+        except (pa.ArrowInvalid, UnicodeDecodeError) as err:
             raise MappingError(f"{path}: cannot read csv file: {err}") from err
 
-    return RawChunks(str(path), [str(c) for c in first.columns], csv_chunks(), reader.close)
+    return RawChunks(str(path), names, csv_chunks(), reader.close)
 
 
 def sql_chunks(source: SqlSource) -> RawChunks:

@@ -19,7 +19,14 @@ from dataclasses import field as _field
 import numpy as np
 import pandas as pd
 
-from nodes.mapping.derive import DERIVE_ORDER, derive, normalise_morphology, normalise_topography
+from nodes.mapping.derive import (
+    DERIVE_ORDER,
+    TEXT,
+    by_unique,
+    derive,
+    normalise_morphology,
+    normalise_topography,
+)
 from nodes.mapping.model import ColumnRule, ConstantRule, SiteMapping, StudyField
 from varde.schema import FIELDS, FIELDS_BY_NAME, FieldKind, FieldSpec
 
@@ -105,13 +112,18 @@ class ProblemLog:
 def _text(raw: pd.Series) -> pd.Series:
     """Cells as stripped text; an empty cell is missing."""
     if pd.api.types.is_bool_dtype(raw.dtype):
-        return raw.astype("string")  # "True"/"False": never read as a number or a code
+        return raw.astype(TEXT)  # "True"/"False": never read as a number or a code
     if pd.api.types.is_float_dtype(raw.dtype):
         # 3.0 from a numeric column is the code "3", not "3.0"
         whole = raw.notna() & (raw == np.floor(raw.fillna(0)))
-        text = raw.astype("string")
-        return text.where(~whole, raw.where(whole).astype("Int64").astype("string"))
-    text = raw.astype("string").str.strip()
+        text = raw.astype(TEXT)
+        return text.where(~whole, raw.where(whole).astype("Int64").astype(TEXT))
+    return _stripped(raw)
+
+
+@by_unique
+def _stripped(values: pd.Series) -> pd.Series:
+    text = values.astype(TEXT).str.strip()
     return text.mask(text == "")
 
 
@@ -121,17 +133,23 @@ def _mapped(rule: ColumnRule, raw: pd.Series) -> pd.Series:
         return text
     lookup = {k: (None if v is None else str(v)) for k, v in rule.values.items()}
     hit = text.isin(list(lookup))
-    return text.where(~hit, text.map(lookup).astype("string"))
+    return text.where(~hit, text.map(lookup).astype(TEXT))
 
 
 def _dates(name: str, column: str, raw: pd.Series, fmt: str | None, log: ProblemLog) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(raw.dtype):
         return pd.Series(pd.to_datetime(raw).dt.tz_localize(None).dt.normalize(), index=raw.index)
     text = _text(raw)
-    parsed = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce")
+    codes, uniques = pd.factorize(text, use_na_sentinel=True)  # a few thousand distinct days
+    once = pd.to_datetime(
+        pd.Series(uniques, dtype=object), format=fmt or "ISO8601", errors="coerce"
+    )
+    parsed = pd.Series(
+        pd.DatetimeIndex(once).take(codes, allow_fill=True, fill_value=pd.NaT), index=raw.index
+    )
     bad = (parsed.isna() & text.notna()).to_numpy()
     log.add(name, column, "bad_date", f"not a date in format {fmt or 'ISO 8601'}", bad, text)
-    return pd.Series(parsed, index=raw.index).dt.normalize()
+    return parsed.dt.normalize()
 
 
 def _numbers(
@@ -172,9 +190,9 @@ def column_field(
         return out
     text = _mapped(rule, raw)
     if rule.codes == "icd_o3_topography":
-        text = normalise_topography(text).astype("string")
+        text = normalise_topography(text).astype(TEXT)
     elif rule.codes == "icd_o3_morphology":
-        text = normalise_morphology(text).astype("string")
+        text = normalise_morphology(text).astype(TEXT)
     empty = text.isna().to_numpy()
     if rule.missing is not None:
         text = text.mask(pd.Series(empty, index=text.index), str(rule.missing))
@@ -216,16 +234,16 @@ def _constant(spec: FieldSpec, rule: ConstantRule, index: pd.Index, log: Problem
                 np.ones(len(index), bool),
                 pd.Series([str(rule.value)] * len(index), index=index),
             )
-        return pd.Series(str(rule.value), index=index, dtype="string")
+        return pd.Series(str(rule.value), index=index, dtype=TEXT)
     if spec.kind is FieldKind.DATE:
         return pd.Series(pd.to_datetime(str(rule.value), format="ISO8601"), index=index)
     if spec.name == "patient_id":
-        return pd.Series(str(rule.value), index=index, dtype="string")
+        return pd.Series(str(rule.value), index=index, dtype=TEXT)
     return _numbers(
         spec,
         spec.name,
         "",
-        pd.Series(str(rule.value), index=index, dtype="string"),
+        pd.Series(str(rule.value), index=index, dtype=TEXT),
         log,
         whole=True,
     )
@@ -288,7 +306,7 @@ def map_chunk(
             )
     for spec in FIELDS:
         if spec.name in mapping.not_available:
-            frame[spec.name] = pd.Series(pd.NA, index=raw.index, dtype="object")
+            frame[spec.name] = pd.Series(np.nan, index=raw.index)  # replaced when conformed
     for name, study in mapping.study_fields.items():
         frame[name] = study_field(name, study, raw[study.column], fmt, log)
     log.end_chunk()

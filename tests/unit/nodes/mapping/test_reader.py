@@ -135,7 +135,7 @@ def test_nothing_is_loaded_half_way_even_when_the_bad_row_is_in_a_later_chunk(
 ) -> None:
     import nodes.mapping.sources as sources
 
-    monkeypatch.setattr(sources, "_CSV_CHUNK", 50)
+    monkeypatch.setattr(sources, "_CSV_BLOCK", 4096)  # a few dozen rows a chunk
     bad = export.copy()
     bad.loc[len(bad) - 1, "sex"] = "?"
     with pytest.raises(MappingError, match=r"1 of 400 row\(s\) rejected"):
