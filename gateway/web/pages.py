@@ -33,6 +33,8 @@ STATIC: dict[str, str] = {
     "feasibility.js": "text/javascript; charset=utf-8",
     "criteria.js": "text/javascript; charset=utf-8",
     "charts.js": "text/javascript; charset=utf-8",
+    "dom.js": "text/javascript; charset=utf-8",
+    "form.js": "text/javascript; charset=utf-8",
     "results.js": "text/javascript; charset=utf-8",
     "saved.js": "text/javascript; charset=utf-8",
 }
