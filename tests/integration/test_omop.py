@@ -31,7 +31,12 @@ from nodes.mapping.omop_synth import (
     write_synthetic_omop,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("omop")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("omop"),
+    pytest.mark.timeout(300),
+]
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PERSONS = 400
@@ -78,7 +83,10 @@ def omop_network(
     tmp_path_factory: pytest.TempPathFactory, mappings: dict[str, Path]
 ) -> Iterator[LocalNetwork]:
     net = LocalNetwork(
-        workdir=tmp_path_factory.mktemp("omopnet"), sites=["oslo", "bergen"], mappings=mappings
+        workdir=tmp_path_factory.mktemp("omopnet"),
+        sites=["oslo", "bergen"],
+        mappings=mappings,
+        training=True,  # each node's SuperNode reads the CDM through the same mapping
     )
     net.start()
     yield net
@@ -216,3 +224,23 @@ def test_fields_the_cdm_lacks_are_refused_by_name_and_not_advertised(
     sites_of = {f["name"]: f.get("sites", []) for f in schema}
     assert sites_of["stage"] == [] and sites_of["region"] == []
     assert set(sites_of["egfr"]) == {"oslo", "bergen"}
+
+
+def test_a_training_job_runs_on_omop_data(omop_network: LocalNetwork) -> None:
+    from varde_client import VardeClient
+
+    job = {
+        "project": "nsclc-feasibility",
+        "model": "logistic",
+        "features": ["age_at_diagnosis", "sex"],
+        "rounds": 1,
+        "epsilon": 1.0,
+    }
+    with VardeClient(omop_network.url, omop_network.token, timeout=60) as client:
+        with pytest.raises(Exception, match="stage"):  # the CDM has no stage: refused by name
+            client.train({**job, "features": ["age_at_diagnosis", "stage"]}, wait=False)
+        result = client.train(job, wait=True, progress=False, poll_s=1.0, timeout_s=150)
+    assert result.ok, result.status.detail
+    assert result.coefficients.notna().all()
+    for site in ("oslo", "bergen"):
+        assert result.status.sites[site].rounds_completed == 1
