@@ -540,27 +540,47 @@ def main() -> None:
         flush=True,
     )
     report: dict[str, Any] = {}
-    try:
-        if "nodes" not in skip:
-            print("\n1. latency vs nodes (in-process node agents in one farm process)")
-            report["nodes"] = bench_nodes(
-                workdir / "nodes", args.nodes, args.node_rows, args.repeat
-            )
-        if "qps" not in skip:
-            print(f"\n2. throughput, 5 node processes x {args.qps_rows:,} tumours")
-            report["qps"] = bench_qps(
+    sections = [
+        (
+            "nodes",
+            "1. latency vs nodes (in-process node agents in one farm process)",
+            lambda: bench_nodes(workdir / "nodes", args.nodes, args.node_rows, args.repeat),
+        ),
+        (
+            "qps",
+            f"2. throughput, 5 node processes x {args.qps_rows:,} tumours",
+            lambda: bench_qps(
                 workdir / "qps", args.qps_rows, args.qps_seconds, args.qps_max_workers
-            )
-        if "rows" not in skip:
-            print("\n3. one node vs registry size")
-            report["rows"] = bench_rows(workdir / "rows", args.sizes, args.size_budget_s, 5)
-        if "hops" not in skip:
-            print(f"\n4. hops, 5 sites x {args.hop_rows:,} tumours")
-            report["hops"] = bench_hops(workdir / "hops", args.hop_rows, args.repeat)
+            ),
+        ),
+        (
+            "rows",
+            "3. one node vs registry size",
+            lambda: bench_rows(workdir / "rows", args.sizes, args.size_budget_s, 5),
+        ),
+        (
+            "hops",
+            f"4. hops, 5 sites x {args.hop_rows:,} tumours",
+            lambda: bench_hops(workdir / "hops", args.hop_rows, args.repeat),
+        ),
+    ]
+    failed = []
+    try:
+        for name, title, run in sections:
+            if name in skip:
+                continue
+            print(f"\n{title}", flush=True)
+            try:
+                report[name] = run()
+            except Exception as err:  # one section failing still leaves the others' figures
+                print(f"  FAILED: {type(err).__name__}: {str(err)[:2000]}", flush=True)
+                failed.append(name)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     summary(report)
+    if failed:
+        sys.exit(f"sections failed: {', '.join(failed)}")
 
 
 def summary(report: dict[str, Any]) -> None:
