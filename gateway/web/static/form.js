@@ -129,7 +129,7 @@ function addRow(containerId, row) {
     sel.value = row.field;
     draw(row);
   }
-  sel.focus();
+  if (!row.field) sel.focus(); // a new row, added by the user: its field comes first
   return wrap;
 }
 
