@@ -15,7 +15,7 @@ import hashlib
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def _with_source(source: dict[str, object], site: str = "oslo") -> str:
+def _with_source(source: Mapping[str, object], site: str = "oslo") -> str:
     data = yaml.safe_load(starter_mapping_text(site))
     data["source"] = source
     return yaml.safe_dump(data, sort_keys=False)

@@ -11,7 +11,7 @@ are refused by name.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -162,7 +162,7 @@ def test_omop_cdm_maps_every_cancer_condition_and_nothing_else(
     assert frame.attrs["not_available"][:2] == ["stage", "t_stage"]
 
 
-def _post(net: LocalNetwork, body: dict[str, object]) -> httpx.Response:
+def _post(net: LocalNetwork, body: Mapping[str, object]) -> httpx.Response:
     return httpx.post(
         f"{net.url}/v1/queries",
         json=body,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ from nodes.mapping.starter import starter_mapping_text
 from tests.unit.nodes.mapping.conftest import write_site
 
 
-def _with_source(source: dict[str, object]) -> str:
+def _with_source(source: Mapping[str, object]) -> str:
     data = yaml.safe_load(starter_mapping_text("oslo"))
     data["source"] = source
     return yaml.safe_dump(data, sort_keys=False)
