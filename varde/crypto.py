@@ -57,7 +57,10 @@ def key_fingerprint(public_b64: str) -> str:
     """
     import hashlib
 
-    raw = base64.b64decode(public_b64, validate=True)
+    try:
+        raw = base64.b64decode(public_b64, validate=True)
+    except (binascii.Error, ValueError):
+        return "(not a key)"  # shown, never compared equal to a real fingerprint
     return "SHA256:" + hashlib.sha256(raw).hexdigest()[:16]
 
 
