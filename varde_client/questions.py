@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, TypedDict, Unpack
 
 from varde.query import Query, parse_query
+from varde.study_fields import mentioned
 from varde_client.cohort import Criterion, InvalidCriterion, Schema, SchemaLike, validate
 
 By = str | Sequence[str] | None
@@ -190,6 +191,13 @@ def build(
         if options["unit"] not in ("patients", "tumours"):
             raise ValueError(f"unit is 'patients' or 'tumours', not {options['unit']!r}")
         body["unit"] = options["unit"]
+    declared = [
+        found.study
+        for name in sorted(mentioned(body))
+        if (found := schema.fields.get(name)) is not None and found.study is not None
+    ]
+    if declared:  # study fields the query names: it carries their declarations
+        body["study_fields"] = declared
     return parse_query(body)
 
 

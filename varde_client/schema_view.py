@@ -9,7 +9,7 @@ turns a typo into an error that says what was meant, before anything is sent.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import pandas as pd
@@ -75,6 +75,8 @@ class SchemaField:
     name: str
     kind: str
     categories: tuple[str, ...] = ()
+    study: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
+    """A study field's declaration (JSON), which a query naming the field carries."""
 
 
 _KINDS = {k.value for k in FieldKind if k is not FieldKind.IDENTIFIER}
@@ -104,7 +106,9 @@ class Schema:
                 raise ValueError(f"not a schema field: {dict(rec)!r}")
             if not isinstance(cats, list | tuple):  # None (JSON null) or NaN (from a frame)
                 cats = ()
-            out.append(SchemaField(name, str(kind), tuple(str(c) for c in cats)))
+            study = rec.get("study")
+            declared = dict(study) if isinstance(study, Mapping) else None
+            out.append(SchemaField(name, str(kind), tuple(str(c) for c in cats), declared))
         return cls(out)
 
     @classmethod

@@ -18,7 +18,7 @@ import yaml
 from launcher.network import DEFAULT_POLICIES, LocalNetwork
 from nodes.synth import generate_registry
 from varde.schema import FIELDS
-from varde_client import VardeClient, VardeHTTPError
+from varde_client import Field, UnknownCategory, VardeClient, VardeHTTPError
 
 from .conftest import charges_everywhere
 
@@ -130,3 +130,21 @@ def test_a_name_no_site_declares_is_refused_before_any_site(study_client: VardeC
         study_client.query(_query(group_by=["ecog"]))
     assert err.value.status == 422
     assert "unknown field 'ecog'" in str(err.value)
+
+
+def test_the_sdk_sees_the_study_fields_and_its_builders_name_them(
+    study_client: VardeClient,
+) -> None:
+    schema = study_client.schema()
+    arm = schema[schema.name == "trial_arm"].iloc[0]
+    assert arm.kind == "categorical" and list(arm.categories) == ["A", "B"]
+    assert arm.sites == ["oslo"] and arm.project == PROJECT
+    crp = schema[schema.name == "crp"].iloc[0]
+    assert (crp.kind, crp.lower, crp.upper) == ("integer", 0.0, 200.0)
+    res = study_client.count(
+        Field("crp") >= 20, by="trial_arm", project=PROJECT, unit="patients", epsilon=0.3
+    )
+    rows = {s.site: s for s in res.result.sites}
+    assert rows["oslo"].status == "ok" and rows["bergen"].status == "field_not_available"
+    with pytest.raises(UnknownCategory, match="unknown category 'C'"):  # checked before sending
+        study_client.count(Field("trial_arm") == "C", project=PROJECT, epsilon=0.3)

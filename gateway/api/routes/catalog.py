@@ -12,21 +12,30 @@ from gateway.admin import enrolled_sites, list_nodes
 from gateway.api.deps import CurrentResearcher, State
 from gateway.api.errors import responses
 from varde.budget import Budget
+from varde.release import Manifest
 from varde.schema import FIELDS
+from varde.study_fields import StudyField
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
 class FieldInfo(BaseModel):
-    """A queryable field, its public categories or domain, and which sites expose it."""
+    """A queryable field, its public categories or domain, and which sites expose it.
+
+    A study field of one of the researcher's projects (``project`` set) carries its
+    declaration (``study``): its kind here is ``categorical`` or, for a bounded one,
+    ``integer`` (numeric, like the schema's numbers), within its declared bounds.
+    """
 
     name: str
     kind: str
     description: str
     categories: list[str] | None = None
-    lower: int | None = None
-    upper: int | None = None
+    lower: int | float | None = None
+    upper: int | float | None = None
     sites: list[str]
+    project: str | None = None
+    study: StudyField | None = None
 
 
 class SiteInfo(BaseModel):
@@ -44,8 +53,11 @@ class SiteInfo(BaseModel):
 
 
 @router.get("/schema", response_model=list[FieldInfo], responses=responses(401))
-def get_schema(state: State, _researcher: CurrentResearcher) -> list[FieldInfo]:
-    """Fields of the common schema with their public categories and the sites exposing each."""
+def get_schema(state: State, researcher: CurrentResearcher) -> list[FieldInfo]:
+    """Fields of the common schema with their public categories and the sites exposing each.
+
+    Then the study fields the sites declare for the researcher's projects.
+    """
     with state.sessions() as s:
         sites = enrolled_sites(s)
     manifests = {site: state.dispatcher.manifest(site) for site in sites}
@@ -65,7 +77,31 @@ def get_schema(state: State, _researcher: CurrentResearcher) -> list[FieldInfo]:
                 sites=exposing,
             )
         )
-    return out
+    return out + _study_fields(manifests, researcher.projects)
+
+
+def _study_fields(manifests: dict[str, Manifest | None], projects: list[str]) -> list[FieldInfo]:
+    """The study fields of ``projects`` that sites publish, one entry per project and name."""
+    found: dict[tuple[str, str], tuple[StudyField, list[str]]] = {}
+    for site, m in sorted(manifests.items()):
+        for project in projects:
+            terms = m.projects.get(project) if m is not None else None
+            for f in terms.study_fields if terms is not None else []:
+                found.setdefault((project, f.name), (f, []))[1].append(site)
+    return [
+        FieldInfo(
+            name=f.name,
+            kind="categorical" if f.kind == "categorical" else "integer",
+            description=f.description + (f" ({f.unit})" if f.unit else ""),
+            categories=f.categories,
+            lower=f.lower,
+            upper=f.upper,
+            sites=sites,
+            project=project,
+            study=f,
+        )
+        for (project, _), (f, sites) in sorted(found.items())
+    ]
 
 
 @router.get("/sites", response_model=list[SiteInfo], responses=responses(401))
