@@ -21,6 +21,7 @@ QUERY_EXAMPLES: dict[str, dict[str, Any]] = {
     "feasibility": {
         "summary": "Trial feasibility: how many patients per site?",
         "description": "Stage IV NSCLC, EGFR positive, age 18-75, diagnosed 2020 or later; each "
+        "patient counted once (unit patients: by their first matching tumour); each "
         "site charges epsilon 0.5 of the project's budget and adds OpenDP noise.",
         "value": {
             "project": "nsclc-feasibility",
@@ -34,6 +35,7 @@ QUERY_EXAMPLES: dict[str, dict[str, Any]] = {
                 ],
             },
             "statistic": {"kind": "count"},
+            "unit": "patients",
             "privacy": {"mode": "dp", "epsilon": 0.5},
         },
     },
