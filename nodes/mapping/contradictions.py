@@ -24,7 +24,12 @@ Mask = Callable[[pd.DataFrame], np.ndarray]
 
 
 def _text(frame: pd.DataFrame, name: str) -> pd.Series:
-    return frame[name].astype(TEXT)
+    """A column as Arrow text; a categorical one by its codes (no per-row conversion)."""
+    col = frame[name]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        names = pd.array([str(c) for c in col.cat.categories], dtype=TEXT)
+        return pd.Series(names.take(col.cat.codes.to_numpy(), allow_fill=True), index=col.index)
+    return col.astype(TEXT)
 
 
 def _num(frame: pd.DataFrame, name: str) -> np.ndarray:
@@ -229,6 +234,7 @@ def check_contradictions(frame: pd.DataFrame, available: frozenset[str], log: Pr
         if not set(rule.fields) <= available:
             continue
         mask = rule.test(frame)
-        shown = frame[rule.fields[0]].astype(TEXT).fillna("<missing>")
-        log.add(rule.fields[0], None, rule.name, rule.detail, mask, shown, hard=rule.hard)
+        if mask.any():  # examples come from the rows found only
+            shown = frame[rule.fields[0]]
+            log.add(rule.fields[0], None, rule.name, rule.detail, mask, shown, hard=rule.hard)
     log.end_chunk()
