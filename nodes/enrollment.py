@@ -9,14 +9,20 @@ node directory made by ``varde node init``, ``keys/node_key.pem`` beside
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from pathlib import Path
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict
 
 from nodes.transport import explain, gateway_client
-from varde.crypto import load_or_create_key, load_public_key, public_key_b64
+from varde.crypto import key_fingerprint, load_or_create_key, load_public_key, public_key_b64
+from varde.envelope import seal
 from varde.errors import AuthenticationFailed
+
+log = logging.getLogger("varde.node")
 
 ENROLL_HELP = {
     "unknown or already used enrollment token": (
@@ -133,3 +139,54 @@ def enroll(
     ident = NodeIdentity(site=site, gateway_url=gateway_url, gateway_public_key=gateway_key)
     identity_path(state_dir).write_text(ident.model_dump_json(indent=2))
     return ident
+
+
+def confirm_key(
+    gateway_url: str,
+    site: str,
+    key: Ed25519PrivateKey,
+    *,
+    ca_file: Path | None = None,
+    dev_network: bool = False,
+    timeout: float = 10.0,
+) -> None:
+    """Ask the gateway whether it still pins this key for ``site`` (``POST /v1/nodes/whoami``).
+
+    Why at start: a node started with a restored or rotated key, or after the
+    operator revoked it, would otherwise poll forever and be refused each time.
+    Raises :class:`AuthenticationFailed` with what to do; a gateway that cannot
+    be reached now is not an error (the node keeps trying to connect).
+    """
+    envelope = seal(
+        key, kind="hello", sender=site, recipient="gateway", body={}, ttl=dt.timedelta(minutes=1)
+    )
+    url = gateway_url.rstrip("/")
+    try:
+        with gateway_client(url, ca_file=ca_file, dev_network=dev_network, timeout=timeout) as c:
+            resp = c.post(f"{url}/v1/nodes/whoami", json=envelope.model_dump(mode="json"))
+    except httpx.HTTPError as err:
+        log.warning("could not check this node's key now: %s", explain(err, url, ca_file))
+        return
+    if resp.status_code == 200:
+        return
+    try:
+        detail = str(resp.json().get("detail", resp.text))
+    except ValueError:
+        detail = resp.text
+    mine = key_fingerprint(public_key_b64(key))
+    if resp.status_code == 403:
+        raise AuthenticationFailed(detail)
+    if "forged" in detail:
+        raise AuthenticationFailed(
+            f"the gateway pinned another key for site {site!r} (this node's is {mine}): restore "
+            "the node's key file from the backup, or after a key rotation enroll again with a "
+            f"new token (varde admin enroll-token {site}; varde node run --enroll-token)"
+        )
+    if "unknown_sender" in detail:
+        raise AuthenticationFailed(
+            f"the gateway has no enrolled site {site!r}: enroll with a token from its operator "
+            "(varde node init, or varde node run --enroll-token)"
+        )
+    if resp.status_code == 404:  # a gateway from before whoami: nothing to check against
+        return
+    log.warning("the gateway did not confirm this node's key: %s %s", resp.status_code, detail)

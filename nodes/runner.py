@@ -14,7 +14,7 @@ from nodes.accounts import reconcile
 from nodes.agent import Agent
 from nodes.context import NodeContext
 from nodes.data import RegistryData
-from nodes.enrollment import NodeIdentity, enroll, key_path, load_identity
+from nodes.enrollment import NodeIdentity, confirm_key, enroll, key_path, load_identity
 from nodes.ledger import Ledger
 from nodes.mapping.node_data import load_node_data
 from nodes.policy import Policy
@@ -61,7 +61,8 @@ def open_identity(
         return ident
     if token is None:
         raise RuntimeError(
-            f"node {site!r} is not enrolled: pass --enroll-token from the gateway admin"
+            f"node {site!r} is not enrolled: pass --enroll-token from the gateway admin "
+            "(or make a node directory with varde node init)"
         )
     return enroll(gateway_url, token, site, state_dir, ca_file=ca_file, dev_network=dev_network)
 
@@ -197,6 +198,14 @@ def run_node(
     identity = open_identity(
         state_dir, site_name, gateway_url, enroll_token, ca_file=ca_file, dev_network=dev_network
     )
+    if enroll_token is None:  # enrolled earlier: is this still the key the gateway pinned?
+        confirm_key(
+            gateway_url,
+            site_name,
+            load_or_create_key(key_path(state_dir)),
+            ca_file=ca_file,
+            dev_network=dev_network,
+        )
     ctx = build_context(
         site=site_name,
         policy=policy,

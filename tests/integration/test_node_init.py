@@ -334,6 +334,11 @@ def test_doctor_on_an_enrolled_node(
     code, out = _doctor(config)
     assert code == 1 and "pinned another key for site 'lofoten'" in out, out
     assert "restore keys/node_key.pem" in out
+    # and the node refuses to start on it, saying what to do, instead of polling in vain
+    started = runner.invoke(app, ["node", "run", "--config", str(config)])
+    assert started.exit_code == 2, started.output
+    assert "pinned another key for site 'lofoten'" in started.output
+    assert "enroll-token lofoten" in started.output
     key_file.write_bytes(original)
     # revoked by the operator
     revoked = runner.invoke(
@@ -342,3 +347,5 @@ def test_doctor_on_an_enrolled_node(
     assert revoked.exit_code == 0, revoked.output
     code, out = _doctor(config)
     assert code == 1 and "fail key recognised: site 'lofoten' was revoked" in out, out
+    started = runner.invoke(app, ["node", "run", "--config", str(config)])
+    assert started.exit_code == 2 and "was revoked" in started.output, started.output
