@@ -29,7 +29,7 @@ from nodes.data import bound_contributions
 from nodes.mapping import read_site_data
 from nodes.mapping.starter import starter_mapping_text
 from nodes.synth import generate_registry, write_registry
-from tests.unit.nodes.mapping.conftest import local_export, write_site
+from tests.unit.nodes.mapping.helpers import local_export, write_site
 from varde.processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("mapping")]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from nodes.mapping.check import check_data
-from tests.unit.nodes.mapping.conftest import write_site
+from tests.unit.nodes.mapping.helpers import write_site
 
 
 def test_a_clean_export_is_ok_with_missing_shares(site_mapping: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from nodes.mapping import MappingError
 from nodes.mapping.node_data import load_node_data
 from nodes.synth import generate_registry, write_registry
-from tests.unit.nodes.mapping.conftest import write_site
+from tests.unit.nodes.mapping.helpers import write_site
 
 
 def test_a_mapped_site_loads_with_its_missing_fields_marked(site_mapping: Path) -> None:

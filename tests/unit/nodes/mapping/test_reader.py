@@ -11,7 +11,7 @@ import yaml
 from nodes.mapping import MappingError, read_site_data
 from nodes.mapping.starter import starter_mapping_text
 from nodes.synth import generate_registry
-from tests.unit.nodes.mapping.conftest import write_site
+from tests.unit.nodes.mapping.helpers import write_site
 from varde.schema import COLUMN_ORDER, age_band
 
 

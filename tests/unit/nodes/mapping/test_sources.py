@@ -13,7 +13,7 @@ import yaml
 from nodes.mapping import MappingError, read_site_data
 from nodes.mapping.sources import expand_url, shown_url
 from nodes.mapping.starter import starter_mapping_text
-from tests.unit.nodes.mapping.conftest import write_site
+from tests.unit.nodes.mapping.helpers import write_site
 
 
 def _with_source(source: Mapping[str, object]) -> str:
