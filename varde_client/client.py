@@ -155,11 +155,16 @@ class VardeClient(QuestionMethods):
         """Queryable fields and the sites exposing them."""
         return pd.DataFrame(self._check(self._http.get("/v1/schema")))
 
+    def _study_declarations(self) -> dict[str, dict[str, Any]]:
+        """The study fields of your projects the sites publish, by name (``GET /v1/schema``)."""
+        records = self._check(self._http.get("/v1/schema"))
+        return {r["name"]: r["study"] for r in records if r.get("study")}
+
     # --- federated training ---------------------------------------------------------------
 
     def start_training(self, spec: TrainingSpec | Mapping[str, Any]) -> TrainingStatus:
         """Submit a training job (``POST /v1/trainings``); the gateway refuses it saying why."""
-        job = training_spec(spec, {})
+        job = training_spec(spec, {}, self._study_declarations)
         resp = self._http.post("/v1/trainings", json=job.model_dump(mode="json", exclude_none=True))
         return TrainingStatus.model_validate(self._check(resp))
 
@@ -227,7 +232,7 @@ class VardeClient(QuestionMethods):
         A failed job is returned (``.ok`` False, reason in ``.status.detail``),
         not raised: its per-site refusals are part of the answer.
         """
-        job = training_spec(spec, fields)
+        job = training_spec(spec, fields, self._study_declarations)
         status = self.start_training(job)
         if not wait:
             return TrainingResult(status)

@@ -9,7 +9,7 @@ once the job ends). ``tqdm`` is not a dependency, so it is not used.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from varde.budget import Budget
+from varde.study_fields import mentioned
 from varde.training import TrainingSpec, TrainingStatus
 
 FINAL_STATES = ("finished", "failed")
@@ -203,7 +204,9 @@ class TrainingProgress:
 
 
 def training_spec(
-    spec: TrainingSpec | Mapping[str, Any] | None, fields: Mapping[str, Any]
+    spec: TrainingSpec | Mapping[str, Any] | None,
+    fields: Mapping[str, Any],
+    declared: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> TrainingSpec:
     """A validated job from a spec, a dict, keyword fields, or a mix (keywords win).
 
@@ -211,6 +214,8 @@ def training_spec(
     ``evaluation_rho`` may be given flat (in the dict or as keywords); they go
     into ``privacy``. A flat ``rho`` replaces an ``epsilon`` the spec carried (and
     its ``evaluation_epsilon``), and the other way round; both flat is an error.
+    ``declared`` returns the study fields' declarations by name (what ``GET /v1/schema``
+    lists), asked only when the job names a field the schema lacks.
 
     >>> training_spec(None, {"project": "p", "features": ["sex"], "rounds": 2,
     ...                      "epsilon": 1.5}).privacy.epsilon
@@ -236,6 +241,14 @@ def training_spec(
             privacy[key] = body.pop(key)
     if privacy:
         body["privacy"] = privacy
+    carried = {f.get("name") for f in body.get("study_fields") or [] if isinstance(f, Mapping)}
+    wanted = mentioned(body) - carried
+    if wanted and declared is not None:  # study fields: the declarations the sites publish
+        found = declared()
+        body["study_fields"] = [
+            *(body.get("study_fields") or []),
+            *(found[name] for name in sorted(wanted) if name in found),
+        ]
     return TrainingSpec.model_validate(body)
 
 
