@@ -313,3 +313,49 @@ def test_plain_http_off_loopback_is_refused(tmp_path: Path, pki: PKI) -> None:
         "--state-dir", str(tmp_path / "node"), "--enroll-token", "ve_x",
     )  # fmt: skip
     assert node.returncode != 0 and "plain http" in node.stderr, node.stderr
+
+
+def test_forwarded_headers_count_only_with_proxy_headers_from_an_allowed_proxy(
+    tmp_path: Path,
+) -> None:
+    """OPERATIONS.md's reverse-proxy setup: the client address a proxy forwards is taken only
+    with --proxy-headers and only from --forwarded-allow-ips (seen in the access log)."""
+    forwarded = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+    cases = {
+        "trusted": ["--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"],
+        "other proxy": ["--proxy-headers", "--forwarded-allow-ips", "192.0.2.1"],
+        "no flag": [],
+    }
+    seen = {}
+    for name, flags in cases.items():
+        port = free_port()
+        log = tmp_path / f"{name}.log"
+        proc = spawn(
+            varde(
+                "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
+                "--state-dir", str(tmp_path / name), "--log-level", "info", *flags,
+            ),
+            log,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    resp = httpx.get(f"http://127.0.0.1:{port}/healthz", headers=forwarded)
+                    break
+                except httpx.HTTPError:
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.2)
+            assert resp.status_code == 200
+            for _ in range(50):  # the access log line is written after the response
+                lines = [ln for ln in log.read_text().splitlines() if "GET /healthz" in ln]
+                if lines:
+                    break
+                time.sleep(0.1)
+            seen[name] = lines[-1]
+        finally:
+            stop(proc)
+    assert "203.0.113.7" in seen["trusted"], seen
+    assert "203.0.113.7" not in seen["other proxy"] and "127.0.0.1" in seen["other proxy"], seen
+    assert "203.0.113.7" not in seen["no flag"] and "127.0.0.1" in seen["no flag"], seen
