@@ -116,6 +116,13 @@ def query(
     sites: Annotated[
         str | None, typer.Option(help="Only these sites, a,b (default all).", rich_help_panel=Build)
     ] = None,
+    unit: Annotated[
+        str | None,
+        typer.Option(
+            help="What is counted: tumours (default) or patients (each once).",
+            rich_help_panel=Build,
+        ),
+    ] = None,
     epsilon: Annotated[
         float | None, typer.Option(help="Epsilon each site spends.", rich_help_panel=Privacy)
     ] = None,
@@ -177,6 +184,7 @@ def query(
         months=months,
         interval=interval,
         sites=sites,
+        unit=unit,
         epsilon=epsilon,
         rho=rho,
         aggregate=aggregate,

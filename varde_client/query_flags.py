@@ -74,6 +74,7 @@ class QueryFlags:
     months: int | None = None
     interval: int | None = None
     sites: str | None = None
+    unit: str | None = None
     epsilon: float | None = None
     rho: float | None = None
     aggregate: bool = False
@@ -210,4 +211,8 @@ def build_query(flags: QueryFlags) -> dict[str, Any]:
     sites = csv_list(flags.sites, "--sites")
     if sites is not None:
         query["sites"] = sites
+    if flags.unit is not None:
+        if flags.unit not in ("patients", "tumours"):
+            raise QueryFlagError(f"--unit is patients or tumours, not {flags.unit!r}")
+        query["unit"] = flags.unit
     return query

@@ -165,3 +165,11 @@ def test_a_cohort_is_parsed_by_the_cohort_text_parser() -> None:
     assert predicate_fields(cohort) == {"topography", "stage", "age_at_diagnosis"}
     with pytest.raises(QueryFlagError, match=r"^--cohort: .*'stag'"):
         build_query(replace(BASE, cohort="stag=IV"))
+
+
+def test_unit_counts_patients_or_tumours() -> None:
+    assert "unit" not in build_query(BASE)
+    assert parse_query(build_query(replace(BASE, unit="patients"))).unit == "patients"
+    assert build_query(replace(BASE, unit="tumours"))["unit"] == "tumours"
+    with pytest.raises(QueryFlagError, match="--unit is patients or tumours"):
+        build_query(replace(BASE, unit="people"))
