@@ -17,6 +17,7 @@ staff-facing description of every key.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Annotated, Literal
 
@@ -31,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from varde.schema import FIELDS_BY_NAME, FieldKind
+from varde.schema import FIELDS_BY_NAME, FieldKind, FieldSpec
 
 
 def _schema_value(value: object) -> str | int:
@@ -278,6 +279,7 @@ class SiteMapping(_Strict):
                 and rule.date_format
             ):
                 raise ValueError(f"field {name!r} is not a date; date_format does not apply")
+            _check_targets(name, spec, rule)
         return value
 
     @field_validator("not_available")
@@ -326,6 +328,38 @@ class SiteMapping(_Strict):
     def provided(self) -> frozenset[str]:
         """The schema fields this site has (everything but :attr:`not_available`)."""
         return frozenset(self.fields)
+
+
+def _check_targets(name: str, spec: FieldSpec, rule: FieldRule) -> None:
+    """What a rule writes must be a value of the field: caught in the file, not per row.
+
+    A categorical field's ``values``, ``others``, ``missing`` and constant must be
+    its public categories (or null in ``values``); a date's default or constant an ISO
+    date; a number's a whole number; ``others`` applies to categorical fields only.
+    """
+    if isinstance(rule, ConstantRule):
+        targets: list[object] = [rule.value]
+    elif isinstance(rule, ColumnRule):
+        targets = [v for v in rule.values.values() if v is not None]
+        targets += [v for v in (rule.missing, rule.others) if v is not None]
+        if rule.others is not None and spec.kind is not FieldKind.CATEGORICAL:
+            raise ValueError(f"field {name!r}: 'others' is for categorical fields only")
+    else:
+        return
+    for target in targets:
+        if spec.kind is FieldKind.CATEGORICAL and str(target) not in spec.categories:
+            shown = ", ".join(spec.categories[:12]) + (" ..." if len(spec.categories) > 12 else "")
+            raise ValueError(f"field {name!r}: {target!r} is not one of its values ({shown})")
+        if spec.kind is FieldKind.DATE:
+            try:
+                dt.date.fromisoformat(str(target))
+            except ValueError:
+                raise ValueError(
+                    f"field {name!r}: {target!r} is not an ISO date (YYYY-MM-DD)"
+                ) from None
+        if spec.kind is FieldKind.INTEGER or spec.name == "tumour_id":
+            if not isinstance(target, int) and not str(target).lstrip("-").isdigit():
+                raise ValueError(f"field {name!r}: {target!r} is not a whole number")
 
 
 def _needs(name: str, mapping: SiteMapping) -> tuple[str, ...]:

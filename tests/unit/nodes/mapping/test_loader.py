@@ -137,6 +137,14 @@ def test_a_field_left_out_is_named(data: dict[str, Any], name: str) -> None:
         (lambda d: d["fields"]["sex"].update(date_format="%Y"), "not a date"),
         (lambda d: d.update(study_fields={"sex": {"column": "s", "kind": "integer"}}), "clashes"),
         (lambda d: d.update(source={"kind": "sql", "url": "sqlite://"}), "exactly one"),
+        (lambda d: d["fields"]["sex"].update(values={"K": "kvinne"}), "'kvinne' is not one of"),
+        (lambda d: d["fields"]["stage"].update(missing="ukjent"), "'ukjent' is not one of"),
+        (
+            lambda d: d["fields"].update(diagnosis_date={"column": "d", "missing": "01.02.2020"}),
+            "not an ISO date",
+        ),
+        (lambda d: d["fields"]["days_to_treatment"].update(others=0), "categorical fields only"),
+        (lambda d: d["fields"].update(country={"value": "Norway"}), "'Norway' is not one of"),
     ],
 )
 def test_invalid_mappings_name_the_key(change: Any, named: str) -> None:
