@@ -137,7 +137,9 @@ def test_a_database_from_before_migrations_is_taken_as_the_first_revision(
     assert drift(engine) == []
 
 
-def test_an_older_postgresql_is_refused_until_migrated(db_url: str, engine: Engine) -> None:
+def test_an_older_postgresql_is_refused_until_migrated(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite upgrades itself (previous test)")
     migrations.upgrade(engine, migrations.FIRST_REVISION)
@@ -148,6 +150,12 @@ def test_an_older_postgresql_is_refused_until_migrated(db_url: str, engine: Engi
     message = str(err.value)
     assert f"schema revision {migrations.FIRST_REVISION!r}" in message
     assert "varde gateway migrate" in message
+    # 'varde gateway serve' refuses in one line, before listening, naming the command
+    serve = CliRunner().invoke(
+        app, ["gateway", "serve", "--database-url", db_url, "--state-dir", str(tmp_path)]
+    )
+    assert serve.exit_code == 2, serve.output
+    assert "error:" in serve.output and "varde gateway migrate" in serve.output
     # --check exits 1 and changes nothing; migrate upgrades; then the gateway starts.
     check = CliRunner().invoke(app, ["gateway", "migrate", "--check", "--database-url", db_url])
     assert check.exit_code == 1 and f"head {migrations.head()}" in check.output
