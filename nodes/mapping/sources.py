@@ -92,7 +92,9 @@ def connect(url: str) -> Engine:
 
 
 def _csv_header(source: FileSource, path: Path) -> list[str]:
-    with path.open(encoding=source.encoding, newline="") as fh:
+    utf8 = source.encoding.lower().replace("_", "-") in ("utf-8", "utf8")
+    # a spreadsheet's UTF-8 export often starts with a byte-order mark (Arrow skips it too)
+    with path.open(encoding="utf-8-sig" if utf8 else source.encoding, newline="") as fh:
         row = next(csv.reader(fh, delimiter=source.delimiter), None)
     if not row:
         raise MappingError(f"{path}: cannot read csv file: the file has no header")

@@ -122,3 +122,17 @@ def test_an_empty_or_unreadable_file(tmp_path: Path, export: pd.DataFrame) -> No
     (tmp_path / "registry.csv").write_bytes(b"")
     with pytest.raises(MappingError, match="registry.csv: cannot read csv file"):
         read_site_data(path)
+
+
+def test_a_spreadsheet_export_with_a_byte_order_mark_and_a_latin_1_file(
+    tmp_path: Path, export: pd.DataFrame, reference: pd.DataFrame
+) -> None:
+    path = write_site(tmp_path, export)
+    csv_file = tmp_path / "registry.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbf" + csv_file.read_bytes())
+    pd.testing.assert_frame_equal(read_site_data(path), reference)
+    export.assign(region=export.region).to_csv(csv_file, index=False, encoding="latin-1")
+    (tmp_path / "m.yaml").write_text(
+        _with_source({"kind": "csv", "path": "registry.csv", "encoding": "latin-1"})
+    )
+    pd.testing.assert_frame_equal(read_site_data(tmp_path / "m.yaml"), reference)
