@@ -9,7 +9,7 @@ error on the other, not a silently missing column.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -44,6 +44,8 @@ class _QueryHead(BaseModel):
     """What each site is asked to spend (None in aggregate mode, and for an accuracy target:
     each site then charges the least budget that meets it, see each site's ``charged``)."""
     axes: list[tuple[str, list[str]]]
+    unit: Literal["tumours", "patients"] = "tumours"
+    """What the query counts (:attr:`varde.query.Query.unit`): plots and tables say it."""
 
     @property
     def measure(self) -> Measure | None:

@@ -40,7 +40,10 @@ from varde_client.plot_common import (
     titled,
 )
 
-COUNT_LABEL = "tumours (95% interval)"
+
+def count_label(result: QueryResult) -> str:
+    """The value axis of a count: what the query counted, with its interval."""
+    return f"{result.unit} (95% interval)"
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def plot_count(
         draw_bars(axes, names, rows, horizontal=False)
         axes.set_xlabel(" / ".join(name for name, _ in result.axes))
         axes.legend(fontsize="small")
-    axes.set_ylabel(COUNT_LABEL)
+    axes.set_ylabel(count_label(result))
     out = titled(fig, [axes], title or _count_title(result, "count"), refusal_notes(result))
     assert isinstance(out, Axes)
     return out
@@ -174,7 +177,7 @@ def _panelled(
         value_axis, category_axis = (
             (a.set_xlabel, a.set_ylabel) if horizontal else (a.set_ylabel, a.set_xlabel)
         )
-        value_axis(COUNT_LABEL)
+        value_axis(count_label(result))
         category_axis(own_name)
         if n_groups or any(c.status != "ok" for c in s.cells):
             a.legend(fontsize="small", title=" / ".join(n for n, _ in result.axes[:-1]) or None)

@@ -59,6 +59,7 @@ def draw_heatmap(
     row_labels: list[str],
     col_labels: list[str],
     cmap: Colormap,
+    unit: str = "tumours",
 ) -> None:
     """One panel: coloured counts, suppressed cells hatched, text where there is room."""
     rows, cols = len(row_labels), len(col_labels)
@@ -68,7 +69,7 @@ def draw_heatmap(
     shown = np.ma.masked_invalid(values)
     top = float(shown.max()) if shown.count() else 1.0
     image = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=max(top, 1.0), aspect="auto")
-    ax.figure.colorbar(image, ax=ax, label="tumours", shrink=0.9)
+    ax.figure.colorbar(image, ax=ax, label=unit, shrink=0.9)
     for r, c in zip(*np.nonzero(np.isnan(values)), strict=True):
         ax.add_patch(
             Rectangle((c - 0.5, r - 0.5), 1, 1, facecolor="0.85", hatch="xx", edgecolor="0.6", lw=0)
@@ -121,8 +122,8 @@ def plot_crosstab(
     height = max(3.2, 0.45 * len(row_labels) + 1.5)
     fig, axes = panels(len(found), ax, width=width, height=height)
     for a, s in zip(axes, found, strict=True):
-        draw_heatmap(a, s.cells, row_labels, col_labels, colours)
+        draw_heatmap(a, s.cells, row_labels, col_labels, colours, result.unit)
         a.set_xlabel(col_name)
         a.set_ylabel(" / ".join(name for name, _ in result.axes[:-1]))
-    head = title or f"crosstab, tumours ({privacy_text(result)})"
+    head = title or f"crosstab, {result.unit} ({privacy_text(result)})"
     return titled(fig, axes, head, refusal_notes(result), [s.name for s in found])

@@ -111,6 +111,7 @@ def answer(
         mode=query.privacy.mode,
         requested=query.budget,
         axes=query.axes(),
+        unit=query.unit,
         sites=[*releases, refused],
         network=combine(query, releases),
         budget_remaining={r.site: r.budget_remaining for r in [*releases, refused]},
@@ -488,3 +489,15 @@ def test_importing_the_client_and_plotting_leave_pyplot_alone() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_count_of_patients_says_so_on_its_value_axis(
+    registries: dict[str, RegistryData],
+) -> None:
+    res = answer(registries, {"statistic": {"kind": "count"}, "group_by": ["egfr"]})
+    assert res.plot().get_ylabel() == "tumours (95% interval)"  # type: ignore[union-attr]
+    patients = answer(
+        registries, {"statistic": {"kind": "count"}, "group_by": ["egfr"], "unit": "patients"}
+    )
+    assert patients.result.unit == "patients"
+    assert patients.plot().get_ylabel() == "patients (95% interval)"  # type: ignore[union-attr]
