@@ -35,6 +35,7 @@ class Finding(BaseModel):
     rows: int
     examples: list[str]
     hard: bool
+    first_rows: list[int] = Field(default=[], description="First rows found (1 = first data row).")
 
 
 class DataReport(BaseModel):
@@ -84,7 +85,8 @@ class DataReport(BaseModel):
                 for f in sorted(group, key=lambda f: -f.rows):
                     col = f" (column {f.column!r})" if f.column and f.column != f.field else ""
                     eg = f", e.g. {', '.join(f.examples)}" if f.examples else ""
-                    out.append(f"  {f.rule:<32} {f.rows:>8,}  {f.field}{col}: {f.detail}{eg}")
+                    at = f" (rows {', '.join(map(str, f.first_rows))})" if f.first_rows else ""
+                    out.append(f"  {f.rule:<32} {f.rows:>8,}  {f.field}{col}: {f.detail}{eg}{at}")
         if self.not_available:
             out.append(f"not available at this site: {', '.join(self.not_available)}")
         if self.missing_share:
@@ -104,6 +106,7 @@ def _findings(log: ProblemLog) -> list[Finding]:
             rows=p.count,
             examples=p.examples,
             hard=p.hard,
+            first_rows=p.first_rows,
         )
         for p in log.problems.values()
     ]

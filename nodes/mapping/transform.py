@@ -44,12 +44,15 @@ class Problem:
     count: int = 0
     examples: list[str] = _field(default_factory=list)
     hard: bool = True
+    first_rows: list[int] = _field(default_factory=list)
+    """The first few rows (1 = the source's first data row) that break the rule."""
 
     def line(self) -> str:
-        """``field (column 'x'): rule: detail: N row(s), e.g. ...``."""
+        """``field (column 'x'): rule: detail: N row(s), e.g. ... (rows 4, 18)``."""
         col = f" (column {self.column!r})" if self.column and self.column != self.field else ""
         shown = f", e.g. {', '.join(self.examples)}" if self.examples else ""
-        return f"{self.field}{col}: {self.rule}: {self.detail}: {self.count:,} row(s){shown}"
+        at = f" (rows {', '.join(str(r) for r in self.first_rows)})" if self.first_rows else ""
+        return f"{self.field}{col}: {self.rule}: {self.detail}: {self.count:,} row(s){shown}{at}"
 
 
 @dataclass
@@ -60,10 +63,15 @@ class ProblemLog:
     rejected_rows: int = 0
     rows_read: int = 0
     _bad: np.ndarray | None = None
+    _offset: int = 0
 
-    def begin_chunk(self, n: int) -> None:
-        """Start counting which of the next ``n`` rows have a hard problem."""
+    def begin_chunk(self, n: int, offset: int | None = None) -> None:
+        """Start counting which of the next ``n`` rows have a hard problem.
+
+        ``offset``: the chunk's first row's position in the source (default: rows read).
+        """
         self._bad = np.zeros(n, dtype=bool)
+        self._offset = self.rows_read if offset is None else offset
         self.rows_read += n
 
     def end_chunk(self) -> None:
@@ -92,6 +100,9 @@ class ProblemLog:
         key = (name, rule)
         found = self.problems.setdefault(key, Problem(name, column, rule, detail, hard=hard))
         found.count += n
+        if len(found.first_rows) < _EXAMPLES:
+            at = np.flatnonzero(mask)[: _EXAMPLES - len(found.first_rows)] + self._offset + 1
+            found.first_rows += [int(r) for r in at]
         if values is not None and len(found.examples) < _EXAMPLES:
             for v in pd.unique(values[mask].astype(str)):
                 shown = repr(v)

@@ -31,6 +31,8 @@ def test_rejected_rows_are_grouped_by_rule_with_counts(
     rules = {(f.field, f.rule): f.rows for f in report.findings}
     assert rules[("sex", "unmapped_code")] == 5
     assert rules[("diagnosis_date", "bad_date")] == 3
+    rows = {f.rule: f.first_rows for f in report.findings}
+    assert rows["unmapped_code"] == [1, 2, 3, 4, 5] and rows["bad_date"] == [11, 12, 13]
     assert report.rows_rejected == 8
     text = report.render()
     assert "unmapped_code" in text and "'U'" in text and "FAIL" in text.splitlines()[-1]

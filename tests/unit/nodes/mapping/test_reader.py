@@ -138,8 +138,9 @@ def test_nothing_is_loaded_half_way_even_when_the_bad_row_is_in_a_later_chunk(
     monkeypatch.setattr(sources, "_CSV_BLOCK", 4096)  # a few dozen rows a chunk
     bad = export.copy()
     bad.loc[len(bad) - 1, "sex"] = "?"
-    with pytest.raises(MappingError, match=r"1 of 400 row\(s\) rejected"):
+    with pytest.raises(MappingError, match=r"1 of 400 row\(s\) rejected") as err:
         read_site_data(write_site(tmp_path, bad))
+    assert "(rows 400)" in str(err.value)  # the row's place in the source, across chunks
     assert len(read_site_data(write_site(tmp_path / "ok", export))) == 400  # chunks join up
 
 
