@@ -470,6 +470,73 @@ def microbench() -> dict[str, float]:
     return {"ledger_charge_ms": charge_ms, "seal_ms": seal_ms, "verify_ms": verify_ms}
 
 
+def node_steps(workdir: Path, rows: int, repeat: int) -> dict[str, float]:
+    """Median ms of each step of a node's pipeline, in this process, on ``rows`` tumours.
+
+    The same steps, context and files a node process uses (``nodes.pipeline.PIPELINE``,
+    then ``audit``, then signing the release), timed one by one: where the node's
+    own time in the figures above goes.
+    """
+    from nodes import pipeline
+    from nodes.enrollment import NodeIdentity
+    from nodes.runner import build_context, resolve_site
+    from nodes.synth import generate_registry, write_registry
+    from varde.crypto import generate_key, public_key_b64
+    from varde.envelope import seal
+    from varde.release import WorkItem
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = write_registry(
+        generate_registry("oslo", rows, seed=2), workdir / "oslo.parquet", "parquet"
+    )
+    _, policy = resolve_site(bench_policy("oslo", workdir / "oslo.yaml"), None)
+    gateway_key = generate_key()
+    identity = NodeIdentity(
+        site="oslo",
+        gateway_url="http://127.0.0.1:9",
+        gateway_public_key=public_key_b64(gateway_key),
+    )
+    ctx = build_context(
+        site="oslo", policy=policy, data_path=data, state_dir=workdir / "state", identity=identity
+    )
+    times: dict[str, list[float]] = {}
+    try:
+        for i in range(repeat + 2):
+            work = WorkItem(
+                query_id=uuid.uuid4().hex, project="bench", researcher="bench", query=question(i)
+            )
+            env = seal(
+                gateway_key,
+                kind="work",
+                sender="gateway",
+                recipient="oslo",
+                body=work.model_dump(mode="json"),
+                ttl=dt.timedelta(seconds=60),
+            )
+            item = pipeline.WorkState(envelope=env, policy=ctx.policy)
+            for step in [*pipeline.PIPELINE, pipeline.audit]:
+                t0 = time.perf_counter()
+                early = step(ctx, item)
+                times.setdefault(step.__name__, []).append((time.perf_counter() - t0) * 1000)
+                if early is not None:
+                    break
+            assert early is not None and early.status == "ok", early
+            t0 = time.perf_counter()
+            seal(
+                ctx.node_key,
+                kind="release",
+                sender="oslo",
+                recipient="gateway",
+                body=early.model_dump(mode="json"),
+                ttl=dt.timedelta(seconds=60),
+            )
+            times.setdefault("sign release", []).append((time.perf_counter() - t0) * 1000)
+    finally:
+        ctx.ledger.close()
+        ctx.store.close()
+    return {name: statistics.median(xs[2:]) for name, xs in times.items()}  # 2 warm-ups
+
+
 def bench_hops(workdir: Path, rows: int, repeat: int) -> dict[str, Any]:
     sites = ["oslo", "bergen", "trondheim", "stockholm", "copenhagen"]
     net = LocalNetwork(
@@ -507,6 +574,7 @@ def bench_hops(workdir: Path, rows: int, repeat: int) -> dict[str, Any]:
         "site_answer_mean": mean("varde_site_answer_seconds"),
         "node_mean": statistics.mean(fed["node_mean"]),
         **microbench(),
+        "steps": node_steps(workdir / "steps", rows, repeat),
     }
 
 
@@ -668,6 +736,12 @@ def summary(report: dict[str, Any]) -> None:
             f"  on their own: ledger commit {hops['ledger_charge_ms']:.2f} ms, sign an envelope "
             f"{hops['seal_ms']:.2f} ms, verify one {hops['verify_ms']:.2f} ms"
         )
+        steps = hops["steps"]
+        print(
+            f"  a node's pipeline step by step (in-process, {hops['rows']:,} tumours, median ms;"
+            f" total {sum(steps.values()):.1f}):"
+        )
+        print("    " + ", ".join(f"{name} {ms:.2f}" for name, ms in steps.items()))
 
 
 if __name__ == "__main__":
