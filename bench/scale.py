@@ -315,6 +315,20 @@ async def _load(urls: list[str], token: str, workers: int, seconds: float, start
     }
 
 
+def cpu_seconds(net: LocalNetwork) -> dict[str, float]:
+    """CPU time (user + system) so far of the gateway replicas, the nodes and this process."""
+    out = {"gateway": 0.0, "nodes": 0.0}
+    for name, proc in net._procs.items():
+        try:
+            times = psutil.Process(proc.pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out["gateway" if name.startswith("gateway") else "nodes"] += times.user + times.system
+    own = psutil.Process().cpu_times()
+    out["load generator"] = own.user + own.system
+    return out
+
+
 def throughput(net: LocalNetwork, seconds: float, max_workers: int, label: str) -> dict | None:
     """Raise concurrency until p90 passes 1 s; the best rate below it."""
     best = None
@@ -322,10 +336,16 @@ def throughput(net: LocalNetwork, seconds: float, max_workers: int, label: str) 
     sequential(net.replica_urls, net.token, 3, start, len(net.sites))  # warm up
     while workers <= max_workers:
         start += 100_000
+        before = cpu_seconds(net)
         res = asyncio.run(_load(net.replica_urls, net.token, workers, seconds, start))
+        after = cpu_seconds(net)
+        res["cpu_ms"] = {
+            k: 1000 * (after[k] - before[k]) / max(res["done"] + res["errors"], 1) for k in after
+        }
         print(
             f"  {label}: {workers:3d} concurrent  {res['qps']:7.1f} q/s  p50 {res['p50']:7.1f} ms"
-            f"  p90 {res['p90']:7.1f} ms  errors {res['errors']}",
+            f"  p90 {res['p90']:7.1f} ms  errors {res['errors']}   CPU ms/query: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in res["cpu_ms"].items()),
             flush=True,
         )
         if res["p90"] <= 1000 and res["errors"] == 0:
@@ -684,9 +704,14 @@ def summary(report: dict[str, Any]) -> None:
             if res is None:
                 print(f"  {label}: not measured")
             else:
+                cpu = res["cpu_ms"]
                 print(
                     f"  {label}: {res['qps']:.0f} q/s at {res['workers']} concurrent "
-                    f"(p50 {res['p50']:.0f} ms, p90 {res['p90']:.0f} ms)"
+                    f"(p50 {res['p50']:.0f} ms, p90 {res['p90']:.0f} ms); CPU per query: "
+                    f"gateway {cpu['gateway']:.0f} ms, 5 nodes {cpu['nodes']:.0f} ms, load "
+                    f"generator {cpu['load generator']:.0f} ms: at most "
+                    f"{1000 * (os.cpu_count() or 1) / max(sum(cpu.values()), 1e-9):.0f} q/s on "
+                    f"{os.cpu_count()} idle cores"
                 )
         if one and two:
             print(f"  2 replicas / 1 replica: {two['qps'] / one['qps']:.2f}x")
