@@ -24,7 +24,7 @@ from nodes.pipeline import handle
 from nodes.statistics import exact, price
 from nodes.statistics.accuracy_first import least_budget
 from tests.conftest import make_work
-from varde.budget import PureDP
+from varde.budget import ZCDP, PureDP
 from varde.query import parse_query
 from varde.schema import FIELDS_BY_NAME
 
@@ -272,3 +272,13 @@ def test_aggregate_mode_counts_patients(
     for cell, w in zip(rel.cells, want, strict=True):
         if cell.status == "ok":
             assert cell.value is not None and abs(cell.value - w) <= spread
+
+
+def test_a_zcdp_patient_count_has_l2_sensitivity_one() -> None:
+    """The discrete Gaussian of a patient count: sigma = 1 / sqrt(2 rho), not k / sqrt(2 rho)."""
+    body = {"project": "p", "statistic": {"kind": "count"}, "privacy": {"mode": "zcdp", "rho": 0.5}}
+    tumours = price(parse_query(body), ZCDP(0.5), max_rows=K)
+    patients = price(parse_query({**body, "unit": "patients"}), ZCDP(0.5), max_rows=K)
+    assert patients.noise_scales["count"] == pytest.approx(1.0, rel=1e-6)
+    assert tumours.noise_scales["count"] == pytest.approx(float(K), rel=1e-6)
+    assert patients.cost.amount == pytest.approx(0.5, rel=1e-6)
