@@ -279,6 +279,15 @@ def _check_derived(spec: FieldSpec, values: pd.Series, log: ProblemLog) -> pd.Se
     return values.mask(pd.Series(out, index=values.index))
 
 
+def _categorical(values: pd.Series, spec: FieldSpec) -> pd.Categorical:
+    """Schema-category codes, found once per distinct value (values outside: missing)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    where = pd.Index(spec.categories).get_indexer(pd.Index(uniques, dtype=object))
+    mapped = np.append(where, -1)[codes].astype(np.int16)
+    dtype = pd.CategoricalDtype(list(spec.categories))
+    return pd.Categorical.from_codes(mapped, dtype=dtype, validate=False)
+
+
 def missing_columns(mapping: SiteMapping, columns: list[str]) -> list[str]:
     """Source columns the mapping reads that the source does not have."""
     wanted = [r.column for r in mapping.fields.values() if isinstance(r, ColumnRule)]
@@ -318,6 +327,8 @@ def map_chunk(
     for spec in FIELDS:
         if spec.name in mapping.not_available:
             frame[spec.name] = pd.Series(np.nan, index=raw.index)  # replaced when conformed
+        elif spec.kind is FieldKind.CATEGORICAL:  # compact now: chunks add up, not raw text
+            frame[spec.name] = _categorical(frame[spec.name], spec)
     for name, study in mapping.study_fields.items():
         frame[name] = study_field(name, study, raw[study.column], fmt, log)
     log.end_chunk()
