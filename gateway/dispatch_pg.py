@@ -361,17 +361,17 @@ class PgDispatcher:
     async def deliver(self, release: SiteRelease, evidence: SignedEnvelope) -> bool:
         """Write the release into its leased item and wake the replica waiting for it.
 
-        The same signed release arriving twice (a node re-posting one whose poll
-        broke) counts as delivered once, so it is not kept twice as evidence.
+        The same release arriving again (a node re-sends one whose poll broke,
+        signed afresh) counts as delivered once, so it is not kept twice as evidence.
         """
-        signed = evidence.model_dump_json()
+        released = release.model_dump_json()
         async with self._pool.connection() as conn:
             row = await (
                 await conn.execute(
                     _DELIVER,
                     {
-                        "release": release.model_dump_json(),
-                        "evidence": signed,
+                        "release": released,
+                        "evidence": evidence.model_dump_json(),
                         "query_id": release.query_id,
                         "site": release.site,
                     },
@@ -381,11 +381,11 @@ class PgDispatcher:
                 return True
             kept = await (
                 await conn.execute(
-                    "SELECT evidence FROM work_items WHERE query_id = %s AND site = %s",
+                    "SELECT release FROM work_items WHERE query_id = %s AND site = %s",
                     (release.query_id, release.site),
                 )
             ).fetchone()
-        return kept is not None and kept[0] == signed
+        return kept is not None and kept[0] == released
 
     # -- background: listening, presence refresh, orphans ------------------------------------
 

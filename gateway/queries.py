@@ -22,11 +22,11 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.admin import enrolled_sites
 from gateway.combine import combine
-from gateway.core.db import Project, QueryRecord, release_record
+from gateway.core.db import Project, QueryRecord, ReleaseRecord, release_record
 from gateway.dispatch import Answer
 from gateway.metrics import METRICS
 from gateway.state import GATEWAY_ID, GatewayState
-from varde.envelope import seal
+from varde.envelope import SignedEnvelope, peek, seal
 from varde.errors import (
     BudgetExhausted,
     Conflict,
@@ -329,6 +329,27 @@ def _record(
             )
         )
         s.add_all(release_record(rel, env) for rel, env in evidence)
+        s.commit()
+
+
+def keep_evidence(state: GatewayState, release: SiteRelease, envelope: SignedEnvelope) -> None:
+    """Keep a release no query took (late, unsolicited, re-sent) as evidence, once.
+
+    A node re-sends a release whose delivery it could not confirm (its poll broke
+    with a replica), signed afresh: the same release already kept, by this route
+    or with its query, is not kept again, so the recorded releases stay one per charge.
+    """
+    with state.sessions() as s:
+        kept = s.scalars(
+            select(ReleaseRecord).where(
+                ReleaseRecord.query_id == release.query_id, ReleaseRecord.site == release.site
+            )
+        ).all()
+        for row in kept:
+            body = peek(SignedEnvelope(payload=row.payload, signature=row.signature)).body
+            if SiteRelease.model_validate(body) == release:
+                return
+        s.add(release_record(release, envelope))
         s.commit()
 
 

@@ -160,6 +160,22 @@ def recorded_ok(db_url: str) -> dict[str, list[str]]:
     return out
 
 
+def evidence(db_url: str, query_ids: list[str]) -> list[tuple[Any, ...]]:
+    """The release rows of ``query_ids`` and whether the query was recorded, for a message."""
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT r.query_id, r.site, r.status, r.received_at, q.result IS NOT NULL"
+                " FROM releases r LEFT JOIN queries q ON q.id = r.query_id"
+                " WHERE r.query_id = ANY(:q) ORDER BY r.received_at"
+            ),
+            {"q": query_ids},
+        ).all()
+    engine.dispose()
+    return [tuple(r) for r in rows]
+
+
 def assert_charged_as_recorded(net: LocalNetwork, db_url: str) -> None:
     """Each site's ledger holds exactly the charges of the releases the gateway recorded."""
     recorded = recorded_ok(db_url)
@@ -171,7 +187,8 @@ def assert_charged_as_recorded(net: LocalNetwork, db_url: str) -> None:
             led.close()
         assert len(set(charged)) == len(charged), f"{site} charged a query twice"
         kept = recorded.get(site, [])
-        assert len(set(kept)) == len(kept), f"a release of {site} was recorded twice"
+        twice = [q for q, n in Counter(kept).items() if n > 1]
+        assert not twice, f"releases of {site} recorded twice: {twice}; {evidence(db_url, twice)}"
         assert sorted(charged) == sorted(kept), site
 
 

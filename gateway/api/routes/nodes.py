@@ -25,8 +25,9 @@ from gateway.admin import SITE_PATTERN, node_info
 from gateway.api.deps import State
 from gateway.api.errors import responses
 from gateway.api.examples import ENROLL_EXAMPLES
-from gateway.core.db import EnrollmentToken, GatewayAudit, Node, release_record
+from gateway.core.db import EnrollmentToken, GatewayAudit, Node
 from gateway.core.security import token_hash
+from gateway.queries import keep_evidence
 from gateway.state import GATEWAY_ID, GatewayState
 from varde.crypto import load_public_key
 from varde.envelope import Payload, SignedEnvelope, open_envelope, peek, utcnow
@@ -271,12 +272,6 @@ async def whoami(envelope: SignedEnvelope, state: State) -> WhoAmI:
     return await run_in_threadpool(_whoami, state, envelope)
 
 
-def _store_release(state: GatewayState, envelope: SignedEnvelope, release: SiteRelease) -> None:
-    with state.sessions() as s:
-        s.add(release_record(release, envelope))
-        s.commit()
-
-
 @router.post("/releases", response_model=ReleaseAck, responses=responses(400, 403, 422))
 async def post_release(envelope: SignedEnvelope, state: State) -> dict[str, Any]:
     """Accept a site's signed release for a query that is waiting for it."""
@@ -309,7 +304,7 @@ async def _accept_release(state: GatewayState, envelope: SignedEnvelope) -> dict
         extra={"request_id": release.request_id, "query_id": release.query_id},
     )
     if not delivered:  # late or unsolicited: keep it as evidence on its own
-        await run_in_threadpool(_store_release, state, envelope, release)
+        await run_in_threadpool(keep_evidence, state, release, envelope)
     if release.project:
         state.dispatcher.note_budget(release.site, release.project, release.budget_remaining)
     return {"accepted": True, "delivered": delivered}

@@ -185,8 +185,9 @@ def test_the_same_release_twice_is_delivered_once(pg_url: str) -> None:
         rel, signed = release(qid, "bodo")
         assert await b.deliver(rel, signed)
         assert await a.deliver(rel, signed)  # a re-post of the very same signed release
-        other = release(qid, "bodo")
-        assert not await a.deliver(*other)  # another release for a done item: not delivered
+        assert await a.deliver(*release(qid, "bodo"))  # the same release signed afresh
+        other = SiteRelease(query_id=qid, site="bodo", status="error", message="another")
+        assert not await a.deliver(other, signed)  # another release for a done item
         assert (await waiting) is not None
 
 
