@@ -53,6 +53,7 @@ from sqlalchemy import (
     update,
 )
 
+from nodes.audit_keys import KEY_ROTATED, Handover, SignerWindows, read_handover
 from nodes.sqlite import create_tables, serialised_writes
 from varde.crypto import public_key_b64, sign, verify
 from varde.envelope import utcnow
@@ -537,7 +538,7 @@ def _recomputed(e: AuditEntry, id: int | None = None) -> str:
 
 
 def _check_checkpoint(
-    e: AuditEntry, by_id: dict[int, AuditEntry], public_key: str | None
+    e: AuditEntry, by_id: dict[int, AuditEntry], signers: SignerWindows | None
 ) -> AuditProblem | None:
     data = e.data
     try:
@@ -547,8 +548,9 @@ def _check_checkpoint(
         signature = str(data["signature"])
     except (KeyError, TypeError, ValueError):
         return AuditProblem(e.id, "signature", "checkpoint without a readable signature")
-    if public_key is not None and key != public_key:
-        return AuditProblem(e.id, "signature", "checkpoint signed by a key that is not the node's")
+    why = None if signers is None else signers.problem(key, e.id, signed_id)
+    if why is not None:
+        return AuditProblem(e.id, "signature", why)
     if not verify(key, checkpoint_message(signed_id, signed_hash), signature):
         return AuditProblem(e.id, "signature", "checkpoint signature does not verify")
     target = by_id.get(signed_id)
@@ -574,12 +576,23 @@ def verify_trail(
         entries: The trail, ordered by id.
         head: The head row's (last id, last hash), None if it is missing.
         public_key: The node's public key (base64); when given, checkpoints
-            signed by any other key are refused.
+            signed by any other key are refused, except by keys handed over to it
+            through intact ``key_rotated`` entries, for the trail up to their
+            handover (:mod:`nodes.audit_keys`).
     """
     report = AuditReport(entries=len(entries))
     by_id = {e.id: e for e in entries}
     broken = [e for e in entries if _recomputed(e) != e.hash]
     broken_ids = {e.id for e in broken}
+    handovers: list[Handover] = []
+    for e in entries:
+        if e.kind == KEY_ROTATED and e.id not in broken_ids:
+            handover = read_handover(e.id, e.prev_hash, e.data)
+            if isinstance(handover, str):
+                report.problems.append(AuditProblem(e.id, "signature", handover))
+            else:
+                handovers.append(handover)
+    signers = None if public_key is None else SignerWindows(public_key, handovers)
     candidates = sorted(broken_ids)[:1000]
     prev_id, prev_hash = 0, GENESIS
     for e in entries:
@@ -615,7 +628,7 @@ def verify_trail(
                 )
             )
         if intact and e.kind == "checkpoint":
-            problem = _check_checkpoint(e, by_id, public_key)
+            problem = _check_checkpoint(e, by_id, signers)
             if problem is None:
                 report.checkpoints += 1
                 report.last_signed_id = max(report.last_signed_id, int(e.data["signed_id"]))

@@ -206,12 +206,19 @@ def check_data(site: str, data: Path | None, mapping: Path | None) -> None:
 
 def check_gateway(req: InitRequest) -> None:
     """The gateway answers ``/healthz`` over (verified) TLS: nothing spent yet."""
-    url = req.gateway_url.rstrip("/")
+    check_gateway_health(req.gateway_url, ca_file=req.ca_file, dev_network=req.dev_network)
+
+
+def check_gateway_health(
+    gateway_url: str, *, ca_file: Path | None = None, dev_network: bool = False
+) -> None:
+    """:func:`check_gateway` for a URL (also before ``varde node rotate-key`` spends a token)."""
+    url = gateway_url.rstrip("/")
     try:
-        with gateway_client(url, ca_file=req.ca_file, dev_network=req.dev_network) as client:
+        with gateway_client(url, ca_file=ca_file, dev_network=dev_network) as client:
             resp = client.get(f"{url}/healthz")
     except httpx.HTTPError as err:
-        raise InitError(explain(err, url, req.ca_file)) from err
+        raise InitError(explain(err, url, ca_file)) from err
     try:
         ok = resp.status_code == 200 and resp.json().get("status") == "ok"
     except ValueError:
