@@ -476,7 +476,7 @@ def handle(
             release.query_id,
             release.status,
             release.elapsed_ms,
-            extra={"query_id": release.query_id, "status": release.status},
+            extra={"site": ctx.site, "query_id": release.query_id, "status": release.status},
         )
     return release.model_copy(update={"request_id": rid})
 

@@ -82,7 +82,8 @@ def test_the_request_id_goes_to_the_node_and_back(net: LocalNetwork) -> None:
     (site,) = resp.json()["sites"]
     assert site["status"] == "ok" and site["request_id"] == rid  # came back in the release
     node = wait_for_line(net.log_path("oslo"), rid, "answered ok")
-    assert node["component"] == "node" and node["query_id"] == site["query_id"]
+    assert node["component"] == "node" and node["site"] == "oslo"
+    assert node["query_id"] == site["query_id"]
     gateway = net.log_path("gateway")
     assert wait_for_line(gateway, rid, "release of")["query_id"] == site["query_id"]
     assert wait_for_line(gateway, rid, "query answered 200")["endpoint"] == "query"
