@@ -4,13 +4,14 @@ One run prints, side by side, against the issue-12 targets:
 
 1. **nodes**: p50/p90 of a feasibility count (``POST /v1/queries`` end to end) with
    1, 5, 20, 50, 100 simulated nodes. The gateway is a real ``varde gateway serve``
-   process; the nodes are **in-process agents**: one "farm" process runs every node
-   (``nodes.runner.run_node`` in a thread each: its own policy, small synthetic
-   registry, key, enrollment, SQLite ledger and audit, long-polling the gateway
-   over HTTP like a real node). What that costs: the nodes share one interpreter,
-   so their compute is serialised by the GIL and they share one process's memory
-   (the farm's RSS is printed); a hundred node *processes* would need ~100 x the
-   ~150 MB of an idle node and 2 cores to start them. Target: 100 nodes p50 < 1 s.
+   process; the nodes are **in-process agents**: ``--farms`` processes (2: one per
+   core) run every node between them (``nodes.runner.run_node`` in a thread each:
+   its own policy, small synthetic registry, key, enrollment, SQLite ledger and
+   audit, long-polling the gateway over HTTP like a real node). What that costs:
+   the nodes of one farm share an interpreter, so their compute is serialised by
+   its GIL, and its memory (the farms' RSS is printed); a hundred node *processes*
+   would need ~100 x the ~200 MB of an idle node and 2 cores to start them.
+   Target: 100 nodes p50 < 1 s.
 2. **throughput**: queries per second sustained with 5 real node processes (small
    registries: this measures the gateway, queue and nodes' fixed cost, not a scan)
    by one gateway replica (SQLite) and by two replicas on a fresh PostgreSQL
@@ -200,7 +201,10 @@ def farm_main() -> None:
     stop.set()
 
 
-def bench_nodes(workdir: Path, counts: list[int], rows: int, repeat: int) -> list[dict[str, Any]]:
+def bench_nodes(
+    workdir: Path, counts: list[int], rows: int, repeat: int, farms: int = 2
+) -> list[dict[str, Any]]:
+    """Latency as nodes join; the nodes run in ``farms`` processes (one per core by default)."""
     sites = [f"site{i:03d}" for i in range(1, max(counts) + 1)]
     net = LocalNetwork(
         workdir=workdir, sites=sites, rows=rows, seed=5, policies=policies(workdir, sites)
@@ -211,19 +215,23 @@ def bench_nodes(workdir: Path, counts: list[int], rows: int, repeat: int) -> lis
     out = []
     with network(net):
         net.start_gateway()
-        farm = subprocess.Popen(
-            [sys.executable, __file__, "_farm"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=(workdir / "farm.log").open("wb"),
-            text=True,
-            start_new_session=True,
-        )
+        pool = [
+            subprocess.Popen(
+                [sys.executable, __file__, "_farm"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=(workdir / f"farm{i}.log").open("wb"),
+                text=True,
+                start_new_session=True,
+            )
+            for i in range(farms)
+        ]
         try:
             started = 0
             for n in counts:
                 t0 = time.perf_counter()
-                for site in sites[started:n]:
+                for index in range(started, n):
+                    site = sites[index]
                     spec = {
                         "site": site,
                         "policy": str(net.policy_path(site)),
@@ -232,6 +240,7 @@ def bench_nodes(workdir: Path, counts: list[int], rows: int, repeat: int) -> lis
                         "state": str(net.node_state(site)),
                         "token": net.enrollment_token(site),
                     }
+                    farm = pool[index % farms]
                     assert farm.stdin is not None
                     farm.stdin.write(json.dumps(spec) + "\n")
                     farm.stdin.flush()
@@ -240,35 +249,37 @@ def bench_nodes(workdir: Path, counts: list[int], rows: int, repeat: int) -> lis
                 ready_s = time.perf_counter() - t0
                 sequential([net.url], net.token, 2, 10_000 * n, n)  # warm up
                 res = sequential([net.url], net.token, repeat, 10_000 * n + 2, n)
-                proc = psutil.Process(farm.pid)
+                procs = [psutil.Process(f.pid) for f in pool]
                 row = {
                     "nodes": n,
                     "p50": pct(res["lat"], 50),
                     "p90": pct(res["lat"], 90),
                     "node_p50": pct(res["node"], 50),
-                    "farm_rss_mb": proc.memory_info().rss / 2**20,
-                    "farm_threads": proc.num_threads(),
+                    "farm_rss_mb": sum(p.memory_info().rss for p in procs) / 2**20,
+                    "farm_threads": sum(p.num_threads() for p in procs),
                     "ready_s": ready_s,
                 }
                 out.append(row)
                 print(
                     f"  {n:4d} nodes  p50 {row['p50']:7.1f} ms  p90 {row['p90']:7.1f} ms   "
-                    f"slowest node's own p50 {row['node_p50']:6.1f} ms   farm RSS "
+                    f"slowest node's own p50 {row['node_p50']:6.1f} ms   {farms} farms' RSS "
                     f"{row['farm_rss_mb']:6.0f} MB, {row['farm_threads']} threads "
                     f"(+{ready_s:.0f} s to connect)",
                     flush=True,
                 )
         finally:
-            if farm.stdin:
-                with suppress(BrokenPipeError):
-                    farm.stdin.close()
-            with suppress(ProcessLookupError):
-                os.killpg(farm.pid, 15)
-            try:
-                farm.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(farm.pid, 9)
-                farm.wait(10)
+            for farm in pool:
+                if farm.stdin:
+                    with suppress(BrokenPipeError):
+                        farm.stdin.close()
+                with suppress(ProcessLookupError):
+                    os.killpg(farm.pid, 15)
+            for farm in pool:
+                try:
+                    farm.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(farm.pid, 9)
+                    farm.wait(10)
     return out
 
 
@@ -611,6 +622,7 @@ def main() -> None:
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     parser.add_argument("--nodes", type=ints, default=[1, 5, 20, 50, 100])
     parser.add_argument("--node-rows", type=int, default=2_000, help="tumours per farm node")
+    parser.add_argument("--farms", type=int, default=2, help="processes the simulated nodes share")
     parser.add_argument("--repeat", type=int, default=20, help="queries per measurement")
     parser.add_argument("--qps-rows", type=int, default=20_000)
     parser.add_argument("--qps-seconds", type=float, default=8.0)
@@ -633,8 +645,10 @@ def main() -> None:
     sections = [
         (
             "nodes",
-            "1. latency vs nodes (in-process node agents in one farm process)",
-            lambda: bench_nodes(workdir / "nodes", args.nodes, args.node_rows, args.repeat),
+            "1. latency vs nodes (in-process node agents in farm processes)",
+            lambda: bench_nodes(
+                workdir / "nodes", args.nodes, args.node_rows, args.repeat, args.farms
+            ),
         ),
         (
             "qps",
@@ -687,7 +701,7 @@ def summary(report: dict[str, Any]) -> None:
                 f" {r['p50'] - r['node_p50']:23.1f} {r['farm_rss_mb']:18.0f}"
             )
         print(
-            "  (the farm runs every node in one interpreter: their pipelines queue for one GIL, so"
+            "  (each farm runs its nodes in one interpreter: their pipelines queue for its GIL, so"
             " the slowest node's own time grows with the count; the rest is gateway + queue)"
         )
         last = rows[-1]
