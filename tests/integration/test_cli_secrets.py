@@ -65,6 +65,7 @@ def assert_no_log_holds_the_token(network: LocalNetwork) -> None:
 def test_bad_inputs_against_the_live_gateway(network: LocalNetwork, tmp_path: Path) -> None:
     good = tmp_path / "q.json"
     good.write_text(QUERY)
+    registry = network.data_files["oslo"]  # a node checks its data before it enrolls
     comma = tmp_path / "comma.json"
     comma.write_text(QUERY[:-1] + ",}")
     bad_yaml = tmp_path / "q.yaml"
@@ -94,10 +95,10 @@ def test_bad_inputs_against_the_live_gateway(network: LocalNetwork, tmp_path: Pa
         (varde("trainings", "--gateway", url, "--token", TOKEN), ("401",)),
         (varde("trainings", "--gateway", url, "--token", TOKEN + "\n"), ("--token",)),
         (varde("node", "run", "--policy", str(network.policy_path("oslo")), "--gateway", url,
-               "--data", str(good), "--state-dir", str(tmp_path / "node"), "--enroll-token",
+               "--data", str(registry), "--state-dir", str(tmp_path / "node"), "--enroll-token",
                TOKEN), ("unknown or already used enrollment token",)),
         (varde("node", "run", "--policy", str(network.policy_path("oslo")), "--gateway",
-               url.removeprefix("http://"), "--data", str(good), "--state-dir",
+               url.removeprefix("http://"), "--data", str(registry), "--state-dir",
                str(tmp_path / "node2"), f"--enroll-token={TOKEN}"), ("bad gateway URL",)),
     ]  # fmt: skip
     for proc, needles in cases:
