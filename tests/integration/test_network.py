@@ -21,9 +21,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("network")]
 FEAS: dict[str, Any] = {**FEASIBILITY, "project": "nsclc-feasibility"}
 
 
-def exact_count(network: LocalNetwork, site: str, k: int, mask_fn: Any) -> int:
+def exact_count(
+    network: LocalNetwork, site: str, k: int, mask_fn: Any, unit: str = "tumours"
+) -> int:
+    """What a site counts exactly: tumours (at most ``k`` per patient) or distinct patients."""
     frame = bound_contributions(read_registry(network.data_files[site]), k)
-    return int(mask_fn(frame).sum())
+    mask = mask_fn(frame)
+    return int(frame.loc[mask, "patient_id"].nunique() if unit == "patients" else mask.sum())
 
 
 def test_feasibility_count_end_to_end(network: LocalNetwork, client: VardeClient) -> None:
@@ -45,10 +49,12 @@ def test_feasibility_count_end_to_end(network: LocalNetwork, client: VardeClient
                 & f.age_at_diagnosis.between(18, 75)
                 & (f.diagnosis_year >= 2020)
             ),
+            unit=FEAS["unit"],
         )
         total += want
         cell = row["cells"][0]
-        scale = ks[row["site"]] / 0.5
+        # a patient count has sensitivity 1 whatever the site's tumour bound k
+        scale = (1 if FEAS["unit"] == "patients" else ks[row["site"]]) / 0.5
         assert row["noise_scales"]["count"] == pytest.approx(scale)
         assert abs(cell["value"] - want) < 12 * scale  # |Laplace| > 12 b has probability e^-12
         assert row["charged"] == {"epsilon": pytest.approx(0.5)}
@@ -57,7 +63,7 @@ def test_feasibility_count_end_to_end(network: LocalNetwork, client: VardeClient
         assert row["budget_remaining"] is not None
     net = raw["network"]["cells"][0]
     assert net["ci_low"] < net["value"] < net["ci_high"]
-    # the network noise sd is sqrt(sum of site variances) ~ 13 here; 6 sd is a ~1e-8 event
+    # the network noise sd is sqrt(sum of site variances) ~ 4.9 here; 6 sd is a ~1e-8 event
     assert abs(net["value"] - total) < 6 * net["std"]
     frame = res.frame()
     assert list(frame.site) == ["bergen", "oslo", "trondheim", "network"]
