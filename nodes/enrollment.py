@@ -179,8 +179,8 @@ def confirm_key(
     if "forged" in detail:
         raise AuthenticationFailed(
             f"the gateway pinned another key for site {site!r} (this node's is {mine}): restore "
-            "the node's key file from the backup, or after a key rotation enroll again with a "
-            f"new token (varde admin enroll-token {site}; varde node run --enroll-token)"
+            "the node's key file from the backup, or rotate the key with a new token "
+            f"(varde admin enroll-token {site}; varde node rotate-key --token ...)"
         )
     if "unknown_sender" in detail:
         raise AuthenticationFailed(
