@@ -94,15 +94,19 @@ class SignerWindows:
 
     Built from the current key back through the handovers whose new key is the
     key in force after them, so a handover that does not lead to the current key
-    gives no trust.
+    gives no trust. If the current key was itself handed over (its key file was
+    restored after a rotation), it is trusted only up to that handover too.
     """
 
     def __init__(self, current_key: str, handovers: Iterable[Handover]) -> None:
         self.current_key = current_key
         self._windows: dict[str, list[_Window]] = {}
-        in_force, start = current_key, None
-        for h in sorted(handovers, key=lambda h: h.entry_id, reverse=True):
-            if h.new_key != in_force:
+        ordered = sorted(handovers, key=lambda h: h.entry_id, reverse=True)
+        # a key file restored after its key was rotated out: retired there, as any other
+        start = next((h.entry_id for h in ordered if h.old_key == current_key), None)
+        in_force = current_key
+        for h in ordered:
+            if h.new_key != in_force or (start is not None and h.entry_id >= start):
                 continue
             self._add(in_force, _Window(h.entry_id, start))
             in_force, start = h.old_key, h.entry_id

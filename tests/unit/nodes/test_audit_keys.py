@@ -124,6 +124,24 @@ def test_a_retired_key_signing_after_its_handover_is_refused(tmp_path: Path) -> 
     ]
 
 
+def test_a_restored_retired_key_file_does_not_make_its_key_current_again(
+    tmp_path: Path,
+) -> None:
+    """The key file of K2 is restored after K2 was rotated out; the node signs with it again."""
+    store, keys, handovers = _rotated_trail(tmp_path)
+    store.set_key(keys[1])
+    _fill(store, 1)
+    cp = store.log.checkpoint()
+    assert cp is not None
+    problems = _verify(store, keys[1])
+    fp = key_fingerprint(public_key_b64(keys[1]))
+    assert (
+        f"entry {cp.id}: signature: checkpoint signed by key {fp} after it was retired "
+        f"at entry {handovers[1]}"
+    ) in problems, problems
+    assert any("not the node's" in p for p in problems)  # K3's checkpoints
+
+
 def test_windows_refuse_a_new_key_before_its_handover() -> None:
     k1, k2 = (public_key_b64(generate_key()) for _ in range(2))
     windows = SignerWindows(k2, [Handover(10, k1, k2)])
