@@ -170,6 +170,12 @@ def rotate_key(
         raise RotationError(
             f"{err.message} (nothing changed: the old key is still in use)"
         ) from err
+    except Exception as err:  # e.g. a malformed gateway key in an answer of 200
+        raise RotationError(
+            f"the gateway's answer to the enrollment cannot be used ({err}); it may already pin "
+            f"the new key, kept in {pending}: ask the operator (varde admin nodes) before "
+            "running rotate-key again"
+        ) from err
     # the gateway pins the new key from here on: finish, or say where the new key is
     try:
         store = NodeStore.in_directory(config.state_dir, key=old)
