@@ -21,6 +21,8 @@ picks one by the database URL, so no caller knows which it has.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from varde.budget import Budget
-from varde.envelope import SignedEnvelope
+from varde.envelope import SignedEnvelope, utcnow
 from varde.release import Manifest, SiteRelease, WorkItem
 
 Answer = tuple[SiteRelease, SignedEnvelope]
@@ -94,6 +96,13 @@ class WorkQueue(Protocol):
         """Hand a verified release to its query; False if no query waits for it."""
         ...
 
+    def seen_nonce(self, nonce: str, expires_at: dt.datetime) -> bool:
+        """Record a verified node envelope's nonce; True if it was seen before (a replay).
+
+        Called from a worker thread (envelopes are opened off the event loop).
+        """
+        ...
+
     async def start(self, on_orphan: Orphan | None = None) -> None:
         """Begin background work (in the server's event loop)."""
         ...
@@ -101,6 +110,27 @@ class WorkQueue(Protocol):
     async def close(self) -> None:
         """Stop background work and release connections."""
         ...
+
+
+class NonceCache:
+    """Nonces of node envelopes seen by this gateway process, kept until they expire."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, dt.datetime] = {}
+        self._last_sweep = time.monotonic()
+        self._lock = threading.Lock()  # envelopes are opened on several worker threads
+
+    def __call__(self, nonce: str, expires_at: dt.datetime) -> bool:
+        """Record ``nonce``; True if it was seen before and has not expired."""
+        with self._lock:
+            if time.monotonic() - self._last_sweep > 30:
+                now = utcnow()
+                self._seen = {n: e for n, e in self._seen.items() if e > now}
+                self._last_sweep = time.monotonic()
+            if nonce in self._seen:
+                return True
+            self._seen[nonce] = expires_at
+            return False
 
 
 @dataclass
@@ -119,6 +149,8 @@ class Dispatcher:
         self.offline_after_s = offline_after_s
         self._sites: dict[str, _SiteState] = {}
         self._waiting: dict[tuple[str, str], asyncio.Future[Answer]] = {}
+        self.seen_nonce = NonceCache()
+        """Replays are refused per process: one process is the whole gateway."""
 
     def _site(self, site: str) -> _SiteState:
         return self._sites.setdefault(site, _SiteState())

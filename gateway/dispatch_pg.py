@@ -31,7 +31,9 @@ whose query waits for it. A replica that dies mid-query leaves its rows
 behind; once their deadline plus :attr:`grace_s` has passed, a surviving
 replica adopts the query (one at a time, under an advisory lock) and records
 it with the releases that came, so no release a node charged for is lost.
-Which sites are connected (``site_presence``) is shared the same way.
+Which sites are connected (``site_presence``) is shared the same way, and so
+are the nonces of node envelopes (``seen_nonces``): a signed poll or release
+replayed to another replica is refused there too.
 
 Durability
 ----------
@@ -50,6 +52,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import hashlib
 import logging
 import math
 import time
@@ -192,6 +196,7 @@ class PgDispatcher:
         self._listening = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._on_orphan: Orphan | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- node state, shared through site_presence ------------------------------------------
 
@@ -387,11 +392,33 @@ class PgDispatcher:
             ).fetchone()
         return kept is not None and kept[0] == released
 
+    def seen_nonce(self, nonce: str, expires_at: dt.datetime) -> bool:
+        """Record a verified envelope's nonce for every replica; True if one had it already.
+
+        Called from a worker thread; the insert runs on the event loop's pool.
+        """
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the work queue was not started")
+        done = asyncio.run_coroutine_threadsafe(self._seen_nonce(nonce, expires_at), loop)
+        return done.result(timeout=30)
+
+    async def _seen_nonce(self, nonce: str, expires_at: dt.datetime) -> bool:
+        digest = hashlib.sha256(nonce.encode()).hexdigest()  # any nonce fits the column
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO seen_nonces (nonce, expires_at) VALUES (%s, %s)"
+                " ON CONFLICT (nonce) DO NOTHING",
+                (digest, expires_at),
+            )
+        return cur.rowcount == 0
+
     # -- background: listening, presence refresh, orphans ------------------------------------
 
     async def start(self, on_orphan: Orphan | None = None) -> None:
         """Open the pool, LISTEN, and start refreshing presence and adopting orphans."""
         self._on_orphan = on_orphan
+        self._loop = asyncio.get_running_loop()
         await self._pool.open(wait=True, timeout=30.0)
         self._tasks = [
             asyncio.create_task(self._listen(), name="varde-listen"),
@@ -453,6 +480,9 @@ class PgDispatcher:
                     await self._adopt_orphans()
                 if ticks % 5 == 0:
                     await self._touch()
+                if ticks % 30 == 0:
+                    async with self._pool.connection() as conn:
+                        await conn.execute("DELETE FROM seen_nonces WHERE expires_at < now()")
             except (psycopg.Error, OSError) as err:
                 log.warning("queue housekeeping failed (%s); retrying", err)
             except Exception:  # a bug here must not stop presence or adoption for good

@@ -148,6 +148,19 @@ class SitePresence(Base):
     last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class SeenNonce(Base):
+    """Nonces of verified node envelopes, until they expire: replays refused by every replica.
+
+    Only :mod:`gateway.dispatch_pg` uses it (a poll replayed to another replica
+    would otherwise hand the site's work to whoever captured it); one SQLite
+    process keeps its nonces in memory.
+    """
+
+    __tablename__ = "seen_nonces"
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class TrainingJob(Base):
     """A federated training job as submitted, and what was last known of its progress.
 

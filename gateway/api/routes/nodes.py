@@ -91,27 +91,6 @@ class ReleaseAck(BaseModel):
     delivered: bool
 
 
-class _NonceCache:
-    """Nonces of node envelopes seen by this gateway process, kept until they expire."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, dt.datetime] = {}
-        self._last_sweep = time.monotonic()
-
-    def __call__(self, nonce: str, expires_at: dt.datetime) -> bool:
-        if time.monotonic() - self._last_sweep > 30:
-            now = utcnow()
-            self._seen = {n: e for n, e in self._seen.items() if e > now}
-            self._last_sweep = time.monotonic()
-        if nonce in self._seen:
-            return True
-        self._seen[nonce] = expires_at
-        return False
-
-
-_nonces = _NonceCache()
-
-
 def _audit(state: GatewayState, kind: str, site: str, detail: str) -> None:
     with state.sessions() as s:
         s.add(GatewayAudit(kind=kind, site=site, detail=detail))
@@ -212,7 +191,7 @@ def _open(state: GatewayState, envelope: SignedEnvelope, kind: str) -> Payload:
             sender_key=key,
             recipient=GATEWAY_ID,
             kinds=(kind,),  # type: ignore[arg-type]
-            seen_nonce=_nonces,
+            seen_nonce=state.dispatcher.seen_nonce,  # shared by replicas on PostgreSQL
         )
     except EnvelopeRejected as err:  # not authenticated: logged, not written
         log.warning("%s envelope claiming %r refused: %s", kind, claimed[:60], err.message)

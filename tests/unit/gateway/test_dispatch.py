@@ -67,3 +67,13 @@ def test_postgresql_without_the_driver_names_the_extra(
     monkeypatch.setitem(sys.modules, "gateway.dispatch_pg", None)  # as if psycopg were missing
     with pytest.raises(RuntimeError, match=r"varde\[postgres\]"):
         work_queue(Settings(state_dir=tmp_path, database_url="postgresql+psycopg://u@h/db"))
+
+
+def test_a_nonce_is_a_replay_until_it_expires() -> None:
+    import datetime as dt
+
+    seen = Dispatcher().seen_nonce
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    assert not seen("n1", soon)
+    assert seen("n1", soon)
+    assert not seen("n2", soon)

@@ -261,3 +261,17 @@ def test_a_query_whose_replica_died_is_adopted_with_its_releases(pg_url: str) ->
         ).scalar()
     engine.dispose()
     assert left == 0
+
+
+def test_a_nonce_seen_by_one_replica_is_a_replay_at_another(pg_url: str) -> None:
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+
+    @replicas(pg_url)
+    async def _(a: PgDispatcher, b: PgDispatcher) -> None:
+        nonce = uuid.uuid4().hex
+        assert not await asyncio.to_thread(a.seen_nonce, nonce, expires)
+        assert await asyncio.to_thread(b.seen_nonce, nonce, expires)  # replayed elsewhere
+        assert await asyncio.to_thread(a.seen_nonce, nonce, expires)
+        long = "n" * 500  # whatever a node signs fits (stored as its digest)
+        assert not await asyncio.to_thread(b.seen_nonce, long, expires)
+        assert await asyncio.to_thread(a.seen_nonce, long, expires)
