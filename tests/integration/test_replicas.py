@@ -2,7 +2,7 @@
 
 Two replicas: each node polls its own replica, researchers alternate between
 them, so every query is answered through the other replica for one of its
-sites. Three replicas: the nodes reach them through a round-robin TCP load
+sites, and a node's signed poll replayed to the other replica is refused. Three replicas: the nodes reach them through a round-robin TCP load
 balancer (what a deployment puts in front), researchers submit to all three,
 and one replica is killed with SIGKILL in the middle of a burst: every query
 is answered or fails clearly, and what the nodes charged is exactly what the
@@ -12,6 +12,7 @@ gateway recorded, once.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import os
 import signal
@@ -29,7 +30,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from launcher.network import LocalNetwork
-from varde.envelope import SignedEnvelope, peek
+from varde.crypto import generate_key, public_key_b64
+from varde.envelope import SignedEnvelope, peek, seal
 
 from .conftest import ledger_of
 
@@ -267,6 +269,27 @@ def test_two_replicas_answer_queries_whose_nodes_poll_the_other(
                 timeout=10,
             )
             assert stored.status_code == 200, stored.text
+        # a node's signed poll replayed to the other replica is refused there too
+        key = generate_key()
+        token = net.enrollment_token("mallory")
+        enrolled = httpx.post(
+            f"{net.replica_urls[0]}/v1/nodes/enroll",
+            json={"token": token, "site": "mallory", "public_key": public_key_b64(key)},
+            timeout=10,
+        )
+        assert enrolled.status_code == 200, enrolled.text
+        poll = seal(
+            key,
+            kind="poll",
+            sender="mallory",
+            recipient="gateway",
+            body={"wait": 0, "manifest": {"site": "mallory", "fields": [], "statistics": []}},
+            ttl=dt.timedelta(seconds=30),
+        ).model_dump()
+        first = httpx.post(f"{net.replica_urls[0]}/v1/nodes/poll", json=poll, timeout=10)
+        assert first.status_code == 200, first.text
+        again = httpx.post(f"{net.replica_urls[1]}/v1/nodes/poll", json=poll, timeout=10)
+        assert again.status_code == 400 and "replayed" in again.json()["detail"], again.text
         engine = create_engine(pg_url)
         with engine.connect() as conn:  # each item taken by its query; none left to adopt
             states = dict(
