@@ -2,10 +2,11 @@
 
 Two replicas: each node polls its own replica, researchers alternate between
 them, so every query is answered through the other replica for one of its
-sites, and a node's signed poll replayed to the other replica is refused. Three replicas: the nodes reach them through a round-robin TCP load
-balancer (what a deployment puts in front), researchers submit to all three,
-and one replica is killed with SIGKILL in the middle of a burst: every query
-is answered or fails clearly, and what the nodes charged is exactly what the
+sites, and a node's signed poll replayed to the other replica is refused.
+Three replicas: the nodes reach them through a round-robin TCP load balancer
+(what a deployment puts in front), researchers submit to all three, and one
+replica is killed with SIGKILL in the middle of a burst: every query is
+answered or fails clearly, and what the nodes charged is exactly what the
 gateway recorded, once.
 """
 
