@@ -31,7 +31,7 @@ from nodes.transport import (
     check_gateway_url,
     explain,
     gateway_client,
-    is_loopback,
+    is_loopback_url,
     tls_context,
 )
 from varde.crypto import key_fingerprint, load_private_key, public_key_b64
@@ -194,7 +194,7 @@ def check_certificate(url: str, ca_file: Path | None, timeout: float = 5.0) -> C
     """The gateway's certificate chain verifies for its host name and is not about to expire."""
     parts = urlsplit(url)
     if parts.scheme != "https":
-        if is_loopback(url):
+        if is_loopback_url(url):
             return _ok("tls", "plain http on loopback (TLS not needed on this machine)")
         return _warn("tls", "plain http (--dev-network): nothing is encrypted", "use https://")
     host, port = parts.hostname or "", parts.port or 443

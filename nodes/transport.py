@@ -22,50 +22,24 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-"""Hosts where plain http is allowed without ``--dev-network``."""
+from varde.gateway_url import LOOPBACK_HOSTS, GatewayURLError, check_gateway_url, is_loopback_url
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
-
-class GatewayURLError(ValueError):
-    """The gateway URL (or the TLS settings for it) cannot be used; the message says the fix."""
-
-
-def check_gateway_url(url: str, dev_network: bool = False) -> None:
-    """Refuse a gateway URL the node must not use, naming the problem and the fix.
-
-    ``https://`` anywhere, ``http://`` only to loopback unless ``dev_network``.
-    """
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 (raises ValueError on a port that is not a number)
-    except ValueError as err:
-        raise GatewayURLError(f"bad gateway URL {url!r}: malformed ({err})") from err
-    if parts.scheme not in {"http", "https"} or not host:
-        raise GatewayURLError(
-            f"bad gateway URL {url!r}: give it as https://gateway.example.org "
-            "(scheme https, then the host name)"
-        )
-    if parts.username or parts.password:
-        raise GatewayURLError(f"bad gateway URL {url!r}: it must not carry a user name or password")
-    if parts.query or parts.fragment:
-        raise GatewayURLError(f"bad gateway URL {url!r}: it must not carry a query or fragment")
-    if parts.scheme == "http" and host not in LOOPBACK_HOSTS and not dev_network:
-        raise GatewayURLError(
-            f"bad gateway URL {url!r}: plain http to {host}; use https:// (the gateway "
-            "serves TLS), or pass --dev-network if this really is a development network"
-        )
-
-
-def is_loopback(url: str) -> bool:
-    """Whether ``url`` points at this machine."""
-    return urlsplit(url).hostname in LOOPBACK_HOSTS
+# The URL rule is shared with the researcher SDK (varde.gateway_url); re-exported for node code.
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "LOOPBACK_HOSTS",
+    "GatewayURLError",
+    "check_gateway_url",
+    "explain",
+    "gateway_client",
+    "is_loopback_url",
+    "tls_context",
+]
 
 
 def tls_context(ca_file: Path | None = None) -> ssl.SSLContext:

@@ -48,6 +48,15 @@ Output = Annotated[
 ]
 Build = "Build the query (instead of a file)"
 Privacy = "Privacy (exactly one of --epsilon, --rho, --aggregate, --accuracy)"
+DevNetwork = Annotated[
+    bool,
+    typer.Option(
+        "--dev-network",
+        envvar="VARDE_DEV_NETWORK",
+        help="Allow plain http to a gateway that is not on this machine (a development network "
+        "only: your token would cross it in clear text).",
+    ),
+]
 FORMATS = ("table", "csv", "json")
 
 
@@ -57,6 +66,7 @@ def query(
         str, typer.Option(envvar="VARDE_GATEWAY", help="e.g. http://127.0.0.1:8700")
     ],
     token: Annotated[str, typer.Option(envvar="VARDE_TOKEN", help="Your researcher token.")],
+    dev_network: DevNetwork = False,
     spec: Annotated[
         str | None,
         typer.Argument(
@@ -198,7 +208,7 @@ def query(
             f"(file {spec!r} and {', '.join(flags.given())})"
         )
     body = read_query_file(spec) if spec is not None else build_query(flags)
-    with VardeClient(gateway, token) as client:
+    with VardeClient(gateway, token, dev_network=dev_network) as client:
         if preview:
             typer.echo(_preview_text(client.preview(body), fmt))
         else:
@@ -237,6 +247,7 @@ def train(
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")],
     gateway: Annotated[str, typer.Option(envvar="VARDE_GATEWAY")],
     token: Annotated[str, typer.Option(envvar="VARDE_TOKEN")],
+    dev_network: DevNetwork = False,
     epsilon: Annotated[
         float | None, typer.Option(help="Epsilon per site for the whole job (or --rho).")
     ] = None,
@@ -310,7 +321,7 @@ def train(
     fields.update({k: v for k, v in optional.items() if v is not None})
     err_console = Console(stderr=True)
     out = Console()
-    with VardeClient(gateway, token) as client:
+    with VardeClient(gateway, token, dev_network=dev_network) as client:
         try:
             result = client.train(fields, wait=False)
         except ValidationError as err:
@@ -347,11 +358,12 @@ def trainings(
     gateway: Annotated[str, typer.Option(envvar="VARDE_GATEWAY")],
     token: Annotated[str, typer.Option(envvar="VARDE_TOKEN")],
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    dev_network: DevNetwork = False,
 ) -> None:
     """List your training jobs, newest first."""
     from varde_client import VardeClient, VardeHTTPError
 
-    with VardeClient(gateway, token) as client:
+    with VardeClient(gateway, token, dev_network=dev_network) as client:
         try:
             frame = client.trainings(limit)
         except VardeHTTPError as err:

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from varde.gateway_url import check_gateway_url
 from varde.query import Query
 from varde.release import ProjectTerms
 from varde.results import PreviewResult
@@ -48,7 +49,16 @@ class VardeClient(QuestionMethods):
     ``client.count(Field("stage") == "IV", by="sex", project="p", epsilon=0.5)``.
     """
 
-    def __init__(self, url: str, token: str, *, timeout: float = 120.0) -> None:
+    def __init__(
+        self, url: str, token: str, *, timeout: float = 120.0, dev_network: bool = False
+    ) -> None:
+        """Connect to the gateway at ``url`` as the researcher whose bearer ``token`` this is.
+
+        Plain ``http://`` is refused off loopback (the token would cross the network in
+        clear text) unless ``dev_network=True`` says this is a development network.
+        Raises :class:`~varde.gateway_url.GatewayURLError` naming the fix.
+        """
+        check_gateway_url(url, dev_network, override="--dev-network (dev_network=True in Python)")
         self.url = url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout

@@ -54,9 +54,9 @@ def client_answering(status: int, body: Any) -> VardeClient:
             return httpx.Response(status, text=body)
         return httpx.Response(status, json=body)
 
-    client = VardeClient("http://gateway.test", "token")
+    client = VardeClient("https://gateway.test", "token")
     client._http = httpx.Client(
-        base_url="http://gateway.test", transport=httpx.MockTransport(handler)
+        base_url="https://gateway.test", transport=httpx.MockTransport(handler)
     )
     return client
 

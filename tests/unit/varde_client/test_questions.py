@@ -219,7 +219,7 @@ class Recorder:
 @pytest.fixture
 def fake() -> tuple[VardeClient, Recorder]:
     rec = Recorder()
-    client = VardeClient("http://gateway.test", "token")
+    client = VardeClient("https://gateway.test", "token")
     client._http.close()
     client._http = httpx.Client(base_url=client.url, transport=httpx.MockTransport(rec))
 
