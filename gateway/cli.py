@@ -131,7 +131,7 @@ def gateway_serve(
         typer.Option(help="With --proxy-headers: the proxy addresses trusted (comma-separated)."),
     ] = "127.0.0.1",
 ) -> None:
-    """Serve the gateway API (one process: the long-poll queues live in it).
+    """Serve the gateway API (SQLite: one process holds the queues; PostgreSQL: replicas).
 
     Plain http only on loopback (127.0.0.1, ::1, localhost): another --host needs
     --tls-cert/--tls-key, or a TLS reverse proxy in front on loopback, or --dev-network.
