@@ -83,7 +83,7 @@ def test_bad_inputs_against_the_live_gateway(network: LocalNetwork, tmp_path: Pa
         (varde("query", str(tmp_path / "nope.json"), "--gateway", url, "--token", TOKEN),
          ("no such file",)),
         (varde("query", str(good), "--gateway", url.removeprefix("http://"), "--token", TOKEN),
-         ("bad gateway URL", "http://")),
+         ("bad gateway URL", "https://")),
         (varde("query", str(good), "--gateway", dead, env={"VARDE_TOKEN": TOKEN}),
          ("cannot reach",)),
         (varde("query", "--project", "nsclc-feasibility", "--epsilon", "-1", "--gateway", url,
