@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,8 @@ from gateway.training import routes as trainings
 from gateway.web import routes as feasibility
 from varde import __version__
 from varde.errors import VardeError
+
+log = logging.getLogger("varde.gateway")
 
 
 def create_app(settings: Settings | None = None, state: GatewayState | None = None) -> FastAPI:
@@ -59,6 +62,23 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
             problem = Problem(loc=[], msg=err.message, type=err.code)
             return JSONResponse(status_code=422, content=invalid_body([problem], err.message))
         return JSONResponse(status_code=err.status, content=err.as_dict())
+
+    async def _database_down(_request: Request, err: Exception) -> JSONResponse:
+        # A lost database connection (PostgreSQL restarting, a network cut) is the gateway's
+        # outage, not a bug: 503 with Retry-After, so clients and load balancers retry.
+        log.warning("database unavailable: %s", type(err).__name__)
+        return JSONResponse(
+            status_code=503,
+            content={
+                "error": "database_unavailable",
+                "detail": "the gateway's database cannot be reached; nothing was charged by "
+                "this request's failure at the gateway: try again shortly",
+            },
+            headers={"Retry-After": "5"},
+        )
+
+    for database_error in database_errors():
+        app.add_exception_handler(database_error, _database_down)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -105,6 +125,23 @@ def create_app(settings: Settings | None = None, state: GatewayState | None = No
             submitter, settings_in_force.state_dir / "trainings", sessions=varde_state.sessions
         )
     return app
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean the database is unreachable (not that a request is wrong).
+
+    SQLAlchemy's connection errors for every engine, and psycopg's own for the
+    PostgreSQL work queue's LISTEN connection and pool (an optional extra).
+    """
+    import sqlalchemy.exc
+
+    found: list[type[Exception]] = [sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError]
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError:
+        return tuple(found)
+    return (*found, psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
 
 
 def validation_body(err: RequestValidationError) -> dict[str, object]:

@@ -62,3 +62,20 @@ def test_probes_need_no_token(state: GatewayState) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
     assert client.get("/metrics").status_code == 200
+
+
+def test_a_lost_database_is_a_503_with_retry_after_not_a_500(
+    state: GatewayState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's own outage (PostgreSQL restarting, a cut) is answered 503 and retried."""
+    import sqlalchemy.exc
+
+    def unreachable() -> None:
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+
+    client = Client(create_app(state.settings, state))
+    monkeypatch.setattr(state, "sessions", unreachable)
+    resp = client.get("/v1/budgets", headers={"Authorization": "Bearer vr-anything"})
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == "5"
+    assert resp.json()["error"] == "database_unavailable"
