@@ -14,7 +14,7 @@ nothing here is asserted in the suite. Needs a PostgreSQL where a fresh
 database can be created (dropped afterwards)::
 
     python bench/queue_latency.py                     # 2 sites x 20,000 tumours, 50 queries
-    python bench/queue_latency.py --admin-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+    python bench/queue_latency.py   # PostgreSQL from VARDE_SCRATCH_POSTGRES (launcher.scratch_db)
 
 :func:`queue_latency` is the reusable part (one configuration, its figures).
 """
@@ -25,33 +25,15 @@ import argparse
 import statistics
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 from feasibility import bench_policy, query_for
-from sqlalchemy import create_engine, text
 
 from launcher.network import LocalNetwork
+from launcher.scratch_db import scratch_database
 
 SITES = ["oslo", "bergen", "trondheim", "stockholm", "copenhagen"]
-
-
-@contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """A new empty PostgreSQL database next to ``admin_url``'s, dropped afterwards."""
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"varde_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def percentile(xs: list[float], q: int) -> float:
@@ -110,7 +92,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--sites", type=int, default=2)
     parser.add_argument("--rows", type=int, default=20_000, help="tumours per site")
     parser.add_argument("--queries", type=int, default=50)
@@ -120,7 +101,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="varde-bench-") as tmp:
         results["sqlite (in-process)"] = queue_latency(Path(tmp) / "sqlite", **shape)
         for replicas in (1, 2):
-            with fresh_database(args.admin_url) as url:
+            with scratch_database("varde_bench") as url:
                 results[f"postgres, {replicas} replica(s)"] = queue_latency(
                     Path(tmp) / f"pg{replicas}", database_url=url, replicas=replicas, **shape
                 )

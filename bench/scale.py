@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -66,7 +67,6 @@ from feasibility import QUERY, bench_policy, local_count  # noqa: E402
 from launcher.network import LocalNetwork  # noqa: E402
 from nodes.registry_io import read_registry  # noqa: E402
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGETS = {
     "nodes": "100 nodes p50 < 1 s",
     "qps": ">= 200 queries/s with one replica",
@@ -127,25 +127,15 @@ def network(net: LocalNetwork) -> Iterator[LocalNetwork]:
 @contextmanager
 def pg_database() -> Iterator[str | None]:
     """A fresh PostgreSQL database (dropped after), or None when there is no server."""
-    from sqlalchemy import create_engine, text
+    from launcher.scratch_db import PostgresUnavailable, scratch_database
 
-    try:
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as err:  # no server: the two-replica figure is "not measured"
-        print(f"  (PostgreSQL not reachable: {type(err).__name__})")
-        yield None
-        return
-    name = f"varde_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with contextlib.ExitStack() as stack:
+        try:
+            url: str | None = stack.enter_context(scratch_database("varde_bench"))
+        except PostgresUnavailable as err:  # no server: the two-replica figure is "not measured"
+            print(f"  ({err})")
+            url = None
+        yield url
 
 
 def sequential(urls: list[str], token: str, n: int, start: int, sites: int) -> dict[str, Any]:

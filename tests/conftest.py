@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from launcher.network import DEFAULT_POLICIES
+from launcher.scratch_db import PostgresUnavailable, scratch_database
 from nodes.context import NodeContext
 from nodes.data import RegistryData, prepare
 from nodes.ledger import Ledger
@@ -98,3 +100,14 @@ def store(tmp_path: Path) -> Iterator[NodeStore]:
     opened = NodeStore.in_directory(tmp_path)
     yield opened
     opened.close()
+
+
+@contextmanager
+def scratch_postgres(prefix: str) -> Iterator[str]:
+    """A throw-away PostgreSQL database's URL (launcher.scratch_db), or skip saying why."""
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(scratch_database(prefix))
+        except PostgresUnavailable as err:
+            pytest.skip(str(err))
+        yield url

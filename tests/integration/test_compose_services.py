@@ -22,7 +22,6 @@ import ssl
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,15 +29,15 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from launcher.network import REPO
+from tests.conftest import scratch_postgres
 from tests.tls_ca import TestCA
 from varde.processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("compose")]
 
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PASSWORD = "compose-test-password"
 SITE = "oslo"
 BIN = Path(sys.executable).parent
@@ -53,21 +52,8 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    try:
-        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as err:  # any connection failure means PostgreSQL is not here
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {err}")
-    name = f"varde_compose_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres("varde_compose") as url:
+        yield make_url(url).database or ""
 
 
 class Project:

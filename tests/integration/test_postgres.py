@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -10,30 +9,16 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from launcher.network import LocalNetwork
+from tests.conftest import scratch_postgres
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("postgres")]
-
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="module")
 def pg_database() -> Iterator[str]:
     """A fresh, empty database for this module, dropped afterwards."""
-    try:
-        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as err:  # any connection failure means PostgreSQL is not here
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {err}")
-    name = f"varde_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres("varde") as url:
+        yield url
 
 
 def test_gateway_on_postgresql(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -19,7 +19,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from launcher.network import LocalNetwork
+from tests.conftest import scratch_postgres
 from varde.crypto import generate_key, public_key_b64
 from varde.envelope import SignedEnvelope, peek, seal
 
@@ -43,28 +43,14 @@ pytestmark = [
     pytest.mark.timeout(240),
 ]
 
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SITES = ["oslo", "bergen", "trondheim"]
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, empty database for one network, dropped afterwards."""
-    try:
-        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as err:  # any connection failure means PostgreSQL is not here
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {err}")
-    name = f"varde_r_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres("varde_r") as url:
+        yield url
 
 
 class RoundRobin:

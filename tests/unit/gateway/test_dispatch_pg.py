@@ -18,36 +18,22 @@ from sqlalchemy import create_engine, text
 from gateway.core.db import make_engine
 from gateway.dispatch import Answer
 from gateway.dispatch_pg import PgDispatcher, conninfo
+from tests.conftest import scratch_postgres
 from varde.crypto import generate_key
 from varde.envelope import SignedEnvelope, seal
 from varde.release import Manifest, SiteRelease, WorkItem
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("postgres")]
 
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 KEY = generate_key()
 
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     """A fresh database with the gateway schema, dropped afterwards."""
-    try:
-        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as err:  # any connection failure means PostgreSQL is not here
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {err}")
-    name = f"varde_q_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    make_engine(url).dispose()  # creates the tables
-    try:
+    with scratch_postgres("varde_q") as url:
+        make_engine(url).dispose()  # creates the tables
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def work(site: str, query_id: str | None = None, *, preview: bool = False) -> SignedEnvelope:

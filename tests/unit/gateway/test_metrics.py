@@ -5,26 +5,24 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, text
 
 from gateway.app import create_app
 from gateway.core.config import Settings
 from gateway.core.db import make_engine
 from gateway.dispatch import Dispatcher
 from gateway.metrics import GatewayMetrics
+from tests.conftest import scratch_postgres
 from tests.unit.gateway.test_training_gateway import Client
 from varde.crypto import generate_key
 from varde.envelope import SignedEnvelope, seal
 from varde.release import SiteRelease, WorkItem
 
 KEY = generate_key()
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -146,23 +144,9 @@ def _render(metrics: GatewayMetrics) -> str:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    try:
-        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as err:  # any connection failure means PostgreSQL is not here
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {err}")
-    name = f"varde_metrics_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    make_engine(url).dispose()
-    try:
+    with scratch_postgres("varde_metrics") as url:
+        make_engine(url).dispose()
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.mark.integration

@@ -11,14 +11,12 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.api.deps import ResearcherInfo, current_researcher
@@ -26,13 +24,13 @@ from gateway.core.db import TrainingJob, make_engine, make_sessionmaker
 from gateway.training import routes
 from gateway.training.serverapp import write_status
 from gateway.training.service import RESTARTED, TrainingService, parse_flwr_ls
+from tests.conftest import scratch_postgres
 from tests.unit.gateway.test_training_gateway import JOB, Client, FakeSubmitter, manifest
 from varde.budget import PureDP
 from varde.errors import NotFound, VardeError
 from varde.release import Manifest
 from varde.training import SiteProgress, TrainingSpec, TrainingStatus
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SITES = ("oslo", "bergen", "trondheim")
 
 
@@ -42,21 +40,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'gateway.sqlite'}"
         return
-    try:
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as err:  # any failure to connect means PostgreSQL is not here
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {err}")
-    name = f"varde_trainings_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres("varde_trainings") as url:
+        yield url
 
 
 class Gateway:
