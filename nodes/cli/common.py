@@ -15,6 +15,20 @@ import typer
 
 from varde.redaction import redact
 
+# The gateway link's options, the same on init, run, doctor and rotate-key (nodes/transport.py).
+CaFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-file",
+        help="Trust this CA (PEM) for the gateway's TLS certificate instead of the system CAs.",
+    ),
+]
+DevNetwork = Annotated[
+    bool,
+    typer.Option(
+        "--dev-network", help="Allow plain http to a gateway off loopback (development only)."
+    ),
+]
 NodeStateDir = Annotated[
     Path, typer.Option("--state-dir", help="The node's state directory (key, ledger, audit).")
 ]

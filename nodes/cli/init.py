@@ -7,23 +7,9 @@ from typing import Annotated
 
 import typer
 
-from nodes.cli.common import fail
+from nodes.cli.common import CaFile, DevNetwork, fail
 
 setup_app = typer.Typer(pretty_exceptions_show_locals=False, no_args_is_help=True)
-
-CaFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--ca-file",
-        help="Trust this CA (PEM) for the gateway's TLS certificate instead of the system CAs.",
-    ),
-]
-DevNetwork = Annotated[
-    bool,
-    typer.Option(
-        "--dev-network", help="Allow plain http to a gateway off loopback (development only)."
-    ),
-]
 
 
 @setup_app.command("init")

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nodes.cli.common import fail
-from nodes.cli.init import CaFile, DevNetwork
+from nodes.cli.common import CaFile, DevNetwork, fail
 
 keys_app = typer.Typer(pretty_exceptions_show_locals=False, no_args_is_help=True)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from nodes.cli.common import fail
+from nodes.cli.common import CaFile, DevNetwork, fail
 from varde.errors import VardeError
 from varde.redaction import install_log_redaction
 
@@ -36,21 +36,6 @@ def synth(
         for f in ("parquet", "csv") if fmt == "both" else (fmt,):
             path = write_registry(frame, out / f"{name}.{f}", f)
             typer.echo(f"{name}: {len(frame):,} tumours -> {path}")
-
-
-CaFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--ca-file",
-        help="Trust this CA (PEM) for the gateway's TLS certificate instead of the system CAs.",
-    ),
-]
-DevNetwork = Annotated[
-    bool,
-    typer.Option(
-        "--dev-network", help="Allow plain http to a gateway off loopback (development only)."
-    ),
-]
 
 
 @node_app.command("run")
