@@ -30,16 +30,15 @@ memory whole; the measurements are read first, filtered to their concepts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
 from nodes.mapping.derive import TEXT
-from nodes.mapping.loader import MappingError
 from nodes.mapping.model import OmopSource
-from nodes.mapping.sources import RawChunks, _first_line, connect, shown_url
+from nodes.mapping.sources import RawChunks, connect, shown_url, stream_sql
 
 DDL_PATH = Path(__file__).with_name("omop_ddl.sql")
 BASE_COLUMNS = [
@@ -165,25 +164,17 @@ def omop_chunks(source: OmopSource) -> RawChunks:
     name = f"OMOP CDM at {shown_url(source.url)}" + (
         f" schema {source.schema_name}" if prefix else ""
     )
-    conn = engine.connect()
-    try:
-        latest = _latest(conn, source, prefix)
-        result = conn.execution_options(stream_results=True).execute(
+    latest = pd.DataFrame()
+
+    def run(conn: sa.Connection) -> sa.CursorResult[Any]:
+        nonlocal latest
+        latest = _latest(conn, source, prefix)  # read whole first: one row per person
+        return conn.execution_options(stream_results=True).execute(
             _conditions_sql(prefix), {"vocabularies": list(source.vocabularies)}
         )
-        columns = list(result.keys())
-    except sa.exc.SQLAlchemyError as err:
-        conn.close()
-        engine.dispose()
-        raise MappingError(f"{name}: not a readable OMOP CDM 5.4: {_first_line(err)}") from err
 
-    def close() -> None:
-        result.close()
-        conn.close()
-        engine.dispose()
-
-    def chunks() -> Iterator[pd.DataFrame]:
-        while rows := result.fetchmany(source.chunksize):
-            yield _shape(pd.DataFrame.from_records(rows, columns=columns), latest)
-
-    return RawChunks(name, BASE_COLUMNS + list(source.measurements), chunks(), close)
+    stream = stream_sql(
+        engine, name, source.chunksize, run, failure="not a readable OMOP CDM 5.4: "
+    )
+    shaped = (_shape(chunk, latest) for chunk in stream.chunks)
+    return RawChunks(name, BASE_COLUMNS + list(source.measurements), shaped, stream.close)

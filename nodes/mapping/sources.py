@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -160,14 +161,48 @@ def sql_chunks(source: SqlSource) -> RawChunks:
     else:
         statement = sa.text(source.query or "")
         name = f"{shown_url(source.url)} query"
+    stream = stream_sql(
+        engine,
+        name,
+        source.chunksize,
+        lambda conn: conn.execution_options(stream_results=True).execute(statement),
+    )
+    return RawChunks(name, stream.columns, stream.chunks, stream.close)
+
+
+@dataclass
+class SqlStream:
+    """The rows of one streaming result, ``chunksize`` at a time, and how to release it."""
+
+    columns: list[str]
+    chunks: Iterator[pd.DataFrame]
+    close: Callable[[], None]
+
+
+def stream_sql(
+    engine: Engine,
+    name: str,
+    chunksize: int,
+    run: Callable[[sa.Connection], sa.CursorResult[Any]],
+    *,
+    failure: str = "",
+) -> SqlStream:
+    """The streaming result ``run(connection)`` opens, read in chunks (every SQL source: one way).
+
+    Tables, views and queries (:func:`sql_chunks`) and an OMOP CDM read through here.
+
+    Whatever fails while opening closes the connection and the engine here and is a
+    :class:`MappingError` naming ``name`` (``failure`` says what it was not); after that,
+    ``close`` releases the result, the connection and the engine, also when reading stops early.
+    """
     conn = engine.connect()
     try:
-        result = conn.execution_options(stream_results=True).execute(statement)
+        result = run(conn)
         columns = list(result.keys())
     except sa.exc.SQLAlchemyError as err:
         conn.close()
         engine.dispose()
-        raise MappingError(f"{name}: {_first_line(err)}") from err
+        raise MappingError(f"{name}: {failure}{_first_line(err)}") from err
 
     def close() -> None:
         result.close()
@@ -175,7 +210,7 @@ def sql_chunks(source: SqlSource) -> RawChunks:
         engine.dispose()
 
     def chunks() -> Iterator[pd.DataFrame]:
-        while rows := result.fetchmany(source.chunksize):
+        while rows := result.fetchmany(chunksize):
             yield pd.DataFrame.from_records(rows, columns=columns)
 
-    return RawChunks(name, columns, chunks(), close)
+    return SqlStream(columns, chunks(), close)
